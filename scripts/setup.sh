@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# slmkit set-up: venv, CPU torch, the pinned stack, llama.cpp tools from pinned source,
+# the embedded model cache. Idempotent: every step that is already done prints "cached".
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+VENV="$ROOT/.venv"
+SLM_HOME="${SLM_HOME:-$HOME/.cache/slmkit}"
+LCP_VERSION="0.3.36"   # llama-cpp-python source release that carries our pinned llama.cpp
+TOOLS_DIR="${SLM_TOOLS_DIR:-$SLM_HOME/llama.cpp/lcp-$LCP_VERSION}"
+TORCH_VERSION="2.13.0"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+step() {  # step NAME FUNCTION: run a step and print its time
+    local name="$1" fn="$2" t0 t1
+    t0=$(date +%s)
+    "$fn"
+    t1=$(date +%s)
+    printf '[setup] %-28s %4ss\n' "$name" "$((t1 - t0))"
+}
+
+venv() {
+    if [ -x "$VENV/bin/python" ]; then echo "[setup] venv: cached"; return; fi
+    "$PY" -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+}
+
+torch_cpu() {
+    if "$VENV/bin/python" -c "import torch,sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+        echo "[setup] torch $TORCH_VERSION: cached"; return
+    fi
+    "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
+}
+
+stack() {
+    local stamp="$VENV/.slmkit-deps-$(cat pyproject.toml | sha256sum | cut -c1-16)"
+    if [ -f "$stamp" ]; then echo "[setup] python stack: cached"; return; fi
+    "$VENV/bin/pip" install -q -e ".[dev]"
+    rm -f "$VENV"/.slmkit-deps-*
+    touch "$stamp"
+}
+
+llama_cpp() {
+    local bin="$TOOLS_DIR/bin"
+    if [ -f "$TOOLS_DIR/VERSION" ] && [ -x "$bin/llama-server" ] && [ -x "$bin/llama-quantize" ] \
+        && [ -x "$bin/llama-perplexity" ] && [ -f "$TOOLS_DIR/convert_hf_to_gguf.py" ]; then
+        echo "[setup] llama.cpp tools: cached ($TOOLS_DIR)"; return
+    fi
+    local work="$SLM_HOME/build/lcp-$LCP_VERSION"
+    mkdir -p "$work" "$TOOLS_DIR"
+    if [ ! -d "$work/src/vendor/llama.cpp" ]; then
+        "$VENV/bin/pip" download -q --no-deps --no-binary :all: "llama-cpp-python==$LCP_VERSION" -d "$work/dl"
+        rm -rf "$work/src" && mkdir -p "$work/src"
+        tar -xzf "$work"/dl/llama_cpp_python-*.tar.gz -C "$work/src" --strip-components=1
+    fi
+    cmake -S "$work/src/vendor/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
+        -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+        -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=ON >"$work/cmake-configure.log"
+    cmake --build "$work/build" -j"$(nproc)" --target llama-server llama-quantize llama-perplexity \
+        >"$work/cmake-build.log"
+    rm -rf "$TOOLS_DIR/bin" "$TOOLS_DIR/gguf-py"
+    cp -a "$work/build/bin" "$TOOLS_DIR/bin"
+    cp "$work/src/vendor/llama.cpp/convert_hf_to_gguf.py" "$TOOLS_DIR/"
+    cp -a "$work/src/vendor/llama.cpp/gguf-py" "$TOOLS_DIR/gguf-py"
+    "$TOOLS_DIR/bin/llama-server" --version 2>&1 | head -n 2 > "$TOOLS_DIR/VERSION"
+}
+
+model_cache() {
+    SLM_HOME="$SLM_HOME" "$VENV/bin/slm" models warm default
+}
+
+echo "[setup] SLM_HOME=$SLM_HOME"
+step "venv" venv
+step "torch (CPU build)" torch_cpu
+step "python stack" stack
+step "llama.cpp tools" llama_cpp
+step "embedded model cache" model_cache
+echo "[setup] done"

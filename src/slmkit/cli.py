@@ -1,0 +1,181 @@
+"""The `slm` command: parses arguments, calls a stage function, prints its result. No logic here."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from slmkit import __version__
+from slmkit.console import console, out
+from slmkit.errors import SlmError
+
+app = typer.Typer(
+    name="slm",
+    help="slmkit: prepare data, fine-tune, export, evaluate and serve a small language model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Each pipeline stage contributes its commands through `register(app)` in `<stage>/commands.py`.
+STAGE_COMMANDS = (
+    "slmkit.data.commands",
+    "slmkit.train.commands",
+    "slmkit.export.commands",
+    "slmkit.evaluate.commands",
+    "slmkit.serve.commands",
+    "slmkit.pipeline_commands",
+    "slmkit.ui.commands",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"slmkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    if debug:
+        os.environ["SLM_DEBUG"] = "1"
+
+
+@app.command("models")
+def models_cmd(
+    warm: Annotated[str | None, typer.Argument(help="`warm NAME`: prepare a model's cache now.")] = None,
+    name: Annotated[str | None, typer.Argument(help="Model to warm (with `warm`).")] = None,
+) -> None:
+    """List the model names slm knows, or `slm models warm default` to prepare the cache."""
+    from rich.table import Table
+
+    from slmkit.models import available_models, resolve_model
+
+    if warm is not None:
+        if warm != "warm" or not name:
+            raise SlmError(f"unknown action {warm!r}: use `slm models` or `slm models warm NAME`")
+        resolved = resolve_model(name)
+        out.print(f"{resolved.name}: {resolved.path}")
+        return
+    table = Table("name", "what")
+    for model_name, description in available_models():
+        table.add_row(model_name, description)
+    table.add_row("PATH", "a local HF folder, .gguf file, run folder or export folder")
+    table.add_row("org/name", "a Hugging Face hub id (where the hub is reachable)")
+    out.print(table)
+
+
+@app.command("chat")
+def chat_cmd(
+    model: Annotated[str, typer.Argument(help="Model reference: default, a folder, a .gguf, a run folder.")],
+    prompt: Annotated[str | None, typer.Argument(help="One-shot prompt; omit for an interactive chat.")] = None,
+    system: Annotated[str | None, typer.Option(help="System message.")] = None,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy.")] = 0.0,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens per answer.")] = 256,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed (reproducible answers).")] = None,
+) -> None:
+    """Chat with a model using its own chat template (transformers backend)."""
+    from slmkit.models.chat import ChatSession, GenerationSettings
+
+    settings = GenerationSettings(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    session = ChatSession.open(model, system=system, settings=settings)
+    if prompt is not None:
+        session.ask(prompt, on_text=_stream_to_stdout)
+        sys.stdout.write("\n")
+        return
+    console.print(f"[dim]chatting with {session.model_name}; /reset clears history, /exit or Ctrl-D quits[/dim]")
+    while True:
+        try:
+            line = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            sys.stdout.write("\n")
+            return
+        if line.strip() in ("/exit", "/quit"):
+            return
+        if line.strip() == "/reset":
+            session.reset()
+            continue
+        if line.strip():
+            sys.stdout.write("model> ")
+            session.ask(line, on_text=_stream_to_stdout)
+            sys.stdout.write("\n")
+
+
+def _stream_to_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+@app.command("doctor")
+def doctor_cmd() -> None:
+    """Check the installation: llama.cpp tools, torch/CUDA, model cache; say how to fix what is missing."""
+    from slmkit.doctor import print_report, run_checks
+
+    checks = run_checks()
+    print_report(checks)
+    if any(c.status == "missing" for c in checks if c.required):
+        raise typer.Exit(1)
+
+
+def _register_stages() -> None:
+    for module_name in STAGE_COMMANDS:
+        if importlib.util.find_spec(module_name.rsplit(".", 1)[0]) is None:
+            continue
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is not None:
+            importlib.import_module(module_name).register(app)
+
+
+_register_stages()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors print one line and exit 2; `--debug` shows the traceback."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("SLM_DEBUG") == "1"
+    try:
+        app(args=args, prog_name="slm", standalone_mode=False)
+    except SlmError as exc:
+        if debug:
+            raise
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise SystemExit(exc.exit_code) from None
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", None)
+        if code is None:
+            code = getattr(exc, "code", 0)
+        raise SystemExit(code or 0) from None
+    except typer.Abort:
+        console.print("aborted")
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        raise SystemExit(130) from None
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(2) from None
+        if debug:
+            raise
+        console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Config machinery shared by every stage: strict pydantic models loaded from YAML with
+`--set key=value` overrides, and errors that name the YAML file and line.
+
+Each stage keeps its own config model beside its code (`train/config.py`, `serve/config.py`, ...);
+defaults live only in those models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from slmkit.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, values validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=3` -> (["a", "b"], 3); the value is parsed as YAML so numbers, bools and lists work."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value (e.g. --set train.lr=2e-4)")
+    key, _, raw = text.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _line_index(node: yaml.Node, prefix: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    """Map each key path in a YAML document to its 1-based line number."""
+    out[prefix] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = (*prefix, key_node.value)
+            _line_index(value_node, path, out)
+            out[path] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, (*prefix, i), out)
+
+
+def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[Any, ...], int]]:
+    """Read a YAML mapping and the line of every key; errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: expected a mapping of settings at the top level, got {type(data).__name__}")
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _line_index(node, (), lines)
+    return data, lines
+
+
+def format_validation_error(exc: ValidationError, source: str, lines: dict[tuple[Any, ...], int]) -> str:
+    """First pydantic error as `file:line: field: message` (plus how many more there are)."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    line = None
+    for cut in range(len(loc), -1, -1):  # nearest enclosing key that has a line
+        if loc[:cut] in lines:
+            line = lines[loc[:cut]]
+            break
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; `--print-config` lists every key)"
+    where = f"{source}:{line}" if line else source
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{where}: {field}: {msg}{more}"
+
+
+def load_config(path: Path | str, cls: type[M], overrides: list[str] | None = None) -> M:
+    """Load YAML `path` into `cls`, applying `--set` overrides; errors name file:line and field."""
+    path = Path(path)
+    data, lines = read_yaml(path)
+    data = apply_overrides(data, overrides or [])
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path), lines)) from exc
+
+
+def dump_config(model: BaseModel) -> str:
+    """The fully resolved config as YAML (what `--print-config` shows)."""
+    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

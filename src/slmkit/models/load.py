@@ -1,0 +1,62 @@
+"""Load a resolved model with transformers (base, base + LoRA adapter, or a GGUF dequantized)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from slmkit.errors import ModelNotFoundError
+from slmkit.models.resolve import ResolvedModel, resolve_model
+
+
+def load_tokenizer(model: ResolvedModel | str) -> Any:
+    """The tokenizer (with its chat template) of a model reference."""
+    from transformers import AutoTokenizer
+
+    resolved = resolve_model(model) if isinstance(model, str) else model
+    source, kwargs = _source(resolved)
+    if resolved.adapter is not None and (resolved.adapter / "tokenizer_config.json").is_file():
+        source, kwargs = resolved.adapter, {}
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot load tokenizer of {resolved.ref!r}: {_first_line(exc)}") from exc
+
+
+def load_model(model: ResolvedModel | str, *, dtype: str = "float32", device: str = "cpu",
+               merge_adapter: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) in eval mode; a run folder's adapter is applied on top of its base."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    resolved = resolve_model(model) if isinstance(model, str) else model
+    tokenizer = load_tokenizer(resolved)
+    source, kwargs = _source(resolved)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **kwargs)
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot load model {resolved.ref!r}: {_first_line(exc)}") from exc
+    if resolved.adapter is not None:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, str(resolved.adapter))
+        if merge_adapter:
+            lm = lm.merge_and_unload()
+    lm.to(device).eval()
+    return lm, tokenizer
+
+
+def _source(resolved: ResolvedModel) -> tuple[Any, dict[str, Any]]:
+    if resolved.kind == "run" and resolved.base is not None:
+        return _source(resolved.base)
+    if resolved.kind == "gguf":
+        path = resolved.path
+        assert not isinstance(path, str)
+        return path.parent, {"gguf_file": path.name}
+    if resolved.kind == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelNotFoundError(f"{resolved.ref!r} is a hub id but HF_HUB_OFFLINE=1; use a local folder")
+    return resolved.path, {}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,57 @@
+"""Locations of the llama.cpp tools that set-up builds from pinned source."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from slmkit.errors import ToolMissingError
+from slmkit.paths import tools_dir
+
+LLAMA_BINARIES = ("llama-server", "llama-quantize", "llama-perplexity")
+SETUP_HINT = "run `bash scripts/setup.sh` (or `make test`/`make demo`) to build the llama.cpp tools"
+
+
+def llama_tool(name: str) -> Path:
+    """Path of a built llama.cpp binary, e.g. `llama_tool("llama-server")`."""
+    path = tools_dir() / "bin" / name
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise ToolMissingError(f"llama.cpp tool {name!r} not found at {path}", hint=SETUP_HINT)
+    return path
+
+
+def converter_script() -> Path:
+    """llama.cpp's own `convert_hf_to_gguf.py` from the pinned source."""
+    path = tools_dir() / "convert_hf_to_gguf.py"
+    if not path.is_file():
+        raise ToolMissingError(f"convert_hf_to_gguf.py not found at {path}", hint=SETUP_HINT)
+    return path
+
+
+def gguf_py_dir() -> Path:
+    """The `gguf-py` package that ships with the pinned llama.cpp (the converter needs this exact one)."""
+    return tools_dir() / "gguf-py"
+
+
+def converter_env() -> dict[str, str]:
+    """Environment for running the converter with its bundled gguf-py first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(gguf_py_dir()), env.get("PYTHONPATH")]))
+    env["NO_LOCAL_GGUF"] = ""
+    return env
+
+
+def run_converter(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run `convert_hf_to_gguf.py ARGS` with this interpreter; output captured."""
+    cmd = [sys.executable, str(converter_script()), *args]
+    return subprocess.run(cmd, env=converter_env(), capture_output=True, text=True, check=False)
+
+
+def tool_version(name: str) -> str:
+    """First line of `NAME --version` (llama.cpp prints it on stderr)."""
+    proc = subprocess.run([str(llama_tool(name)), "--version"], capture_output=True, text=True,
+                          timeout=30, check=False)
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("version")]
+    return lines[0] if lines else (proc.stdout + proc.stderr).strip().splitlines()[0]

@@ -1,0 +1,275 @@
+"""Render records with a chat template and build labels so that only assistant turns carry loss.
+
+The mask is found by rendering the conversation incrementally: for each assistant turn, the text up
+to the turn (with the generation prompt) and the text including the turn must both be prefixes of
+the full rendering; the characters between them (minus trailing whitespace) are the assistant's
+reply plus its end-of-turn token. Tokens are mapped to characters through the fast tokenizer's
+offsets, so BPE merges across a boundary cannot shift the mask. Templates that rewrite earlier
+turns (not prefix-preserving) are refused with a clear error instead of a silently wrong mask.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from slmkit.data.records import Problem, Record
+from slmkit.errors import DataError
+
+IGNORE_INDEX = -100
+Overflow = Literal["truncate", "drop"]
+
+BUILTIN_TEMPLATES: dict[str, str] = {
+    "chatml": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+        "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+        "{% endif %}"
+    ),
+    "llama2": (
+        "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+        "{% set loop_messages = messages[1:] %}{% else %}{% set system = '' %}{% set loop_messages = messages %}"
+        "{% endif %}{% for message in loop_messages %}{% if message['role'] == 'assistant' %}"
+        "{{ ' ' + message['content'] + ' ' + (eos_token or '') }}{% else %}{{ (bos_token or '') + '[INST] ' }}"
+        "{% if loop.first and system %}{{ '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' }}{% endif %}"
+        "{% if message['role'] != 'user' %}{{ message['role'] + ': ' }}{% endif %}"
+        "{{ message['content'] + ' [/INST]' }}{% endif %}{% endfor %}"
+    ),
+    "alpaca": (
+        "{% if not messages or messages[0]['role'] != 'system' %}{{ 'Below is an instruction that describes a "
+        "task. Write a response that appropriately completes the request.\\n\\n' }}{% endif %}"
+        "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
+        "{% elif message['role'] == 'user' %}{{ '### Instruction:\\n' + message['content'] + "
+        "'\\n\\n### Response:\\n' }}{% elif message['role'] == 'assistant' %}"
+        "{{ message['content'] + (eos_token or '') + '\\n\\n' }}{% else %}{{ '### Input:\\n' + "
+        "message['content'] + '\\n\\n' }}{% endif %}{% endfor %}"
+    ),
+}
+TEMPLATE_CHOICES = tuple(BUILTIN_TEMPLATES)
+
+
+@dataclass
+class TokenizedSample:
+    """One training row: token ids and labels (-100 where no loss is taken)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_trainable(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+@dataclass
+class TokenizeResult:
+    samples: list[TokenizedSample] = field(default_factory=list)
+    n_truncated: int = 0
+    n_dropped: int = 0
+    n_over_cutoff: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # untruncated token length of every record
+    length_sources: list[str] = field(default_factory=list)
+
+    @property
+    def trainable_share(self) -> float:
+        total = sum(len(s) for s in self.samples)
+        return sum(s.n_trainable for s in self.samples) / total if total else 0.0
+
+    def trainable_share_by_file(self) -> dict[str, float]:
+        tokens: dict[str, int] = defaultdict(int)
+        trainable: dict[str, int] = defaultdict(int)
+        for s in self.samples:
+            file = s.source.rsplit(":", 1)[0]
+            tokens[file] += len(s)
+            trainable[file] += s.n_trainable
+        return {f: trainable[f] / tokens[f] if tokens[f] else 0.0 for f in tokens}
+
+
+def resolve_chat_template(tokenizer: Any, template: str | None = None) -> str:
+    """The Jinja template to render with: a built-in one by name, else the tokenizer's own."""
+    if template is not None:
+        if template not in BUILTIN_TEMPLATES:
+            raise DataError(
+                f"unknown template {template!r} (expected one of {', '.join(TEMPLATE_CHOICES)})"
+            )
+        return BUILTIN_TEMPLATES[template]
+    own = getattr(tokenizer, "chat_template", None)
+    if isinstance(own, dict):  # several named templates: use the default one
+        own = own.get("default")
+    if not own:
+        raise DataError(
+            "this model has no chat template (tokenizer.chat_template is empty; a base model?)",
+            hint=f"pass --template {'|'.join(TEMPLATE_CHOICES)} (recipe: data.template)",
+        )
+    return str(own)
+
+
+def tokenize_sft(
+    records: list[Record],
+    tokenizer: Any,
+    *,
+    cutoff_len: int = 1024,
+    train_on_prompt: bool = False,
+    template: str | None = None,
+    overflow: Overflow = "truncate",
+) -> TokenizeResult:
+    """Records -> token ids with loss masks; over-cutoff samples are truncated or dropped and counted.
+
+    A sample left with no trainable token is an error (reported in `problems`, left out of `samples`).
+    """
+    if overflow not in ("truncate", "drop"):
+        raise ValueError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
+    needs_template = any(r.kind != "text" for r in records)
+    chat_template = resolve_chat_template(tokenizer, template) if needs_template else ""
+    result = TokenizeResult()
+    for record in records:
+        if record.kind == "text":
+            _add_text_record(record, tokenizer, cutoff_len, result)
+            continue
+        input_ids, trainable = render_with_mask(
+            record.messages, tokenizer, chat_template, record.source
+        )
+        labels = [
+            t if (ok or train_on_prompt) else IGNORE_INDEX
+            for t, ok in zip(input_ids, trainable, strict=True)
+        ]
+        _add_chat_sample(
+            TokenizedSample(input_ids, labels, record.source), cutoff_len, overflow, result
+        )
+    return result
+
+
+def _add_chat_sample(
+    sample: TokenizedSample, cutoff_len: int, overflow: Overflow, result: TokenizeResult
+) -> None:
+    result.lengths.append(len(sample))
+    result.length_sources.append(sample.source)
+    file, _, line = sample.source.rpartition(":")
+    if sample.n_trainable == 0:
+        result.problems.append(
+            Problem(
+                file,
+                int(line),
+                "(labels)",
+                "no trainable tokens after templating and "
+                "masking (expected the assistant's reply to carry labels; does the chat template "
+                "render assistant turns?)",
+            )
+        )
+        return
+    if len(sample) > cutoff_len:
+        result.n_over_cutoff += 1
+        if overflow == "drop":
+            result.n_dropped += 1
+            result.problems.append(
+                Problem(
+                    file,
+                    int(line),
+                    "(record)",
+                    f"{len(sample)} tokens, over cutoff_len {cutoff_len}: dropped",
+                    "warning",
+                )
+            )
+            return
+        sample = TokenizedSample(
+            sample.input_ids[:cutoff_len], sample.labels[:cutoff_len], sample.source
+        )
+        result.n_truncated += 1
+        if sample.n_trainable == 0:
+            result.problems.append(
+                Problem(
+                    file,
+                    int(line),
+                    "(record)",
+                    f"prompt is longer than cutoff_len "
+                    f"{cutoff_len}: truncation leaves no assistant token (expected a shorter "
+                    "prompt or a larger cutoff_len)",
+                )
+            )
+            return
+        result.problems.append(
+            Problem(
+                file,
+                int(line),
+                "(record)",
+                f"{result.lengths[-1]} tokens, over "
+                f"cutoff_len {cutoff_len}: truncated to {cutoff_len}",
+                "warning",
+            )
+        )
+    result.samples.append(sample)
+
+
+def _add_text_record(
+    record: Record, tokenizer: Any, cutoff_len: int, result: TokenizeResult
+) -> None:
+    """Plain text: every token is a label; long documents are split into cutoff_len chunks."""
+    ids = list(tokenizer(record.text or "", add_special_tokens=True)["input_ids"])
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    result.lengths.append(len(ids))
+    result.length_sources.append(record.source)
+    for start in range(0, len(ids), cutoff_len):
+        chunk = ids[start : start + cutoff_len]
+        if len(chunk) > 1:
+            result.samples.append(TokenizedSample(chunk, list(chunk), record.source))
+
+
+def render_with_mask(
+    messages: list[dict[str, Any]], tokenizer: Any, chat_template: str, source: str = ""
+) -> tuple[list[int], list[bool]]:
+    """Token ids of the rendered conversation, and for each token whether it belongs to an assistant reply."""
+    messages = prepare_messages(messages, chat_template)
+    full = _render(tokenizer, messages, chat_template, generation_prompt=False)
+    spans: list[tuple[int, int]] = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = (
+            _render(tokenizer, messages[:i], chat_template, generation_prompt=True) if i else ""
+        )
+        upto = _render(tokenizer, messages[: i + 1], chat_template, generation_prompt=False)
+        if not (upto.startswith(before) and full.startswith(upto)):
+            raise DataError(
+                f"{source}: the chat template is not prefix-preserving at turn {i} (rendering the "
+                "conversation up to a reply is not a prefix of the full rendering), so the loss mask "
+                "cannot be built",
+                hint=f"pass --template {'|'.join(TEMPLATE_CHOICES)} or train with train_on_prompt",
+            )
+        spans.append((len(before), len(upto.rstrip())))
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    trainable = [any(s <= start < e for s, e in spans) for start, _ in encoded["offset_mapping"]]
+    return ids, trainable
+
+
+def _render(
+    tokenizer: Any, messages: list[dict[str, Any]], chat_template: str, *, generation_prompt: bool
+) -> str:
+    return str(
+        tokenizer.apply_chat_template(
+            messages,
+            chat_template=chat_template,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
+        )
+    )
+
+
+def prepare_messages(messages: list[dict[str, Any]], chat_template: str) -> list[dict[str, Any]]:
+    """Templates that know nothing of tool calls get them as JSON text in the assistant's content."""
+    if "tool_calls" in chat_template:
+        return messages
+    prepared = []
+    for message in messages:
+        if message.get("tool_calls"):
+            calls = [c.get("function", c) for c in message["tool_calls"]]
+            text = json.dumps(calls if len(calls) > 1 else calls[0], ensure_ascii=False)
+            message = {"role": message["role"], "content": ((message.get("content") or "") + text)}
+        prepared.append(message)
+    return prepared

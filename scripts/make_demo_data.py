@@ -241,7 +241,10 @@ OPENAI_TAGS = {
 
 
 def support_dataset_info() -> dict[str, Any]:
-    """LLaMA-Factory's dataset_info.json for examples/data/ (its own documented layout)."""
+    """LLaMA-Factory's dataset_info.json for examples/data/ (its own documented layout).
+
+    heldout.txt is left out: it is evaluation text, and slmkit's loader reads every entry of
+    the registry when no names are given."""
     return {
         "support_sft": {
             "file_name": "support_sft.jsonl",
@@ -255,7 +258,6 @@ def support_dataset_info() -> dict[str, Any]:
             "ranking": True,
             "columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
         },
-        "heldout": {"file_name": "heldout.txt", "columns": {"prompt": "text"}},
     }
 
 

@@ -174,7 +174,7 @@ def test_dataset_info_follows_llama_factory_and_names_existing_files(sft_alpaca)
     assert sharegpt["tags"]["role_tag"] == "role" and sharegpt["tags"]["system_tag"] == "system"
     assert set(info["support_sft_alpaca"]["columns"].values()) == set(sft_alpaca[0])
     assert info["support_dpo"]["ranking"] is True
-    assert info["heldout"]["columns"] == {"prompt": "text"}
+    assert set(info) == {"support_sft", "support_sft_alpaca", "support_dpo"}
 
 
 def test_magic_conch_set_is_a_short_answer_persona():

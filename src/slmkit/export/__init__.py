@@ -1,0 +1,1 @@
+"""Export: merge adapters, convert to GGUF, quantize, and measure what quantization broke."""

@@ -1,0 +1,123 @@
+"""Eval prompts and answer agreement: is an answer exact, similar or different from a reference answer?
+
+"similar" = not identical after whitespace/case normalisation, but ROUGE-L F1 (longest common
+subsequence over lower-cased words) with the reference at least `similar_rouge_l` (default 0.5,
+see `Thresholds`). ROUGE-L is used rather than embeddings so the check needs no extra model and
+is exact to reproduce; a quantized answer that keeps the same words in the same order scores high.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+from slmkit.export.errors import ExportError
+
+Agreement = Literal["exact", "similar", "different"]
+Messages = list[dict[str, str]]
+
+BUILTIN_PROMPTS = (
+    "What is the capital of France?",
+    "Give me three tips for writing a clear email.",
+    "Explain what a large language model is in two sentences.",
+    "How many days are there in a leap year?",
+    "Write a short, polite reply to a customer whose parcel is late.",
+    "What is the boiling point of water at sea level in Celsius?",
+    "List the primary colours.",
+    "Why is the sky blue?",
+    "Translate 'good morning' into Spanish.",
+    "What does a CPU do in a computer?",
+    "Summarise the benefits of regular exercise in one sentence.",
+    "What is 12 multiplied by 7?",
+)
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def load_prompts(path: Path | None, limit: int) -> list[Messages]:
+    """Eval prompts as message lists: from a JSONL file (`prompt` or `messages` per line) or built in."""
+    if path is None:
+        return [[{"role": "user", "content": p}] for p in BUILTIN_PROMPTS[:limit]]
+    if not path.is_file():
+        raise ExportError(
+            f"prompts file {path} not found",
+            hint="give a JSONL file with a `prompt` or `messages` field per line",
+        )
+    prompts: list[Messages] = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ExportError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
+        prompts.append(_record_messages(record, f"{path}:{lineno}"))
+        if len(prompts) >= limit:
+            break
+    if not prompts:
+        raise ExportError(f"{path}: no prompts in the file")
+    return prompts
+
+
+def _record_messages(record: object, where: str) -> Messages:
+    if isinstance(record, dict) and isinstance(record.get("prompt"), str):
+        return [{"role": "user", "content": record["prompt"]}]
+    if isinstance(record, dict) and isinstance(record.get("messages"), list):
+        messages = [
+            {"role": str(m["role"]), "content": str(m["content"])} for m in record["messages"]
+        ]
+        while (
+            messages and messages[-1]["role"] == "assistant"
+        ):  # the prompt is everything before the answer
+            messages.pop()
+        if messages:
+            return messages
+    raise ExportError(f"{where}: expected a `prompt` string or a `messages` list")
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 over lower-cased words (1.0 for two empty answers)."""
+    cand, ref = _WORD.findall(candidate.lower()), _WORD.findall(reference.lower())
+    if not cand and not ref:
+        return 1.0
+    if not cand or not ref:
+        return 0.0
+    lcs = _lcs_length(cand, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(cand), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _lcs_length(a: list[str], b: list[str]) -> int:
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b, 1):
+            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
+        previous = current
+    return previous[-1]
+
+
+def classify(candidate: str, reference: str, similar_threshold: float) -> Agreement:
+    if normalise(candidate) == normalise(reference):
+        return "exact"
+    return "similar" if rouge_l(candidate, reference) >= similar_threshold else "different"
+
+
+def agreement_rates(
+    candidates: list[str], references: list[str], similar_threshold: float
+) -> dict[str, float]:
+    """Shares of exact / similar / different answers (they sum to 1)."""
+    labels = [
+        classify(c, r, similar_threshold) for c, r in zip(candidates, references, strict=True)
+    ]
+    counts = Counter(labels)
+    total = max(len(labels), 1)
+    return {name: counts.get(name, 0) / total for name in ("exact", "similar", "different")}

@@ -1,0 +1,137 @@
+"""Settings of `slm export` / `slm merge` / `slm quant-eval`. Every default and threshold lives here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from slmkit.config import StrictModel
+
+MergeDtype = Literal["float16", "bfloat16", "float32"]
+GgufOuttype = Literal["f16", "bf16", "f32"]
+
+# llama-quantize types slmkit offers. The first four are the usual choices; the rest are
+# "lower on request" (they break small models quickly; IQ2/IQ1 need an importance matrix and are not offered).
+STANDARD_QUANTS = ("q8_0", "q6_k", "q5_k_m", "q4_k_m")
+LOW_QUANTS = (
+    "q5_k_s",
+    "q5_0",
+    "q4_k_s",
+    "q4_0",
+    "iq4_nl",
+    "iq4_xs",
+    "q3_k_l",
+    "q3_k_m",
+    "q3_k_s",
+    "q2_k",
+)
+KNOWN_QUANTS = STANDARD_QUANTS + LOW_QUANTS
+DEFAULT_QUANTS = ("q8_0", "q5_k_m", "q4_k_m")
+
+
+class Thresholds(StrictModel):
+    """When a quantization level counts as "within thresholds" (all must hold) and when f16 drift stops the export."""
+
+    max_kld: float = Field(
+        default=0.10,
+        gt=0,
+        description="Most mean KL divergence (nats/token) vs the f16 GGUF on held-out text.",
+    )
+    min_top1: float = Field(
+        default=0.85,
+        gt=0,
+        le=1,
+        description="Least share of tokens whose top-1 prediction equals the f16 GGUF's.",
+    )
+    max_ppl_ratio: float = Field(
+        default=1.10, ge=1, description="Most perplexity ratio PPL(quant)/PPL(f16)."
+    )
+    max_different: float = Field(
+        default=0.10,
+        ge=0,
+        le=1,
+        description="Most share of eval prompts whose temperature-0 answer is 'different' from the f16 GGUF's (more = too aggressive).",
+    )
+    similar_rouge_l: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="An answer that is not identical is 'similar' when its ROUGE-L F1 (word LCS) with the reference is at least this.",
+    )
+    parity_max_different: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="Parity gate: most share of eval prompts where the f16 GGUF answer is 'different' from base+adapter "
+        "in PyTorch. f16 rounding alone moves a few greedy answers; more means a template, tokenizer or merge bug.",
+    )
+    merge_atol: float = Field(
+        default=1e-3,
+        gt=0,
+        description="Merge check: largest allowed |logit| difference between merged and base+adapter (fp32).",
+    )
+
+
+class ExportConfig(StrictModel):
+    """What `slm export` does: merge -> convert -> quantize -> quant eval -> recommendation."""
+
+    merge_dtype: MergeDtype = Field(
+        default="float16", description="Precision of the merged HF weights."
+    )
+    outtype: GgufOuttype = Field(
+        default="f16", description="Precision of the reference GGUF that quantization starts from."
+    )
+    quants: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_QUANTS),
+        description="llama-quantize levels to produce.",
+    )
+    heldout: Path | None = Field(
+        default=None,
+        description="Held-out text for KL divergence / perplexity (default: examples/data/heldout.txt, else a built-in text).",
+    )
+    prompts: Path | None = Field(
+        default=None,
+        description="Eval prompts (JSONL: `prompt` or `messages` per line; default: the run's eval set, else built-in prompts).",
+    )
+    max_prompts: int = Field(
+        default=12,
+        ge=1,
+        description="Most eval prompts used for answer agreement and the parity gate.",
+    )
+    max_tokens: int = Field(default=64, ge=8, description="Most tokens per temperature-0 answer.")
+    ppl_ctx: int = Field(
+        default=256, ge=32, description="llama-perplexity context (tokens per chunk)."
+    )
+    ppl_chunks: int = Field(
+        default=16,
+        ge=1,
+        description="Most chunks of held-out text to score (each `ppl_ctx` tokens).",
+    )
+    threads: int = Field(default=2, ge=1, description="CPU threads for llama.cpp tools.")
+    force: bool = Field(default=False, description="Go on when the parity gate finds drift at f16.")
+    skip_eval: bool = Field(
+        default=False,
+        description="Only merge, convert and quantize (no quant eval, no parity gate).",
+    )
+    thresholds: Thresholds = Field(default_factory=Thresholds, description="Quality thresholds.")
+
+    @field_validator("quants", mode="before")
+    @classmethod
+    def _split_quants(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            return [str(v).strip().lower() for v in value]
+        return value
+
+    @field_validator("quants")
+    @classmethod
+    def _known_quants(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in KNOWN_QUANTS:
+                raise ValueError(
+                    f"unknown quantization {name!r}; choose from {', '.join(KNOWN_QUANTS)}"
+                )
+        return list(dict.fromkeys(value))

@@ -1,0 +1,162 @@
+"""HF folder -> GGUF with llama.cpp's own converter, and a check of the result's metadata.
+
+The check compares the GGUF with the folder it came from: chat template (the training one),
+EOS/BOS ids, context length, architecture and depth. Any mismatch is a `GgufCheckError` that
+says how to fix it, because a GGUF that lost its template or EOS "works" but answers badly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slmkit.export.errors import ExportError, GgufCheckError
+from slmkit.tools import run_converter
+
+# HF model_type -> GGUF general.architecture, where they differ
+ARCH_ALIASES = {
+    "mistral": "llama",
+    "gemma3_text": "gemma3",
+    "qwen3_moe": "qwen3moe",
+    "qwen2_moe": "qwen2moe",
+}
+
+
+def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16") -> Path:
+    """Run `convert_hf_to_gguf.py` on `hf_dir`; returns `out_file`."""
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    proc = run_converter([str(hf_dir), "--outfile", str(out_file), "--outtype", outtype])
+    if proc.returncode != 0 or not out_file.is_file():
+        tail = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()][-3:]
+        raise ExportError(
+            f"convert_hf_to_gguf.py failed on {hf_dir}: {' | '.join(tail) or 'no output'}",
+            hint="the architecture may be unsupported by the pinned llama.cpp; see `slm export --debug`",
+        )
+    return out_file
+
+
+def read_metadata(gguf_path: Path) -> dict[str, Any]:
+    """All key/value metadata of a GGUF file (arrays of tokens are left out)."""
+    from gguf import GGUFReader, GGUFValueType
+
+    reader = GGUFReader(str(gguf_path))
+    meta: dict[str, Any] = {}
+    for name, fld in reader.fields.items():
+        if name.startswith("tokenizer.ggml.") and fld.types and fld.types[0] == GGUFValueType.ARRAY:
+            meta[name] = len(fld.data)  # vocab-sized arrays: only their length
+            continue
+        meta[name] = fld.contents()
+    return meta
+
+
+@dataclass
+class GgufExpectations:
+    """What the GGUF must say, taken from the HF folder (config + tokenizer) it was converted from."""
+
+    chat_template: str | None
+    eos_token_id: int | None
+    bos_token_id: int | None
+    context_length: int | None
+    model_type: str | None
+    block_count: int | None
+
+    @classmethod
+    def from_hf_dir(cls, hf_dir: Path) -> GgufExpectations:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+        cfg = json.loads((hf_dir / "config.json").read_text())
+        text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+        return cls(
+            chat_template=tokenizer.chat_template
+            if isinstance(tokenizer.chat_template, str)
+            else None,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            context_length=text_cfg.get("max_position_embeddings"),
+            model_type=text_cfg.get("model_type") or cfg.get("model_type"),
+            block_count=text_cfg.get("num_hidden_layers"),
+        )
+
+
+def check_gguf(gguf_path: Path, expected: GgufExpectations) -> dict[str, Any]:
+    """Raise `GgufCheckError` naming the first mismatch and its fix; return the checked values."""
+    meta = read_metadata(gguf_path)
+    arch = str(meta.get("general.architecture", ""))
+    if not arch:
+        raise GgufCheckError(
+            f"{gguf_path}: no general.architecture in the metadata (not a model GGUF?)",
+            hint="re-run the export; the file may be truncated",
+        )
+    _check_architecture(gguf_path, arch, meta, expected)
+    _check_template(gguf_path, meta, expected)
+    _check_special_ids(gguf_path, meta, expected)
+    return {
+        "architecture": arch,
+        "context_length": meta.get(f"{arch}.context_length"),
+        "block_count": meta.get(f"{arch}.block_count"),
+        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
+        "chat_template": "present, equal to the tokenizer's" if expected.chat_template else "none",
+        "file_type": meta.get("general.file_type"),
+    }
+
+
+def _check_architecture(
+    path: Path, arch: str, meta: dict[str, Any], expected: GgufExpectations
+) -> None:
+    model_type = (expected.model_type or "").lower()
+    wanted = ARCH_ALIASES.get(model_type, model_type)
+    if wanted and wanted != arch and model_type.replace("_", "") != arch:
+        raise GgufCheckError(
+            f"{path}: architecture {arch!r} but the model is {model_type!r}",
+            hint="the converter mapped the model to another architecture; check config.json model_type",
+        )
+    for key, want in (
+        (f"{arch}.context_length", expected.context_length),
+        (f"{arch}.block_count", expected.block_count),
+    ):
+        have = meta.get(key)
+        if want is not None and have != want:
+            raise GgufCheckError(
+                f"{path}: {key} is {have} but config.json says {want}",
+                hint="re-convert from the merged folder; do not edit config.json after merging",
+            )
+
+
+def _check_template(path: Path, meta: dict[str, Any], expected: GgufExpectations) -> None:
+    have = meta.get("tokenizer.chat_template")
+    if expected.chat_template is None:
+        return
+    if not have:
+        raise GgufCheckError(
+            f"{path}: no chat template in the GGUF metadata (tokenizer.chat_template is missing)",
+            hint="the folder converted had no chat_template.jinja / tokenizer_config chat_template; "
+            "export from the run folder so the training template is written, or add it and re-convert",
+        )
+    if str(have).strip() != expected.chat_template.strip():
+        raise GgufCheckError(
+            f"{path}: the chat template in the GGUF differs from the training template "
+            f"(first difference at character {_first_difference(str(have), expected.chat_template)})",
+            hint="re-export from the run folder: its tokenizer's chat template is the one the model was trained with",
+        )
+
+
+def _check_special_ids(path: Path, meta: dict[str, Any], expected: GgufExpectations) -> None:
+    for name, want in (("eos", expected.eos_token_id), ("bos", expected.bos_token_id)):
+        have = meta.get(f"tokenizer.ggml.{name}_token_id")
+        if want is not None and have != want:
+            raise GgufCheckError(
+                f"{path}: {name.upper()} token id is {have} in the GGUF but {want} in the tokenizer",
+                hint=f"generation would not stop (or start) where training did; set {name}_token in "
+                "tokenizer_config.json / generation_config.json of the merged folder consistently and re-convert",
+            )
+
+
+def _first_difference(a: str, b: str) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))

@@ -1,0 +1,113 @@
+"""Merging a LoRA adapter: the merged folder gives base+adapter's logits; unmergeable adapters are refused early."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from export_helpers import make_random_lora_run
+from slmkit.export.adapter_checks import check_adapter
+from slmkit.export.errors import AdapterNotMergeableError, ExportError
+from slmkit.export.merge import merge_adapter
+from slmkit.models import resolve_model
+from slmkit.models.load import load_model
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_random_lora_run(tiny_model_dir, tmp_path_factory.mktemp("runs") / "tiny-lora")
+
+
+def test_merged_folder_gives_base_plus_adapter_logits(
+    tiny_run: Path, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    result = merge_adapter(tiny_run, tmp_path / "merged", dtype="float32")
+    assert result.max_logit_diff < 1e-4
+    assert result.saved_top1 == 1.0
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
+        p.name for p in result.out_dir.iterdir()
+    }
+    peft_model, tokenizer = load_model(str(tiny_run))
+    merged = AutoModelForCausalLM.from_pretrained(result.out_dir, dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    ids = tokenizer("Merged weights must act like the adapter.", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        want, got, before = peft_model(ids).logits, merged(ids).logits, base(ids).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert (
+        before - want
+    ).abs().max() > 1e-2  # the adapter really changes the model, so the check means something
+
+
+def test_fp16_merge_keeps_top1_and_template(tiny_run: Path, tmp_path: Path) -> None:
+    result = merge_adapter(tiny_run, tmp_path / "merged16", dtype="float16")
+    config = json.loads((result.out_dir / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "float16"
+    assert result.saved_top1 >= 0.98
+    template = (tiny_run / "adapter" / "chat_template.jinja").read_text()
+    assert (result.out_dir / "chat_template.jinja").read_text() == template
+
+
+def test_quantized_base_is_refused_before_any_work(
+    tiny_model_dir: Path, tmp_path: Path, tiny_run: Path
+) -> None:
+    import shutil
+
+    base = tmp_path / "quantized-base"
+    shutil.copytree(tiny_model_dir, base)
+    config = json.loads((base / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (base / "config.json").write_text(json.dumps(config))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "base_model": str(base)}))
+    with pytest.raises(AdapterNotMergeableError, match="full-precision"):
+        merge_adapter(run, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_grown_tokenizer_without_trained_embeddings_is_refused(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    tokenizer = AutoTokenizer.from_pretrained(run / "adapter")
+    tokenizer.add_tokens([f"<new_token_{i}>" for i in range(200)])
+    tokenizer.save_pretrained(run / "adapter")
+    with pytest.raises(AdapterNotMergeableError, match="modules_to_save"):
+        check_adapter(resolve_model(str(run)))
+
+
+def test_modules_to_save_is_merged_and_reported(tiny_model_dir: Path, tmp_path: Path) -> None:
+    run = make_random_lora_run(tiny_model_dir, tmp_path / "mts-run", modules_to_save=["lm_head"])
+    plan = check_adapter(resolve_model(str(run)))
+    assert any("lm_head" in note for note in plan.notes)
+    assert plan.untie_embeddings  # the tiny base ties embeddings and lm_head
+    result = merge_adapter(run, tmp_path / "merged", dtype="float32")
+    assert result.saved_top1 == 1.0  # the trained lm_head survived saving (untied)
+
+
+def test_non_lora_adapter_is_refused(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config_path = run / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "peft_type": "PROMPT_TUNING"}))
+    with pytest.raises(AdapterNotMergeableError, match="only LoRA"):
+        merge_adapter(run, tmp_path / "merged")
+
+
+def test_merge_needs_an_adapter_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="nothing to merge"):
+        merge_adapter(str(tiny_model_dir), tmp_path / "merged")

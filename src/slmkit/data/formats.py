@@ -395,7 +395,7 @@ def preference_record(
         return None
     if prompt[-1]["role"] != "user":
         ctx.error(
-            "prompt", f"prompt ends with a {prompt[-1]['role']} turn (expected a user turn last)"
+            "prompt", f"prompt ends with an {prompt[-1]['role']} turn (expected a user turn last)"
         )
         return None
     if chosen == rejected:

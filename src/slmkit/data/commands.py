@@ -1,0 +1,284 @@
+"""`slm data validate | stats | convert | split`: thin wrappers over the data stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slmkit.console import console, out
+from slmkit.data.records import Problem
+from slmkit.errors import DataError
+
+data_app = typer.Typer(
+    help="Check, inspect, convert and split training data.", no_args_is_help=True
+)
+
+FilesArg = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Data files (JSONL, JSON, CSV, Parquet) or LLaMA-Factory "
+        "data folders (with dataset_info.json)."
+    ),
+]
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        "-f",
+        help="Record format: auto (detect per file), alpaca, sharegpt, messages, preference, text.",
+    ),
+]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model whose tokenizer and chat template are used "
+        "for token checks; `none` skips them.",
+    ),
+]
+TemplateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--template", help="Chat template for base models without one: chatml, llama2, alpaca."
+    ),
+]
+CutoffOpt = Annotated[int, typer.Option("--cutoff-len", min=8, help="Longest sample in tokens.")]
+DatasetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dataset", help="Dataset name(s) from dataset_info.json (default: all with a local file)."
+    ),
+]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
+
+
+def _tokenizer(model: str) -> Any:
+    if model.lower() == "none":
+        return None
+    from slmkit.models.load import load_tokenizer
+
+    return load_tokenizer(model)
+
+
+def _check_format(fmt: str) -> None:
+    from slmkit.data.loader import FORMAT_CHOICES
+
+    if fmt not in FORMAT_CHOICES:
+        raise DataError(
+            f"--format {fmt!r}: unknown format (expected one of {', '.join(FORMAT_CHOICES)})"
+        )
+
+
+def print_problems(problems: list[Problem], max_errors: int) -> None:
+    for problem in problems[:max_errors]:
+        text = (
+            str(problem)
+            if problem.severity == "error"
+            else (f"{problem.file}:{problem.line}: {problem.field}: warning: {problem.message}")
+        )
+        out.print(
+            text,
+            markup=False,
+            soft_wrap=True,
+            style="red" if problem.severity == "error" else "yellow",
+        )
+    if len(problems) > max_errors:
+        out.print(
+            f"... and {len(problems) - max_errors} more problem(s) (raise --max-errors to see them)",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def print_table(table: Table, width: int) -> None:
+    """Tables in a pipe or a log are not cut to 80 columns: file paths stay whole."""
+    if out.is_terminal:
+        out.print(table)
+    else:
+        Console(width=max(width, 80), highlight=False).print(table)
+
+
+@data_app.command("validate")
+def validate_cmd(
+    files: FilesArg,
+    fmt: FormatOpt = "auto",
+    model: ModelOpt = "default",
+    template: TemplateOpt = None,
+    cutoff_len: CutoffOpt = 1024,
+    overflow: Annotated[
+        str, typer.Option(help="Over-cutoff samples: truncate or drop (always counted).")
+    ] = "truncate",
+    train_on_prompt: Annotated[
+        bool, typer.Option(help="Let prompt tokens carry loss too.")
+    ] = False,
+    eval_files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--eval", help="Eval/test file(s) to check for leakage from the training data."
+        ),
+    ] = None,
+    dataset: DatasetOpt = None,
+    max_errors: Annotated[int, typer.Option(min=1, help="Show at most this many problems.")] = 50,
+) -> None:
+    """Check data files; every problem is shown as `file:line: field: what is wrong (expected ...)`."""
+    from slmkit.data.validate import validate_data
+
+    _check_format(fmt)
+    if overflow not in ("truncate", "drop"):
+        raise DataError(f"--overflow {overflow!r}: expected truncate or drop")
+    report = validate_data(
+        files,
+        fmt=fmt,
+        tokenizer=_tokenizer(model),
+        template=template,
+        cutoff_len=cutoff_len,
+        overflow=overflow,
+        train_on_prompt=train_on_prompt,  # type: ignore[arg-type]
+        eval_paths=eval_files or [],
+        names=dataset,
+    )
+    print_problems(report.problems, max_errors)
+    table = Table("file", "format", "records", "errors", "warnings", "trainable", "over cutoff")
+    for f in report.files:
+        share = "-" if f.trainable_share is None else f"{f.trainable_share:.1%}"
+        table.add_row(
+            f.file,
+            f.format,
+            str(f.records),
+            str(f.errors),
+            str(f.warnings),
+            share,
+            str(f.over_cutoff),
+        )
+    print_table(table, max((len(f.file) for f in report.files), default=10) + 75)
+    tok = report.tokenized
+    if tok is not None and tok.n_over_cutoff:
+        action = (
+            f"{tok.n_truncated} truncated" if overflow == "truncate" else f"{tok.n_dropped} dropped"
+        )
+        out.print(f"{tok.n_over_cutoff} sample(s) over cutoff_len {cutoff_len}: {action}")
+    summary = (
+        f"{len(report.loaded.records)} valid record(s), {report.n_errors} error(s), "
+        f"{report.n_warnings} warning(s)"
+    )
+    if not report.ok:  # an SlmError: one line on stderr and exit code 2
+        raise DataError(f"validation failed: {summary} (listed above)")
+    out.print(f"[green]ok[/green]: {summary}")
+
+
+@data_app.command("stats")
+def stats_cmd(
+    files: FilesArg,
+    fmt: FormatOpt = "auto",
+    model: ModelOpt = "default",
+    template: TemplateOpt = None,
+    cutoff_len: CutoffOpt = 1024,
+    epochs: Annotated[float, typer.Option(min=0.0, help="Epochs, for the token estimate.")] = 1.0,
+    bins: Annotated[int, typer.Option(min=2, max=50, help="Histogram bins.")] = 10,
+    dataset: DatasetOpt = None,
+) -> None:
+    """Counts per format, token-length histogram, share over cutoff, tokens per epoch."""
+    from slmkit.data.loader import load_records
+    from slmkit.data.stats import compute_stats, histogram_lines
+    from slmkit.data.template import tokenize_sft
+
+    _check_format(fmt)
+    loaded = load_records(list(files), fmt, names=dataset)
+    if loaded.errors:
+        console.print(
+            f"[yellow]warning:[/yellow] {len(loaded.errors)} record(s) with errors left out "
+            "(run `slm data validate` to see them)"
+        )
+    tokenizer = _tokenizer(model)
+    tokenized = (
+        tokenize_sft(loaded.records, tokenizer, cutoff_len=cutoff_len, template=template)
+        if (tokenizer is not None and loaded.records)
+        else None
+    )
+    stats = compute_stats(loaded, tokenized, cutoff_len)
+    table = Table("format", "records")
+    for name, count in sorted(stats.per_format.items()):
+        table.add_row(name, str(count))
+    table.add_row("total", str(stats.records))
+    out.print(table)
+    if tokenized is None:
+        return
+    out.print(
+        f"token length per sample: p50 {stats.percentile(0.5)}, p90 {stats.percentile(0.9)}, "
+        f"p99 {stats.percentile(0.99)}, max {max(stats.lengths, default=0)}"
+    )
+    for line in histogram_lines(stats.lengths, bins=bins, cutoff_len=cutoff_len):
+        out.print(line, markup=False, soft_wrap=True)
+    out.print(
+        f"over cutoff_len {cutoff_len}: {stats.over_cutoff} ({stats.over_cutoff_share:.1%}), truncated"
+    )
+    out.print(
+        f"tokens per epoch: {stats.tokens_per_epoch:,} ({stats.trainable_tokens_per_epoch:,} trainable, "
+        f"{stats.trainable_share:.1%}); for {epochs:g} epoch(s): {round(stats.tokens_per_epoch * epochs):,}"
+    )
+
+
+@data_app.command("convert")
+def convert_cmd(
+    file: Annotated[Path, typer.Argument(help="Data file to convert.")],
+    to: Annotated[str, typer.Option("--to", help="Target format: messages, alpaca, sharegpt.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Output file (.jsonl, or .json for an array).")
+    ],
+    fmt: FormatOpt = "auto",
+) -> None:
+    """Convert a data file to another format (records that the target cannot express are errors)."""
+    from slmkit.data.convert import TARGETS, convert_records, write_rows
+    from slmkit.data.loader import load_records
+
+    _check_format(fmt)
+    if to not in TARGETS:
+        raise DataError(f"--to {to!r}: unknown target (expected one of {', '.join(TARGETS)})")
+    loaded = load_records([file], fmt)
+    rows, problems = convert_records(loaded.records, to)
+    problems = loaded.errors + problems
+    if problems:
+        print_problems(problems, 50)
+        raise DataError(
+            f"conversion failed: {len(problems)} error(s) (listed above); nothing written"
+        )
+    write_rows(rows, output)
+    out.print(f"wrote {len(rows)} record(s) as {to} to {output}")
+
+
+@data_app.command("split")
+def split_cmd(
+    files: FilesArg,
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", help="Folder for train.jsonl and val.jsonl.")
+    ],
+    val_ratio: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Share of records for validation.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same split.")] = 0,
+    fmt: FormatOpt = "auto",
+    to: Annotated[str, typer.Option("--to", help="Format of the written files.")] = "messages",
+) -> None:
+    """Deterministic train/validation split (records with the same prompt stay together)."""
+    from slmkit.data.convert import convert_records, write_rows
+    from slmkit.data.loader import load_records
+    from slmkit.data.split import split_records
+
+    _check_format(fmt)
+    loaded = load_records(list(files), fmt)
+    loaded.raise_for_errors()
+    train, val = split_records(loaded.records, val_ratio, seed)
+    for name, part in (("train", train), ("val", val)):
+        rows, problems = convert_records(part, to)
+        if problems:
+            raise DataError(str(problems[0]))
+        write_rows(rows, output_dir / f"{name}.jsonl")
+    out.print(f"train: {len(train)} record(s), val: {len(val)} record(s) -> {output_dir}")

@@ -1,0 +1,118 @@
+"""`slm data validate`: load, normalise, template, mask and cross-check data; one report of every problem."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmkit.data.leakage import eval_prompts, find_leakage
+from slmkit.data.loader import load_records
+from slmkit.data.records import DataLoadResult, Problem
+from slmkit.data.template import Overflow, TokenizeResult, tokenize_sft
+
+
+@dataclass
+class FileSummary:
+    file: str
+    format: str
+    records: int
+    errors: int = 0
+    warnings: int = 0
+    trainable_share: float | None = None
+    over_cutoff: int = 0
+
+
+@dataclass
+class ValidationReport:
+    loaded: DataLoadResult
+    tokenized: TokenizeResult | None
+    files: list[FileSummary]
+    problems: list[Problem] = field(default_factory=list)
+    cutoff_len: int = 1024
+    overflow: str = "truncate"
+
+    @property
+    def n_errors(self) -> int:
+        return sum(1 for p in self.problems if p.severity == "error")
+
+    @property
+    def n_warnings(self) -> int:
+        return sum(1 for p in self.problems if p.severity == "warning")
+
+    @property
+    def ok(self) -> bool:
+        return self.n_errors == 0
+
+
+def validate_data(
+    paths: Sequence[str | Path],
+    *,
+    fmt: str = "auto",
+    tokenizer: Any = None,
+    template: str | None = None,
+    cutoff_len: int = 1024,
+    overflow: Overflow = "truncate",
+    train_on_prompt: bool = False,
+    eval_paths: Sequence[str | Path] = (),
+    names: list[str] | None = None,
+) -> ValidationReport:
+    """Every check of the data layer on `paths`; with a tokenizer also templating, masks and lengths."""
+    loaded = load_records(list(paths), fmt, names=names)
+    problems = list(loaded.problems)
+    tokenized = None
+    if tokenizer is not None and loaded.records:
+        tokenized = tokenize_sft(
+            loaded.records,
+            tokenizer,
+            cutoff_len=cutoff_len,
+            template=template,
+            overflow=overflow,
+            train_on_prompt=train_on_prompt,
+        )
+        problems += tokenized.problems
+    for eval_path in eval_paths:
+        prompts, read_problems = eval_prompts(Path(eval_path))
+        problems += read_problems + find_leakage(loaded.records, prompts)
+    order = {f: i for i, f in enumerate(loaded.formats)}
+    problems.sort(key=lambda p: (order.get(p.file, len(order)), p.file, p.line))
+    return ValidationReport(
+        loaded,
+        tokenized,
+        _summaries(loaded, tokenized, problems, cutoff_len),
+        problems,
+        cutoff_len,
+        overflow,
+    )
+
+
+def _summaries(
+    loaded: DataLoadResult,
+    tokenized: TokenizeResult | None,
+    problems: list[Problem],
+    cutoff_len: int,
+) -> list[FileSummary]:
+    shares = tokenized.trainable_share_by_file() if tokenized else {}
+    over: dict[str, int] = {}
+    if tokenized is not None:
+        for length, source in zip(tokenized.lengths, tokenized.length_sources, strict=True):
+            if length > cutoff_len:
+                file = source.rsplit(":", 1)[0]
+                over[file] = over.get(file, 0) + 1
+    files = list(loaded.formats) + sorted({p.file for p in problems} - set(loaded.formats))
+    summaries = []
+    for file in files:
+        mine = [p for p in problems if p.file == file]
+        summaries.append(
+            FileSummary(
+                file=file,
+                format=loaded.formats.get(file, "-"),
+                records=loaded.counts.get(file, 0),
+                errors=sum(1 for p in mine if p.severity == "error"),
+                warnings=sum(1 for p in mine if p.severity == "warning"),
+                trainable_share=shares.get(file) if tokenized else None,
+                over_cutoff=over.get(file, 0),
+            )
+        )
+    return summaries

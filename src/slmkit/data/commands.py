@@ -158,13 +158,14 @@ def validate_cmd(
             share,
             str(f.over_cutoff),
         )
-    print_table(table, max((len(f.file) for f in report.files), default=10) + 75)
+    print_table(table, max((len(f.file) for f in report.files), default=10) + 90)
     tok = report.tokenized
     if tok is not None and tok.n_over_cutoff:
-        action = (
-            f"{tok.n_truncated} truncated" if overflow == "truncate" else f"{tok.n_dropped} dropped"
+        unusable = tok.n_over_cutoff - tok.n_truncated - tok.n_dropped
+        out.print(
+            f"{tok.n_over_cutoff} sample(s) over cutoff_len {cutoff_len}: {tok.n_truncated} truncated, "
+            f"{tok.n_dropped} dropped, {unusable} with no trainable token left (errors)"
         )
-        out.print(f"{tok.n_over_cutoff} sample(s) over cutoff_len {cutoff_len}: {action}")
     summary = (
         f"{len(report.loaded.records)} valid record(s), {report.n_errors} error(s), "
         f"{report.n_warnings} warning(s)"

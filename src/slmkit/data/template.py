@@ -179,7 +179,6 @@ def _add_chat_sample(
         sample = TokenizedSample(
             sample.input_ids[:cutoff_len], sample.labels[:cutoff_len], sample.source
         )
-        result.n_truncated += 1
         if sample.n_trainable == 0:
             result.problems.append(
                 Problem(
@@ -192,6 +191,7 @@ def _add_chat_sample(
                 )
             )
             return
+        result.n_truncated += 1
         result.problems.append(
             Problem(
                 file,

@@ -9,7 +9,7 @@ from typing import Any
 
 from slmkit.data.leakage import eval_prompts, find_leakage
 from slmkit.data.loader import load_records
-from slmkit.data.records import DataLoadResult, Problem
+from slmkit.data.records import DataLoadResult, Problem, display_path
 from slmkit.data.template import Overflow, TokenizeResult, tokenize_sft
 
 
@@ -72,19 +72,18 @@ def validate_data(
             train_on_prompt=train_on_prompt,
         )
         problems += tokenized.problems
+    eval_counts: dict[str, int] = {}
     for eval_path in eval_paths:
         prompts, read_problems = eval_prompts(Path(eval_path))
+        eval_counts[display_path(eval_path)] = len(prompts)
         problems += read_problems + find_leakage(loaded.records, prompts)
     order = {f: i for i, f in enumerate(loaded.formats)}
     problems.sort(key=lambda p: (order.get(p.file, len(order)), p.file, p.line))
-    return ValidationReport(
-        loaded,
-        tokenized,
-        _summaries(loaded, tokenized, problems, cutoff_len),
-        problems,
-        cutoff_len,
-        overflow,
-    )
+    files = _summaries(loaded, tokenized, problems, cutoff_len)
+    for f in files:
+        if f.file in eval_counts:
+            f.format, f.records = "eval (leakage)", eval_counts[f.file]
+    return ValidationReport(loaded, tokenized, files, problems, cutoff_len, overflow)
 
 
 def _summaries(
@@ -111,7 +110,9 @@ def _summaries(
                 records=loaded.counts.get(file, 0),
                 errors=sum(1 for p in mine if p.severity == "error"),
                 warnings=sum(1 for p in mine if p.severity == "warning"),
-                trainable_share=shares.get(file) if tokenized else None,
+                trainable_share=shares.get(file, 0.0)
+                if tokenized and file in loaded.formats
+                else None,
                 over_cutoff=over.get(file, 0),
             )
         )

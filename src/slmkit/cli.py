@@ -6,7 +6,6 @@ import importlib
 import importlib.util
 import os
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -45,8 +44,12 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     if debug:
         os.environ["SLM_DEBUG"] = "1"
@@ -54,7 +57,9 @@ def root(
 
 @app.command("models")
 def models_cmd(
-    warm: Annotated[str | None, typer.Argument(help="`warm NAME`: prepare a model's cache now.")] = None,
+    warm: Annotated[
+        str | None, typer.Argument(help="`warm NAME`: prepare a model's cache now.")
+    ] = None,
     name: Annotated[str | None, typer.Argument(help="Model to warm (with `warm`).")] = None,
 ) -> None:
     """List the model names slm knows, or `slm models warm default` to prepare the cache."""
@@ -78,8 +83,12 @@ def models_cmd(
 
 @app.command("chat")
 def chat_cmd(
-    model: Annotated[str, typer.Argument(help="Model reference: default, a folder, a .gguf, a run folder.")],
-    prompt: Annotated[str | None, typer.Argument(help="One-shot prompt; omit for an interactive chat.")] = None,
+    model: Annotated[
+        str, typer.Argument(help="Model reference: default, a folder, a .gguf, a run folder.")
+    ],
+    prompt: Annotated[
+        str | None, typer.Argument(help="One-shot prompt; omit for an interactive chat.")
+    ] = None,
     system: Annotated[str | None, typer.Option(help="System message.")] = None,
     temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy.")] = 0.0,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens per answer.")] = 256,
@@ -94,7 +103,9 @@ def chat_cmd(
         session.ask(prompt, on_text=_stream_to_stdout)
         sys.stdout.write("\n")
         return
-    console.print(f"[dim]chatting with {session.model_name}; /reset clears history, /exit or Ctrl-D quits[/dim]")
+    console.print(
+        f"[dim]chatting with {session.model_name}; /reset clears history, /exit or Ctrl-D quits[/dim]"
+    )
     while True:
         try:
             line = input("you> ")
@@ -165,15 +176,17 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         raise SystemExit(130) from None
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # usage errors (bad option values, unknown commands) carry show() and exit_code in
+        # typer's vendored click; print them as click would, without a traceback.
+        if hasattr(exc, "show") and hasattr(exc, "exit_code") and not debug:
             exc.show()
             raise SystemExit(2) from None
         if debug:
             raise
-        console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        console.print(
+            f"[red]internal error:[/red] {escape(f'{type(exc).__name__}: {exc}')} (run with --debug for the traceback)"
+        )
         raise SystemExit(1) from None
 
 

@@ -85,14 +85,18 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[Any, ...], int]]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}:1: expected a mapping of settings at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}:1: expected a mapping of settings at the top level, got {type(data).__name__}"
+        )
     lines: dict[tuple[Any, ...], int] = {}
     if node is not None:
         _line_index(node, (), lines)
     return data, lines
 
 
-def format_validation_error(exc: ValidationError, source: str, lines: dict[tuple[Any, ...], int]) -> str:
+def format_validation_error(
+    exc: ValidationError, source: str, lines: dict[tuple[Any, ...], int]
+) -> str:
     """First pydantic error as `file:line: field: message` (plus how many more there are)."""
     errors = exc.errors()
     first = errors[0]

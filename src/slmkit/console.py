@@ -44,6 +44,6 @@ def progress_bar(description: str, total: float | None, unit_field: str = "") ->
         TimeRemainingColumn(),
     ]
     if unit_field:
-        columns.append(TextColumn("{task.fields[%s]}" % unit_field))
+        columns.append(TextColumn(f"{{task.fields[{unit_field}]}}"))
     with Progress(*columns, console=console) as progress:
         yield progress

@@ -51,7 +51,12 @@ def run_converter(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 def tool_version(name: str) -> str:
     """First line of `NAME --version` (llama.cpp prints it on stderr)."""
-    proc = subprocess.run([str(llama_tool(name)), "--version"], capture_output=True, text=True,
-                          timeout=30, check=False)
+    proc = subprocess.run(
+        [str(llama_tool(name)), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("version")]
     return lines[0] if lines else (proc.stdout + proc.stderr).strip().splitlines()[0]

@@ -23,19 +23,29 @@ class GenerationSettings:
 def render_chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """The prompt text for `messages` in the model's own template, ending where the assistant speaks."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ModelNotFoundError("this model has no chat template; use a chat model or pass --template when training")
+        raise ModelNotFoundError(
+            "this model has no chat template; use a chat model or pass --template when training"
+        )
     return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
-def generate_reply(model: Any, tokenizer: Any, messages: list[dict[str, str]], settings: GenerationSettings,
-                   on_text: Callable[[str], None] | None = None) -> str:
+def generate_reply(
+    model: Any,
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    settings: GenerationSettings,
+    on_text: Callable[[str], None] | None = None,
+) -> str:
     """Generate one assistant reply; `on_text` receives text pieces as they are produced."""
     import torch
     from transformers import TextIteratorStreamer
 
     prompt = render_chat_prompt(tokenizer, messages)
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-    kwargs: dict[str, Any] = {"max_new_tokens": settings.max_tokens, "pad_token_id": tokenizer.eos_token_id}
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": settings.max_tokens,
+        "pad_token_id": tokenizer.eos_token_id,
+    }
     if settings.temperature > 0:
         kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
     else:
@@ -73,18 +83,27 @@ class ChatSession:
     history: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
-    def open(cls, ref: str, *, system: str | None = None, settings: GenerationSettings | None = None) -> ChatSession:
+    def open(
+        cls, ref: str, *, system: str | None = None, settings: GenerationSettings | None = None
+    ) -> ChatSession:
         resolved = resolve_model(ref)
         model, tokenizer = load_model(resolved)
-        render_chat_prompt(tokenizer, [{"role": "user", "content": "hi"}])  # fail early without a template
+        render_chat_prompt(
+            tokenizer, [{"role": "user", "content": "hi"}]
+        )  # fail early without a template
         return cls(model, tokenizer, resolved.name, settings or GenerationSettings(), system)
 
     def reset(self) -> None:
         self.history.clear()
 
     def ask(self, prompt: str, on_text: Callable[[str], None] | None = None) -> str:
-        messages = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+        messages = (
+            [{"role": "system", "content": self.system}] if self.system else []
+        ) + self.history
         messages.append({"role": "user", "content": prompt})
         reply = generate_reply(self.model, self.tokenizer, messages, self.settings, on_text)
-        self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+        self.history += [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": reply},
+        ]
         return reply

@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+from slmkit.console import info
 from slmkit.errors import ModelNotFoundError
 from slmkit.paths import models_cache_dir
 
@@ -51,6 +52,7 @@ def ensure_embedded_model() -> Path:
     if is_cached():
         return folder
     gguf = embedded_gguf_path()
+    info(f"preparing the embedded model once: {gguf.name} -> {folder} (about 40 s)")
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     _convert_gguf_to_hf(gguf, tmp)
@@ -64,6 +66,9 @@ def _convert_gguf_to_hf(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from slmkit.models.load import quiet_transformers
+
+    quiet_transformers()
     kwargs = {"gguf_file": gguf.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)

@@ -9,6 +9,14 @@ from slmkit.errors import ModelNotFoundError
 from slmkit.models.resolve import ResolvedModel, resolve_model
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' own progress bars and advisory warnings; slmkit reports progress itself."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def load_tokenizer(model: ResolvedModel | str) -> Any:
     """The tokenizer (with its chat template) of a model reference."""
     from transformers import AutoTokenizer
@@ -20,15 +28,23 @@ def load_tokenizer(model: ResolvedModel | str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(source, **kwargs)
     except OSError as exc:
-        raise ModelNotFoundError(f"cannot load tokenizer of {resolved.ref!r}: {_first_line(exc)}") from exc
+        raise ModelNotFoundError(
+            f"cannot load tokenizer of {resolved.ref!r}: {_first_line(exc)}"
+        ) from exc
 
 
-def load_model(model: ResolvedModel | str, *, dtype: str = "float32", device: str = "cpu",
-               merge_adapter: bool = False) -> tuple[Any, Any]:
+def load_model(
+    model: ResolvedModel | str,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    merge_adapter: bool = False,
+) -> tuple[Any, Any]:
     """(model, tokenizer) in eval mode; a run folder's adapter is applied on top of its base."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    quiet_transformers()
     resolved = resolve_model(model) if isinstance(model, str) else model
     tokenizer = load_tokenizer(resolved)
     source, kwargs = _source(resolved)
@@ -54,7 +70,9 @@ def _source(resolved: ResolvedModel) -> tuple[Any, dict[str, Any]]:
         assert not isinstance(path, str)
         return path.parent, {"gguf_file": path.name}
     if resolved.kind == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ModelNotFoundError(f"{resolved.ref!r} is a hub id but HF_HUB_OFFLINE=1; use a local folder")
+        raise ModelNotFoundError(
+            f"{resolved.ref!r} is a hub id but HF_HUB_OFFLINE=1; use a local folder"
+        )
     return resolved.path, {}
 
 

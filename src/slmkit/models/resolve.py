@@ -83,7 +83,11 @@ def _known_hint() -> str:
 
 
 def _looks_like_path(text: str) -> bool:
-    return text.startswith((".", "/", "~")) or text.endswith((".gguf", ".safetensors")) or text.count("/") > 1
+    return (
+        text.startswith((".", "/", "~"))
+        or text.endswith((".gguf", ".safetensors"))
+        or text.count("/") > 1
+    )
 
 
 def _resolve_embedded(prepare: bool) -> ResolvedModel:
@@ -99,11 +103,15 @@ def _resolve_path(text: str, path: Path, prepare: bool) -> ResolvedModel:
     path = path.resolve()
     if path.is_file():
         if path.suffix != ".gguf":
-            raise ModelNotFoundError(f"{text}: a model file must be a .gguf; for safetensors give the folder")
+            raise ModelNotFoundError(
+                f"{text}: a model file must be a .gguf; for safetensors give the folder"
+            )
         return ResolvedModel(ref=text, kind="gguf", path=path, name=path.stem.lower(), gguf=path)
     if (path / RUN_MANIFEST).is_file():
         return _resolve_run(text, path, prepare)
-    if (path / EXPORT_MANIFEST).is_file() or (list(path.glob("*.gguf")) and not (path / "config.json").exists()):
+    if (path / EXPORT_MANIFEST).is_file() or (
+        list(path.glob("*.gguf")) and not (path / "config.json").exists()
+    ):
         return _resolve_export(text, path)
     if (path / "config.json").is_file():
         return ResolvedModel(ref=text, kind="hf", path=path, name=path.name.lower())
@@ -119,17 +127,33 @@ def _resolve_run(text: str, path: Path, prepare: bool) -> ResolvedModel:
         raise ModelNotFoundError(f"{path / RUN_MANIFEST}: unreadable run manifest ({exc})") from exc
     name = path.name.lower()
     if (path / "model" / "config.json").is_file():  # full fine-tune: plain weights
-        return ResolvedModel(ref=text, kind="run", path=path / "model", name=name, run_dir=path,
-                             extra={"manifest": manifest})
+        return ResolvedModel(
+            ref=text,
+            kind="run",
+            path=path / "model",
+            name=name,
+            run_dir=path,
+            extra={"manifest": manifest},
+        )
     adapter = path / "adapter"
     if not (adapter / "adapter_config.json").is_file():
-        raise ModelNotFoundError(f"{text}: run folder has neither adapter/ nor model/ (training not finished?)")
+        raise ModelNotFoundError(
+            f"{text}: run folder has neither adapter/ nor model/ (training not finished?)"
+        )
     base_ref = manifest.get("base_model")
     if not isinstance(base_ref, str):
         raise ModelNotFoundError(f"{path / RUN_MANIFEST}: field 'base_model' is missing")
     base = resolve_model(base_ref, prepare=prepare)
-    return ResolvedModel(ref=text, kind="run", path=path, name=name, base=base, adapter=adapter,
-                         run_dir=path, extra={"manifest": manifest})
+    return ResolvedModel(
+        ref=text,
+        kind="run",
+        path=path,
+        name=name,
+        base=base,
+        adapter=adapter,
+        run_dir=path,
+        extra={"manifest": manifest},
+    )
 
 
 def _resolve_export(text: str, path: Path) -> ResolvedModel:
@@ -139,12 +163,16 @@ def _resolve_export(text: str, path: Path) -> ResolvedModel:
         try:
             rec = json.loads(manifest_path.read_text()).get("recommended")
         except (OSError, json.JSONDecodeError) as exc:
-            raise ModelNotFoundError(f"{manifest_path}: unreadable export manifest ({exc})") from exc
+            raise ModelNotFoundError(
+                f"{manifest_path}: unreadable export manifest ({exc})"
+            ) from exc
         if isinstance(rec, str) and (path / rec).is_file():
             chosen = path / rec
     if chosen is None:
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) != 1:
-            raise ModelNotFoundError(f"{text}: export folder has {len(ggufs)} .gguf files and no recommendation; name the file")
+            raise ModelNotFoundError(
+                f"{text}: export folder has {len(ggufs)} .gguf files and no recommendation; name the file"
+            )
         chosen = ggufs[0]
     return ResolvedModel(ref=text, kind="gguf", path=chosen, name=path.name.lower(), gguf=chosen)

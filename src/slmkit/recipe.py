@@ -1,0 +1,71 @@
+"""The top-level recipe that `slm train` (and later `slm run`) loads: a plain composition of
+section models, each defined beside the stage that uses it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from slmkit.config import StrictModel, load_config
+from slmkit.train.config import (
+    DataSection,
+    DpoSection,
+    FinetuningType,
+    FreezeSection,
+    InitSection,
+    LoraSection,
+    Method,
+    TrainSection,
+)
+
+
+class Recipe(StrictModel):
+    """One YAML file that says what to train, on which data, and how."""
+
+    model: str = Field(
+        default="default",
+        description="Base model reference: default, a local HF folder, a .gguf, a hub id.",
+    )
+    method: Method = Field(
+        default="sft",
+        description="sft: supervised chat fine-tuning; dpo: preference pairs; pt: plain text.",
+    )
+    finetuning: FinetuningType = Field(
+        default="lora",
+        description="lora (default), qlora (4-bit base, CUDA only), full, or freeze (last N layers).",
+    )
+    output_dir: str = Field(
+        default="runs/run", description="Run folder (relative to the current directory)."
+    )
+    data: DataSection = Field(default_factory=DataSection, description="Training data.")
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapter settings.")
+    freeze: FreezeSection = Field(
+        default_factory=FreezeSection, description="Settings of `finetuning: freeze`."
+    )
+    train: TrainSection = Field(
+        default_factory=TrainSection, description="Optimisation and checkpoints."
+    )
+    dpo: DpoSection = Field(default_factory=DpoSection, description="DPO settings (method: dpo).")
+    init: InitSection = Field(
+        default_factory=InitSection, description="Pretrained or random initialisation."
+    )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Recipe:
+        if not self.data.train:
+            raise ValueError("data.train: give at least one data file or dataset_info folder")
+        if self.init.mode == "random" and self.finetuning in ("lora", "qlora"):
+            raise ValueError(
+                "init.mode: random needs finetuning: full (an adapter on random weights learns nothing useful)"
+            )
+        if self.dpo.from_run and self.method != "dpo":
+            raise ValueError("dpo.from_run is only used with method: dpo")
+        if self.data.val and self.data.val_ratio > 0:
+            raise ValueError("data.val and data.val_ratio are exclusive: give one")
+        return self
+
+
+def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
+    """Load and validate a recipe YAML; errors name the file, line and field."""
+    return load_config(path, Recipe, overrides)

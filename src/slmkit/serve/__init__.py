@@ -1,0 +1,1 @@
+"""OpenAI-compatible gateway over real engines (llama-server, transformers, vLLM)."""

@@ -1,0 +1,229 @@
+"""The FastAPI app: OpenAI endpoints, auth and body-size middleware, OpenAI-shaped errors.
+
+Every error is decided before a response header is sent; the generation flow itself lives in
+`gateway.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from slmkit.serve.api_errors import ApiError, body_too_large, invalid_api_key, invalid_request
+from slmkit.serve.audit import key_id
+from slmkit.serve.gateway import Gateway
+from slmkit.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    FeedbackRequest,
+)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+OPEN_PATHS = frozenset({"/health"})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class AuthAndLimitsMiddleware:
+    """Pure ASGI (no per-chunk overhead on streams): API key check and request body size limit."""
+
+    def __init__(self, app: Any, api_keys: list[str], max_body_bytes: int) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in api_keys]
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        presented = _bearer(headers.get(b"authorization", b""))
+        state = scope.setdefault("state", {})
+        state["key_id"] = key_id(presented.decode(errors="replace")) if presented else None
+        if self.keys and scope["path"] not in OPEN_PATHS and not self._key_ok(presented):
+            await _send_error(send, invalid_api_key())
+            return
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await _send_error(send, body_too_large(self.max_body))
+            return
+        await self._call_limited(scope, receive, send)
+
+    def _key_ok(self, presented: bytes) -> bool:
+        ok = False
+        for key in self.keys:  # compare against every key: time does not depend on which matched
+            ok |= hmac.compare_digest(presented, key)
+        return ok
+
+    async def _call_limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        received = 0
+        started = False
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send_error(send, body_too_large(self.max_body))
+
+
+def _bearer(value: bytes) -> bytes:
+    scheme, _, token = value.partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else b""
+
+
+async def _send_error(send: Send, error: ApiError) -> None:
+    body = error.body_bytes()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": (), "type": ""}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return invalid_request(
+            "We could not parse the JSON body of your request.", code="invalid_json"
+        )
+    param = ".".join(loc) or None
+    msg = str(first.get("msg", "invalid value"))
+    if first.get("type") == "missing":
+        return invalid_request(
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
+        )
+    return invalid_request(
+        f"Invalid value for '{param}': {msg}.", param=param, code="invalid_value"
+    )
+
+
+def create_app(gateway: Gateway, *, manage_engines: bool = True) -> FastAPI:
+    """The ASGI app; with `manage_engines` the engines start and stop in its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_engines:
+            await gateway.start()
+        try:
+            yield
+        finally:
+            if manage_engines:
+                await gateway.stop()
+
+    app = FastAPI(title="slmkit OpenAI-compatible gateway", version="1", lifespan=lifespan)
+    _add_error_handlers(app)
+    _add_routes(app, gateway)
+    config = gateway.config
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(
+        AuthAndLimitsMiddleware,
+        api_keys=config.all_api_keys(),
+        max_body_bytes=config.limits.max_body_bytes,
+    )
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = _validation_error(exc)
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        err = ApiError(exc.status_code, str(exc.detail), code=code)
+        return JSONResponse(
+            err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        err = ApiError(
+            500,
+            f"internal error: {type(exc).__name__}",
+            type_="server_error",
+            code="internal_error",
+        )
+        return JSONResponse(err.body(), status_code=500)
+
+
+def _add_routes(app: FastAPI, gateway: Gateway) -> None:
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await gateway.handle_generation(body, request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await gateway.handle_generation(body, request, "completions")
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return gateway.list_models()
+
+    @app.get("/v1/models/{model_id}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        return gateway.model_card(model_id)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
+        return await gateway.embed(body, request)
+
+    @app.post("/v1/feedback")
+    async def feedback(body: FeedbackRequest) -> dict[str, Any]:
+        return await gateway.feedback(body)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        report = await gateway.health()
+        return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        data = await asyncio.to_thread(gateway.render_metrics)
+        return Response(data, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"

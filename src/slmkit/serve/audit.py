@@ -1,0 +1,139 @@
+"""The audit log: one SQLite row (WAL mode) per request, written by a background thread.
+
+Text is stored only with `log_text: true`, after the redaction rules; API keys only as hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from slmkit.serve.config import AuditSettings
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY, ts REAL NOT NULL, key_id TEXT, model TEXT, endpoint TEXT, status INTEGER,
+    error_code TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, ttft_s REAL,
+    stream INTEGER, cached INTEGER, prompt_text TEXT, response_text TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id TEXT NOT NULL, ts REAL NOT NULL, rating INTEGER NOT NULL, correction TEXT
+);
+"""
+
+
+def key_id(api_key: str | None) -> str | None:
+    """A stable, non-reversible id of an API key (the key itself is never stored)."""
+    if not api_key:
+        return None
+    return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
+@dataclass
+class AuditRecord:
+    id: str
+    ts: float
+    key_id: str | None
+    model: str | None
+    endpoint: str
+    status: int
+    error_code: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    stream: bool = False
+    cached: bool = False
+    prompt_text: str | None = None
+    response_text: str | None = None
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=10)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+class AuditLog:
+    """Queue + writer thread so the event loop never waits on disk."""
+
+    def __init__(self, settings: AuditSettings) -> None:
+        self.settings = settings
+        self.path = settings.db_path()
+        self.rules = [(name, re.compile(p)) for name, p in settings.redact.items()]
+        self._queue: queue.Queue[AuditRecord | tuple[str, Any] | None] = queue.Queue()
+        self._conn = connect(self.path)
+        self._thread = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def redact(self, text: str | None) -> str | None:
+        if text is None:
+            return None
+        for name, pattern in self.rules:
+            text = pattern.sub(f"[{name}]", text)
+        return text
+
+    def record(self, rec: AuditRecord) -> None:
+        if self.settings.log_text:
+            rec.prompt_text, rec.response_text = (
+                self.redact(rec.prompt_text),
+                self.redact(rec.response_text),
+            )
+        else:
+            rec.prompt_text = rec.response_text = None
+        self._queue.put(rec)
+
+    def add_feedback(self, request_id: str, rating: int, correction: str | None) -> bool:
+        """Store feedback for a logged request; False when no such request was logged."""
+        self.flush()
+        reader = sqlite3.connect(self.path, timeout=10)
+        try:
+            row = reader.execute("SELECT 1 FROM requests WHERE id = ?", (request_id,)).fetchone()
+        finally:
+            reader.close()
+        if row is None:
+            return False
+        self._queue.put(("feedback", (request_id, time.time(), rating, self.redact(correction))))
+        self.flush()
+        return True
+
+    def flush(self) -> None:
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self._conn.close()
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if isinstance(item, AuditRecord):
+                    row = asdict(item)
+                    cols = ", ".join(row)
+                    marks = ", ".join("?" for _ in row)
+                    self._conn.execute(
+                        f"INSERT OR REPLACE INTO requests ({cols}) VALUES ({marks})",
+                        list(row.values()),
+                    )
+                else:
+                    self._conn.execute("INSERT INTO feedback VALUES (?, ?, ?, ?)", item[1])
+                self._conn.commit()
+            except sqlite3.Error:
+                pass  # the audit log must never take the gateway down
+            finally:
+                self._queue.task_done()

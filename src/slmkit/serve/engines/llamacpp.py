@@ -1,0 +1,123 @@
+"""`LlamaServerEngine`: one supervised `llama-server` per GGUF (parallel slots, continuous batching)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from slmkit.serve.config import LlamaCppSettings
+from slmkit.serve.engines.upstream import UpstreamEngine
+from slmkit.serve.protocol import GenerationRequest
+from slmkit.tools import llama_tool
+
+
+class LlamaServerEngine(UpstreamEngine):
+    """Serves one GGUF file through a private llama-server child."""
+
+    kind = "llamacpp"
+
+    def __init__(
+        self,
+        model_id: str,
+        gguf: Path,
+        settings: LlamaCppSettings,
+        *,
+        draft_model: Path | None = None,
+        on_restart: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(
+            model_id,
+            start_timeout_s=settings.start_timeout_s,
+            health_interval_s=settings.health_interval_s,
+            max_restarts=settings.max_restarts,
+            on_restart=on_restart,
+        )
+        self.gguf = gguf
+        self.settings = settings
+        self.draft_model = draft_model
+        self.binary = llama_tool("llama-server")  # fails now, with the set-up hint, if not built
+
+    @property
+    def capacity(self) -> int:
+        return self.settings.parallel
+
+    def command(self) -> list[str]:
+        s = self.settings
+        cmd = [
+            str(self.binary),
+            "-m",
+            str(self.gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "-c",
+            str(s.ctx_size),
+            "-np",
+            str(s.parallel),
+            "-t",
+            str(s.threads or os.cpu_count() or 1),
+            "--jinja",
+            "--no-webui",
+            "--slots",
+            "--metrics",
+            "-a",
+            self.model_id,
+        ]
+        if s.gpu_layers is not None:
+            cmd += ["-ngl", str(s.gpu_layers)]
+        if self.draft_model is not None:
+            cmd += ["-md", str(self.draft_model)]
+        return cmd + list(s.extra_args)
+
+    async def read_context_size(self) -> int | None:
+        """Context per slot (llama-server splits `-c` between the `-np` slots)."""
+        try:
+            props = (await self.client.get("/props", timeout=5.0)).json()
+            return int(props["default_generation_settings"]["n_ctx"])
+        except (httpx.HTTPError, KeyError, ValueError, TypeError):
+            return self.settings.ctx_size // self.settings.parallel
+
+    def upstream_payload(self, request: GenerationRequest) -> dict[str, Any]:
+        payload = super().upstream_payload(request)
+        payload["cache_prompt"] = True
+        if request.repeat_penalty is not None:
+            payload["repeat_penalty"] = request.repeat_penalty
+        return payload
+
+    async def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
+        """Render the chat template and tokenize, both inside llama-server (its own template)."""
+        self._require_ready()
+        try:
+            if request.messages is not None:
+                rendered = await self.client.post(
+                    "/apply-template", json={"messages": request.messages}
+                )
+                prompt = rendered.json()["prompt"]
+            else:
+                prompt = request.prompt
+            tokens = await self.client.post(
+                "/tokenize", json={"content": prompt, "add_special": True}
+            )
+            return len(tokens.json()["tokens"])
+        except (httpx.HTTPError, KeyError, ValueError):
+            return None
+
+    async def busy_slots(self) -> int | None:
+        try:
+            slots = (await self.client.get("/slots", timeout=2.0)).json()
+            return sum(1 for slot in slots if slot.get("is_processing"))
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError):
+            return None
+
+    async def health(self) -> dict[str, Any]:
+        report = await super().health()
+        report.update(
+            slots=self.settings.parallel,
+            slots_busy=await self.busy_slots() if self.alive() else None,
+        )
+        return report

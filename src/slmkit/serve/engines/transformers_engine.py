@@ -1,0 +1,335 @@
+"""`TransformersEngine`: in-process generation for unmerged adapters and HF folders.
+
+One base model in memory, any number of LoRA adapters on it (chosen by model id). Requests go
+into a queue; a worker thread takes up to `max_batch_size` compatible requests (same adapter and
+sampling settings) and generates them together, streaming each row's tokens back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmkit.serve.api_errors import ApiError, context_length_exceeded, engine_unavailable
+from slmkit.serve.config import TransformersSettings
+from slmkit.serve.engines.base import Delta, EngineState
+from slmkit.serve.protocol import GenerationRequest
+
+BASE = "__base__"
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    adapter: str
+    input_ids: list[int]
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[Delta | BaseException | None]
+    cancelled: bool = False
+    done: bool = False
+    tokens: list[int] = field(default_factory=list)
+    sent_chars: int = 0
+
+    def signature(self) -> tuple[Any, ...]:
+        r = self.request
+        sampled = bool(r.temperature)
+        seed = r.seed if r.seed is not None else None
+        return (
+            self.adapter,
+            sampled,
+            r.temperature if sampled else None,
+            r.top_p if sampled else None,
+            r.repeat_penalty,
+            seed,
+            id(self) if seed is not None else None,
+        )
+
+    def emit(self, item: Delta | BaseException | None) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+
+class TransformersEngine:
+    """Serves one base model and its adapters; model ids map to an adapter or to the base."""
+
+    kind = "transformers"
+
+    def __init__(
+        self, base_ref: Any, adapters: dict[str, Path | None], settings: TransformersSettings
+    ) -> None:
+        self.base_ref = base_ref
+        self.adapters = adapters
+        self.model_ids = list(adapters)
+        self.settings = settings
+        self._state: EngineState = "stopped"
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self._n_ctx: int | None = None
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def capacity(self) -> int:
+        return self.settings.max_batch_size
+
+    @property
+    def restarts(self) -> int:
+        return 0
+
+    def context_size(self) -> int | None:
+        return self._n_ctx
+
+    async def start(self) -> None:
+        self._state = "starting"
+        await asyncio.to_thread(self._load)
+        self._worker = threading.Thread(target=self._work, name="transformers-engine", daemon=True)
+        self._worker.start()
+        self._state = "ready"
+
+    def _load(self) -> None:
+        import torch
+
+        from slmkit.models.load import load_model
+
+        device = self.settings.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, tokenizer = load_model(self.base_ref, dtype=self.settings.dtype, device=device)
+        named = [(mid, path) for mid, path in self.adapters.items() if path is not None]
+        if named:
+            from peft import PeftModel
+
+            first_id, first_path = named[0]
+            model = PeftModel.from_pretrained(model, str(first_path), adapter_name=first_id)
+            for mid, path in named[1:]:
+                model.load_adapter(str(path), adapter_name=mid)
+            model.eval()
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.model, self.tokenizer = model, tokenizer
+        self._n_ctx = int(
+            getattr(getattr(model, "config", None), "max_position_embeddings", 0) or 2048
+        )
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._worker.join, 30)
+        self._state = "stopped"
+
+    async def health(self) -> dict[str, Any]:
+        return {
+            "id": ",".join(self.model_ids),
+            "engine": self.kind,
+            "state": self._state,
+            "restarts": 0,
+            "n_ctx": self._n_ctx,
+            "queued": self._jobs.qsize(),
+        }
+
+    def _encode(self, request: GenerationRequest) -> list[int]:
+        if request.messages is not None:
+            from slmkit.models.chat import render_chat_prompt
+
+            messages = [
+                {"role": m["role"], "content": _text(m.get("content"))} for m in request.messages
+            ]
+            try:
+                prompt = render_chat_prompt(self.tokenizer, messages)
+            except Exception as exc:  # template errors are caused by what the client sent
+                raise ApiError(
+                    400, f"cannot render the chat template: {exc}", code="invalid_messages"
+                ) from exc
+            return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(request.prompt or "")["input_ids"])
+
+    async def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
+        return len(self._encode(request))
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        if self._state != "ready":
+            raise engine_unavailable(request.model_id, self._state)
+        input_ids = self._encode(request)
+        if self._n_ctx is not None and len(input_ids) >= self._n_ctx:
+            raise context_length_exceeded(len(input_ids), self._n_ctx)
+        adapter = request.model_id if self.adapters.get(request.model_id) is not None else BASE
+        job = _Job(request, adapter, input_ids, asyncio.get_running_loop(), asyncio.Queue())
+        self._jobs.put(job)
+        try:
+            while (item := await job.events.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            job.cancelled = True  # the worker stops this row at its next token
+
+    # -- worker thread ------------------------------------------------------------------------
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            batch = [job]
+            pending: list[_Job] = []
+            while len(batch) < self.settings.max_batch_size:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._jobs.put(None)
+                    break
+                (batch if more.signature() == job.signature() else pending).append(more)
+            for other in pending:
+                self._jobs.put(other)
+            live = [j for j in batch if not j.cancelled]
+            if live:
+                self._run_batch(live)
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        try:
+            self._generate_batch(batch)
+        except Exception as exc:
+            for job in batch:
+                if not job.done:
+                    job.done = True
+                    job.emit(
+                        ApiError(
+                            503,
+                            f"generation failed: {type(exc).__name__}: {exc}",
+                            type_="server_error",
+                            code="engine_error",
+                        )
+                    )
+                    job.emit(None)
+
+    def _generate_batch(self, batch: list[_Job]) -> None:
+        import torch
+
+        tok = self.tokenizer
+        width = max(len(j.input_ids) for j in batch)
+        pad = tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(j.input_ids)) + j.input_ids for j in batch])
+        mask = torch.tensor(
+            [[0] * (width - len(j.input_ids)) + [1] * len(j.input_ids) for j in batch]
+        )
+        first = batch[0].request
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max(j.request.max_tokens for j in batch),
+            "pad_token_id": pad,
+        }
+        if first.temperature:
+            kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p or 1.0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if first.repeat_penalty:
+            kwargs["repetition_penalty"] = first.repeat_penalty
+        if first.seed is not None:
+            torch.manual_seed(first.seed)
+        streamer = _RowStreamer(batch, tok)
+        from transformers import StoppingCriteriaList
+
+        with torch.inference_mode(), self._adapter(batch[0].adapter):
+            self.model.generate(
+                input_ids=ids.to(self.model.device),
+                attention_mask=mask.to(self.model.device),
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([streamer]),
+                **kwargs,
+            )
+        streamer.finish_all()
+
+    def _adapter(self, name: str) -> contextlib.AbstractContextManager[Any]:
+        if not hasattr(self.model, "set_adapter"):
+            return contextlib.nullcontext()
+        if name == BASE:
+            return self.model.disable_adapter()
+        self.model.set_adapter(name)
+        return contextlib.nullcontext()
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+class _RowStreamer:
+    """A transformers streamer + stopping criterion that routes each batch row's tokens to its job."""
+
+    def __init__(self, batch: list[_Job], tokenizer: Any) -> None:
+        self.batch = batch
+        self.tokenizer = tokenizer
+        self.eos = {tokenizer.eos_token_id} | set(
+            getattr(tokenizer, "additional_eos_ids", []) or []
+        )
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # the first call carries the prompt
+            self.prompt_seen = True
+            return
+        tokens = value.view(-1).tolist()
+        for job, token in zip(self.batch, tokens, strict=False):
+            if not job.done:
+                self._advance(job, int(token))
+
+    def _advance(self, job: _Job, token: int) -> None:
+        if job.cancelled:
+            job.done = True
+            return
+        if token in self.eos:
+            self._finish(job, "stop")
+            return
+        job.tokens.append(token)
+        text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
+        for stop in job.request.stop:
+            at = text.find(stop)
+            if at != -1:
+                self._emit_text(job, text[:at])
+                self._finish(job, "stop")
+                return
+        if not text.endswith("\ufffd"):  # wait for a whole character
+            self._emit_text(job, text)
+        if len(job.tokens) >= job.request.max_tokens:
+            self._finish(job, "length")
+
+    def _emit_text(self, job: _Job, text: str) -> None:
+        if len(text) > job.sent_chars:
+            job.emit(Delta(text=text[job.sent_chars :]))
+            job.sent_chars = len(text)
+
+    def _finish(self, job: _Job, reason: str) -> None:
+        job.done = True
+        job.emit(
+            Delta(
+                finish_reason=reason,
+                prompt_tokens=len(job.input_ids),
+                completion_tokens=len(job.tokens),
+            )
+        )
+        job.emit(None)
+
+    def finish_all(self) -> None:
+        for job in self.batch:
+            if not job.done:
+                self._finish(job, "length")
+            elif job.cancelled:
+                job.emit(None)
+
+    def end(self) -> None:
+        pass
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.tensor(
+            [job.done or job.cancelled for job in self.batch], device=input_ids.device
+        )

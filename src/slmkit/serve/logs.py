@@ -1,0 +1,115 @@
+"""`slm logs`: recent requests and latency / error-rate / throughput statistics from the audit log."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slmkit.errors import SlmError
+from slmkit.serve.config import AlertRule
+
+
+@dataclass
+class WindowStats:
+    window_s: float
+    requests: int
+    errors: int
+    latency_p50: float | None
+    latency_p95: float | None
+    latency_p99: float | None
+    ttft_p50: float | None
+    completion_tokens: int
+    tokens_per_s: float
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+@dataclass
+class Alert:
+    rule: str
+    message: str
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of `values`; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def _open(db: Path) -> sqlite3.Connection:
+    if not db.is_file():
+        raise SlmError(
+            f"no audit log at {db}", hint="start `slm serve` first, or pass --db / --config"
+        )
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def recent_requests(db: Path, limit: int = 20) -> list[dict[str, Any]]:
+    with _open(db) as conn:
+        rows = conn.execute("SELECT * FROM requests ORDER BY ts DESC LIMIT ?", (limit,)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def window_stats(db: Path, window_s: float, now: float | None = None) -> WindowStats:
+    """Statistics over the last `window_s` seconds. Failed = status >= 500 or 429."""
+    since = (now or time.time()) - window_s
+    with _open(db) as conn:
+        rows = conn.execute(
+            "SELECT ts, status, latency_s, ttft_s, completion_tokens FROM requests WHERE ts >= ?",
+            (since,),
+        ).fetchall()
+    ok = [r for r in rows if r["status"] == 200]
+    latencies = [r["latency_s"] for r in ok if r["latency_s"] is not None]
+    ttfts = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
+    tokens = sum(r["completion_tokens"] or 0 for r in ok)
+    span = (
+        (max(r["ts"] + (r["latency_s"] or 0) for r in rows) - min(r["ts"] for r in rows))
+        if rows
+        else 0.0
+    )
+    return WindowStats(
+        window_s=window_s,
+        requests=len(rows),
+        errors=sum(1 for r in rows if r["status"] >= 500 or r["status"] == 429),
+        latency_p50=percentile(latencies, 50),
+        latency_p95=percentile(latencies, 95),
+        latency_p99=percentile(latencies, 99),
+        ttft_p50=percentile(ttfts, 50),
+        completion_tokens=tokens,
+        tokens_per_s=tokens / span if span > 0 else 0.0,
+    )
+
+
+def check_alerts(db: Path, rules: list[AlertRule], now: float | None = None) -> list[Alert]:
+    alerts = []
+    for rule in rules:
+        stats = window_stats(db, rule.window_s, now)
+        if stats.requests >= rule.min_requests and stats.error_rate > rule.error_rate_above:
+            alerts.append(
+                Alert(
+                    rule.name,
+                    f"error rate {stats.error_rate:.1%} over the last {rule.window_s:g} s "
+                    f"({stats.requests} requests) exceeds {rule.error_rate_above:.1%}",
+                )
+            )
+    return alerts
+
+
+def feedback_rows(db: Path, limit: int = 20) -> list[dict[str, Any]]:
+    with _open(db) as conn:
+        rows = conn.execute(
+            "SELECT f.request_id, f.ts, f.rating, f.correction, r.model, r.prompt_text, r.response_text "
+            "FROM feedback f LEFT JOIN requests r ON r.id = f.request_id ORDER BY f.ts DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+    return [dict(r) for r in rows]

@@ -1,0 +1,91 @@
+"""Prometheus metrics of the gateway (one registry per app, exposed on GET /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+
+
+class GatewayMetrics:
+    """Every metric the gateway exports; names are listed in docs/serve.md."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "slm_requests",
+            "Requests answered, by endpoint, model and HTTP status.",
+            ["endpoint", "model", "status"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "slm_time_to_first_token_seconds",
+            "Time from request to the first output token.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "slm_time_per_output_token_seconds",
+            "Mean time per output token after the first.",
+            ["model"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "slm_request_latency_seconds",
+            "End-to-end request latency.",
+            ["endpoint", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "slm_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "slm_completion_tokens", "Completion tokens generated.", ["model"], registry=r
+        )
+        self.in_flight = Gauge(
+            "slm_requests_in_flight", "Requests being processed.", ["model"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "slm_queue_depth",
+            "Requests waiting beyond the engine's parallel slots.",
+            ["model"],
+            registry=r,
+        )
+        self.engine_restarts = Counter(
+            "slm_engine_restarts", "Engine restarts after a crash.", ["model"], registry=r
+        )
+        self.engine_up = Gauge(
+            "slm_engine_up", "1 when the engine is ready.", ["model"], registry=r
+        )
+        self.cache = Counter(
+            "slm_cache_requests", "Response cache lookups.", ["model", "result"], registry=r
+        )
+        self.repetition = Counter(
+            "slm_repetition_events",
+            "Repetition loops stopped, and retries made.",
+            ["model", "action"],
+            registry=r,
+        )
+        self.context_actions = Counter(
+            "slm_context_actions",
+            "Prompts pruned or summarized to fit the context.",
+            ["model", "action"],
+            registry=r,
+        )
+        self.redactions = Counter(
+            "slm_output_redactions", "Spans replaced by the output filter.", ["model"], registry=r
+        )
+        self.feedback = Counter(
+            "slm_feedback", "Feedback received, by rating.", ["rating"], registry=r
+        )
+        self.alerts = Gauge(
+            "slm_alert_firing", "1 while an alert rule fires.", ["rule"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

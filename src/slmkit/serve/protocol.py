@@ -1,0 +1,165 @@
+"""Request bodies of the OpenAI endpoints (strict types, unknown fields passed through) and
+the engine-independent generation request built from them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
+
+
+class _OpenAIBody(BaseModel):
+    # Strict: "1" is not an int and 1 is not a bool, as with OpenAI. Unknown fields pass through.
+    model_config = ConfigDict(strict=True, extra="allow", protected_namespaces=())
+
+
+class ChatMessage(_OpenAIBody):
+    role: Role
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def text(self) -> str:
+        """The message text (text parts of a multi-part content joined)."""
+        if isinstance(self.content, str):
+            return self.content
+        if not self.content:
+            return ""
+        return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+
+
+class StreamOptions(_OpenAIBody):
+    include_usage: bool = False
+
+
+class _SamplingFields(_OpenAIBody):
+    model: str = Field(min_length=1, max_length=256)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1, description="Only n=1 is supported.")
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _check_stop(self) -> _SamplingFields:
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            raise ValueError("stop: at most 4 sequences")
+        return self
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    context_policy: Literal["reject", "prune", "summarize"] | None = Field(
+        None, description="slmkit extension: what to do when the prompt is longer than the context."
+    )
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str | list[str] = Field(min_length=1)
+    echo: bool = False
+
+    @model_validator(mode="after")
+    def _single_prompt(self) -> CompletionRequest:
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise ValueError("prompt: exactly one prompt per request is supported")
+        return self
+
+
+class EmbeddingRequest(_OpenAIBody):
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[str] = Field(min_length=1)
+    encoding_format: Literal["float"] = "float"
+
+
+class FeedbackRequest(_OpenAIBody):
+    id: str = Field(min_length=1, max_length=128, description="The completion id (`chatcmpl-...`).")
+    rating: Literal[-1, 1] = Field(description="+1 good, -1 bad.")
+    correction: str | None = Field(
+        None, max_length=100_000, description="What the answer should have been."
+    )
+
+
+@dataclass
+class GenerationRequest:
+    """What an engine is asked to do, after guards have been applied."""
+
+    model_id: str
+    messages: list[dict[str, Any]] | None  # chat
+    prompt: str | None  # plain completion
+    max_tokens: int
+    stream: bool
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repeat_penalty: float | None = None
+    passthrough: dict[str, Any] = field(default_factory=dict)  # response_format, tools, ...
+
+    @property
+    def deterministic(self) -> bool:
+        return self.temperature == 0 or self.seed is not None
+
+    def cache_key(self) -> str:
+        payload = {k: v for k, v in self.__dict__.items() if k != "stream"}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+PASSTHROUGH_FIELDS = (
+    "response_format",
+    "tools",
+    "tool_choice",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "parallel_tool_calls",
+    "top_k",
+    "min_p",
+    "grammar",
+    "json_schema",
+)
+
+
+def generation_request(
+    body: ChatCompletionRequest | CompletionRequest, model_id: str, max_tokens: int
+) -> GenerationRequest:
+    """Engine request from a validated body (max_tokens already capped)."""
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    dumped = body.model_dump(exclude_unset=True)
+    passthrough = {k: dumped[k] for k in PASSTHROUGH_FIELDS if dumped.get(k) is not None}
+    messages = prompt = None
+    if isinstance(body, ChatCompletionRequest):
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    else:
+        prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    return GenerationRequest(
+        model_id=model_id,
+        messages=messages,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        stream=body.stream,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=stop,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        passthrough=passthrough,
+    )

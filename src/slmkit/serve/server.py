@@ -1,0 +1,147 @@
+"""`serve(config)`: resolve the models, build their engines, start them, run uvicorn until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from slmkit.console import info
+from slmkit.errors import ServeError
+from slmkit.models import ResolvedModel, resolve_model
+from slmkit.serve.config import ModelEntry, ServeConfig
+from slmkit.serve.engines.base import Engine
+
+
+def model_entry(text: str) -> ModelEntry:
+    """`NAME=REF` or a bare `REF` (its id: `default`, or the file/folder name)."""
+    if "=" in text:
+        model_id, _, ref = text.partition("=")
+        return ModelEntry(id=model_id.strip(), ref=ref.strip())
+    resolved = resolve_model(text, prepare=False)
+    return ModelEntry(id=resolved.name, ref=text)
+
+
+def choose_engine(entry: ModelEntry, resolved: ResolvedModel, default: str) -> str:
+    """`auto`: llama.cpp for anything with a GGUF, transformers otherwise (adapters, HF folders)."""
+    engine = entry.engine if entry.engine != "auto" else default
+    if engine != "auto":
+        return engine
+    return "llamacpp" if resolved.gguf is not None and resolved.adapter is None else "transformers"
+
+
+def build_engines(config: ServeConfig) -> dict[str, Engine]:
+    """One engine per GGUF model (llama-server child); one transformers engine per base model."""
+    if not config.models:
+        raise ServeError(
+            "no model to serve", hint="give a model: `slm serve default` or `--model NAME=REF`"
+        )
+    engines: dict[str, Engine] = {}
+    transformers_groups: dict[str, tuple[ResolvedModel, dict[str, Path | None]]] = {}
+    for entry in config.models:
+        resolved = resolve_model(entry.ref, prepare=False)
+        kind = choose_engine(entry, resolved, config.engine)
+        if kind == "llamacpp":
+            engines[entry.id] = _llamacpp_engine(entry, resolved, config)
+        elif kind == "vllm":
+            from slmkit.serve.engines.vllm import VllmEngine
+
+            engines[entry.id] = VllmEngine(entry.id, resolve_model(entry.ref).hf_path, config.vllm)
+        else:
+            base = (
+                resolved.base
+                if resolved.adapter is not None and resolved.base is not None
+                else resolved
+            )
+            key = str(base.ref) + "|" + str(base.path)
+            group = transformers_groups.setdefault(key, (base, {}))
+            group[1][entry.id] = resolved.adapter
+    if transformers_groups:
+        from slmkit.serve.engines.transformers_engine import TransformersEngine
+
+        for base, adapters in transformers_groups.values():
+            if base.kind == "embedded":
+                base = resolve_model(base.ref)  # convert the embedded GGUF to an HF folder once
+            engine = TransformersEngine(base, adapters, config.transformers)
+            for model_id in adapters:
+                engines[model_id] = engine
+    return engines
+
+
+def _llamacpp_engine(entry: ModelEntry, resolved: ResolvedModel, config: ServeConfig) -> Engine:
+    from slmkit.serve.engines.llamacpp import LlamaServerEngine
+
+    if resolved.gguf is None:
+        raise ServeError(
+            f"model {entry.id!r} ({entry.ref}) has no GGUF file for the llama.cpp engine",
+            hint="export it first with `slm export`, or use --engine transformers",
+        )
+    draft = None
+    if entry.draft_model:
+        draft = resolve_model(entry.draft_model, prepare=False).gguf
+        if draft is None:
+            raise ServeError(f"draft model {entry.draft_model!r} for {entry.id!r} is not a GGUF")
+    return LlamaServerEngine(entry.id, resolved.gguf, config.llamacpp, draft_model=draft)
+
+
+def check_port_free(host: str, port: int) -> None:
+    if port == 0:
+        return
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ServeError(
+                f"cannot listen on {host}:{port}: {exc.strerror}",
+                hint="choose another --port or stop the program using it",
+            ) from exc
+
+
+def load_embedder(config: ServeConfig) -> Any:
+    if not config.embeddings.enabled:
+        return None
+    from slmkit.serve.embeddings import MiniLMEmbedder
+
+    return MiniLMEmbedder.load()
+
+
+def serve(config: ServeConfig, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run the gateway until SIGINT/SIGTERM; engines are stopped (terminate, then kill) on the way out."""
+    check_port_free(config.host, config.port)
+    from slmkit.serve.gateway import Gateway
+
+    gateway = Gateway(config, build_engines(config), embedder=load_embedder(config))
+    asyncio.run(_run(gateway, on_ready))
+
+
+async def _run(gateway: Any, on_ready: Callable[[str], None] | None) -> None:
+    import uvicorn
+
+    from slmkit.serve.app import create_app
+
+    config = gateway.config
+    await gateway.start()
+    try:
+        app = create_app(gateway, manage_engines=False)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=config.host,
+                port=config.port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=5,
+            )
+        )
+        url = f"http://{config.host}:{config.port}/v1"
+        models = ", ".join(f"{mid} ({engine.kind})" for mid, engine in gateway.engines.items())
+        info(f"serving {models} on {url}")
+        if on_ready is not None:
+            on_ready(url)
+        await server.serve()
+    finally:
+        await gateway.stop()

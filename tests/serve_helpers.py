@@ -1,0 +1,177 @@
+"""A `ServerProcess` harness for the real `slm serve`: free loopback port, `/health` polling that
+notices a dead process, terminate -> kill on the way out. Plus small helpers for serve tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tools_ready() -> bool:
+    from slmkit.paths import tools_dir
+
+    return (tools_dir() / "bin" / "llama-server").is_file()
+
+
+class ServerProcess:
+    """`with ServerProcess(["default"], ...) as server: server.client().models.list()`."""
+
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        api_key: str | None = None,
+        env: dict[str, str] | None = None,
+        config: dict[str, Any] | None = None,
+        start_timeout_s: float = 180.0,
+    ) -> None:
+        self.port = free_port()
+        self.args = list(args)
+        self.api_key = api_key
+        self.env = {**os.environ, **(env or {})}
+        self.start_timeout_s = start_timeout_s
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="slm-serve-", suffix=".log", delete=False
+        )
+        self._config_path: Path | None = None
+        if config is not None:
+            import yaml
+
+            self._config_path = Path(self._log.name).with_suffix(".yaml")
+            self._config_path.write_text(yaml.safe_dump(config))
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "slmkit.cli", "serve", *self.args, "--port", str(self.port)]
+        if self.api_key:
+            cmd += ["--api-key", self.api_key]
+        if self._config_path is not None:
+            cmd += ["--config", str(self._config_path)]
+        return cmd
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO
+        )
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"slm serve exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.base_url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"slm serve not healthy after {self.start_timeout_s} s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def log(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")[-5000:]
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def client(self, **kwargs: Any) -> Any:
+        import openai
+
+        return openai.OpenAI(
+            base_url=self.base_url + "/v1",
+            api_key=self.api_key or "unused",
+            max_retries=0,
+            timeout=120,
+            **kwargs,
+        )
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.base_url + path, headers=self.headers(), timeout=30, **kwargs)
+
+    def post(
+        self, path: str, body: Any = None, *, content: bytes | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        headers = {**self.headers(), **kwargs.pop("headers", {})}
+        if content is None:
+            content = json.dumps(body).encode()
+            headers.setdefault("Content-Type", "application/json")
+        return httpx.post(
+            self.base_url + path, content=content, headers=headers, timeout=120, **kwargs
+        )
+
+    def engine_children(self) -> list[Any]:
+        """The engine subprocesses (llama-server) of this gateway."""
+        import psutil
+
+        assert self.proc is not None
+        return [
+            c
+            for c in psutil.Process(self.proc.pid).children(recursive=True)
+            if "llama-server" in c.name()
+        ]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a Prometheus sample's values whose labels include `labels`."""
+        total = 0.0
+        for line in self.get("/metrics").text.splitlines():
+            if not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric_name = head.split("{", 1)[0]
+            if metric_name != name:
+                continue
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                total += float(value)
+        return total
+
+
+def write_adapter_run(base_dir: Path, out: Path, *, seed: int = 0, r: int = 4) -> Path:
+    """A run folder by the run-folder contract: manifest.json with base_model + adapter/ (random LoRA)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(r=r, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(out / "adapter")
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out / "adapter")
+    manifest = {"base_model": str(base_dir), "method": "sft", "finetuning_type": "lora"}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out

@@ -71,6 +71,8 @@ def histogram_lines(
     for b in range(math.ceil((high - low + 1) / step)):
         start, end = low + b * step, low + (b + 1) * step - 1
         bar = _BAR * max(1 if counts[b] else 0, round(width * counts[b] / most))
-        flag = "  > cutoff" if cutoff_len is not None and end > cutoff_len else ""
-        lines.append(f"{start:>{digits}}-{end:>{digits}} | {bar} {counts[b]}{flag}")
+        flag = "  (over cutoff)" if cutoff_len is not None and start > cutoff_len else ""
+        lines.append(
+            f"{start:>{digits}}-{end:>{digits}} | {bar:<{width}} {counts[b]:>{len(str(most))}}{flag}"
+        )
     return lines

@@ -1,0 +1,156 @@
+"""Pure pieces of the gateway: repetition detection, the streaming output filter, context pruning,
+the response cache, request validation, percentiles, the audit log and `slm logs`."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from slmkit.serve.audit import AuditLog, AuditRecord, key_id
+from slmkit.serve.config import AuditSettings, OutputFilter, RepetitionGuard, ServeConfig
+from slmkit.serve.guards import (
+    RepetitionDetector,
+    StreamingFilter,
+    find_repetition,
+    prune_messages,
+)
+from slmkit.serve.logs import check_alerts, percentile, window_stats
+from slmkit.serve.protocol import ChatCompletionRequest, generation_request
+
+
+def test_repetition_found_only_for_back_to_back_loops() -> None:
+    loop = "Sure. " + "I like green apples a lot. " * 4
+    assert find_repetition(loop, min_unit=4, min_repeats=4) == 7
+    varied = "I like green apples. I like red apples. I like blue cars. I like old songs."
+    assert find_repetition(varied, 4, 4) is None
+
+
+def test_detector_fires_while_streaming() -> None:
+    detector = RepetitionDetector(RepetitionGuard(ngram=3, min_repeats=3))
+    pieces = ["The", " end", " is", " near", "."] * 3
+    fired = [detector.feed(p) for p in pieces]
+    assert fired[-1] and not any(fired[:5])
+
+
+@pytest.mark.parametrize("split", [1, 3, 7, 20])
+def test_streaming_filter_catches_matches_split_across_chunks(split: int) -> None:
+    text = "Write to jane.doe@example.com or call +1 415 555 0100 today, darn it."
+    filt = StreamingFilter(OutputFilter(blocklist=["darn"], redact_pii=True, replacement="[x]"))
+    pieces = [text[i : i + split] for i in range(0, len(text), split)]
+    streamed = "".join(filt.feed(p) for p in pieces) + filt.flush()
+    assert streamed == "Write to [x] or call [x] today, [x] it."
+    assert filt.redactions == 3
+    assert StreamingFilter(OutputFilter()).feed(text) == text  # no rules: passes through untouched
+
+
+def test_prune_drops_oldest_turns_but_keeps_system_and_last() -> None:
+    messages = [{"role": "system", "content": "s"}] + [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"} for i in range(6)
+    ]
+
+    async def count(msgs: list[dict]) -> int:
+        return 10 * len(msgs)
+
+    outcome = asyncio.run(prune_messages(messages, budget=40, n_ctx=100, count=count))
+    assert outcome.action == "pruned" and outcome.dropped == 3
+    assert [m["content"] for m in outcome.messages] == ["s", "m3", "m4", "m5"]
+
+
+def test_prune_rejects_when_even_the_last_message_does_not_fit() -> None:
+    from slmkit.serve.api_errors import ApiError
+
+    async def count(msgs: list[dict]) -> int:
+        return 1000
+
+    with pytest.raises(ApiError) as err:
+        asyncio.run(
+            prune_messages([{"role": "user", "content": "x"}], budget=10, n_ctx=20, count=count)
+        )
+    assert err.value.code == "context_length_exceeded"
+
+
+def test_cache_key_ignores_stream_but_not_sampling() -> None:
+    def gen(**kw: object):
+        body = ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}], **kw}
+        )
+        return generation_request(body, "m", 16)
+
+    assert gen(temperature=0).cache_key() == gen(temperature=0, stream=True).cache_key()
+    assert gen(temperature=0).cache_key() != gen(temperature=0.5, seed=1).cache_key()
+    assert gen(seed=3).deterministic and not gen(temperature=0.7).deterministic
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m", "messages": "hi"},
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "5"},
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"},
+        {"model": "m", "messages": [{"role": "robot", "content": "hi"}]},
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stop": ["a", "b", "c", "d", "e"],
+        },
+    ],
+)
+def test_wrong_types_are_rejected_strictly(body: dict) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate(body)
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 95), percentile(values, 99)) == (
+        50.0,
+        95.0,
+        99.0,
+    )
+    assert percentile([], 50) is None
+
+
+def test_audit_log_hashes_keys_redacts_text_and_feeds_logs(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    log = AuditLog(AuditSettings(path=db, log_text=True))
+    now = time.time()
+    for i in range(30):
+        status = 503 if i % 5 == 0 else 200
+        log.record(
+            AuditRecord(
+                id=f"r{i}",
+                ts=now - i,
+                key_id=key_id("sk-secret"),
+                model="m",
+                endpoint="chat",
+                status=status,
+                completion_tokens=10,
+                latency_s=0.1 * (i + 1),
+                ttft_s=0.01,
+                prompt_text="mail me at bob@example.org",
+                response_text="call 555-123-4567 now",
+            )
+        )
+    assert log.add_feedback("r1", -1, "better answer") and not log.add_feedback("nope", 1, None)
+    log.close()
+    conn = sqlite3.connect(db)
+    row = conn.execute(
+        "SELECT key_id, prompt_text, response_text FROM requests WHERE id='r1'"
+    ).fetchone()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert row == (key_id("sk-secret"), "mail me at [email]", "call [phone] now")
+    assert b"sk-secret" not in db.read_bytes()
+    stats = window_stats(db, 3600)
+    assert stats.requests == 30 and stats.errors == 6 and stats.completion_tokens == 240
+    assert (
+        stats.latency_p50 is not None
+        and stats.latency_p50 <= stats.latency_p95 <= stats.latency_p99
+    )
+    alerts = check_alerts(db, ServeConfig().alerts)
+    assert alerts and "20.0%" in alerts[0].message

@@ -76,20 +76,27 @@ def _last_user(turns: list[Any], role: str, content: str, users: tuple[str, ...]
     return texts[-1] if texts else None
 
 
+def user_turns(record: Record) -> list[str]:
+    """Every user turn of a record (each can leak into an eval question), or its text."""
+    if record.kind == "text":
+        return [record.text or ""]
+    return [m["content"] for m in record.messages if m["role"] == "user"]
+
+
 def find_leakage(
     train: list[Record], evals: list[EvalPrompt], threshold: float = NEAR_DUPLICATE_THRESHOLD
 ) -> list[Problem]:
     """One problem per eval prompt that appears in training (error when exact, warning when near)."""
     exact: dict[str, str] = {}
     index: dict[str, set[int]] = defaultdict(set)
-    shingle_sets: list[set[str]] = []
-    for i, record in enumerate(train):
-        prompt = record_prompt(record)
-        exact.setdefault(normalise_prompt(prompt), record.source)
-        shingles = _shingles(prompt)
-        shingle_sets.append(shingles)
-        for s in shingles:
-            index[s].add(i)
+    turns: list[tuple[str, set[str]]] = []  # (source, shingles) of every training user turn
+    for record in train:
+        for prompt in user_turns(record):
+            exact.setdefault(normalise_prompt(prompt), record.source)
+            shingles = _shingles(prompt)
+            for s in shingles:
+                index[s].add(len(turns))
+            turns.append((record.source, shingles))
     problems = []
     for item in evals:
         file, _, line = item.source.rpartition(":")
@@ -100,20 +107,20 @@ def find_leakage(
                     file,
                     int(line),
                     "prompt",
-                    f"leakage: the same prompt is in the training data "
-                    f"at {exact[key]} (expected eval prompts unseen in training)",
+                    "leakage: the same prompt is in the training "
+                    f"data at {exact[key]} (expected eval prompts unseen in training)",
                 )
             )
             continue
-        match = _nearest(_shingles(item.prompt), index, shingle_sets)
+        match = _nearest(_shingles(item.prompt), index, [t[1] for t in turns])
         if match is not None and match[1] >= threshold:
             problems.append(
                 Problem(
                     file,
                     int(line),
                     "prompt",
-                    f"leakage: near-duplicate ({match[1]:.0%} similar) "
-                    f"of the training prompt at {train[match[0]].source}",
+                    f"leakage: near-duplicate ({match[1]:.0%} "
+                    f"similar) of the training prompt at {turns[match[0]][0]}",
                     "warning",
                 )
             )

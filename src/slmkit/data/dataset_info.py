@@ -38,12 +38,7 @@ def load_dataset_info(info_path: Path, names: list[str] | None) -> DataLoadResul
             continue
         fmt, tags, columns, rename = spec
         for file in _data_files(info_path.parent / entry["file_name"]):
-            loaded = (
-                load_file(file, fmt, tags=tags, columns=columns)
-                if not rename
-                else _load_renamed(file, fmt, rename)
-            )
-            result.extend(loaded)
+            result.extend(load_file(file, fmt, tags=tags, columns=columns, rename=rename))
     return result
 
 
@@ -79,8 +74,8 @@ def _read_info(
 
 def _dataset_spec(
     entry: dict[str, Any], name: str, shown: str, line: int, result: DataLoadResult
-) -> tuple[str, ShareGPTTags | None, AlpacaColumns | None, str | None] | None:
-    """(format, sharegpt tags, alpaca columns, text column to rename) of one dataset entry."""
+) -> tuple[str, ShareGPTTags | None, AlpacaColumns | None, dict[str, str]] | None:
+    """(format, sharegpt tags, alpaca columns, column renames) of one dataset entry."""
     if "file_name" not in entry:
         hub = next(
             (
@@ -113,6 +108,7 @@ def _dataset_spec(
         return None
     columns = entry.get("columns") or {}
     ranking = bool(entry.get("ranking", False))
+    rename = {columns[k]: k for k in ("chosen", "rejected") if ranking and columns.get(k, k) != k}
     if formatting == "alpaca":
         cols = AlpacaColumns(
             instruction=columns.get("prompt", "instruction"),
@@ -127,10 +123,15 @@ def _dataset_spec(
             and "response" not in columns
             and "query" not in columns
         ):
-            return "text", None, None, columns["prompt"]  # pretraining data: {"prompt": "text"}
-        return ("preference" if ranking else "alpaca"), None, cols, None
+            return (
+                "text",
+                None,
+                None,
+                {columns["prompt"]: "text"},
+            )  # pretraining: {"prompt": "text"}
+        return ("preference" if ranking else "alpaca"), None, cols, rename
     tags = _sharegpt_tags(entry.get("tags") or {}, columns, formatting)
-    return ("preference" if ranking else "sharegpt"), tags, None, None
+    return ("preference" if ranking else "sharegpt"), tags, None, rename
 
 
 def _sharegpt_tags(tags: dict[str, str], columns: dict[str, str], formatting: str) -> ShareGPTTags:
@@ -157,26 +158,6 @@ def _data_files(target: Path) -> list[Path]:
     if target.is_dir():
         return sorted(p for p in target.iterdir() if p.suffix.lower() in _DATA_SUFFIXES)
     return [target]
-
-
-def _load_renamed(file: Path, fmt: str, column: str) -> DataLoadResult:
-    """Plain-text datasets whose text column is not called `text`."""
-    from slmkit.data.formats import RowContext, normalise
-    from slmkit.data.readers import read_rows
-
-    shown = display_path(file)
-    read = read_rows(file, shown)
-    result = DataLoadResult(
-        problems=list(read.problems), formats={shown: fmt}, counts={shown: len(read.rows)}
-    )
-    for row in read.rows:
-        ctx = RowContext(shown, row.line)
-        data = {"text": row.data.get(column)} if column in row.data else {}
-        record = normalise(data, fmt, ctx)
-        if record is not None:
-            result.records.append(record)
-        result.problems += ctx.problems
-    return result
 
 
 def _line_of(text: str, needle: str) -> int:

@@ -67,10 +67,17 @@ def load_file(
     shown: str | None = None,
     tags: ShareGPTTags | None = None,
     columns: AlpacaColumns | None = None,
+    rename: dict[str, str] | None = None,
 ) -> DataLoadResult:
-    """One file: rows -> records; the file's format is detected from its rows unless given."""
+    """One file: rows -> records; the file's format is detected from its rows unless given.
+
+    `rename` maps column names to the keys the format expects (LLaMA-Factory's `columns`).
+    """
     shown = shown or display_path(path)
     read = read_rows(path, shown)
+    if rename:
+        for row in read.rows:
+            row.data = {rename.get(k, k): v for k, v in row.data.items()}
     result = DataLoadResult(problems=list(read.problems))
     file_format = fmt if fmt != "auto" else _majority_format(read.rows)
     result.formats[shown] = file_format or "unknown"

@@ -80,9 +80,12 @@ def validate_data(
     order = {f: i for i, f in enumerate(loaded.formats)}
     problems.sort(key=lambda p: (order.get(p.file, len(order)), p.file, p.line))
     files = _summaries(loaded, tokenized, problems, cutoff_len)
-    for f in files:
-        if f.file in eval_counts:
-            f.format, f.records = "eval (leakage)", eval_counts[f.file]
+    listed = {f.file: f for f in files}
+    for file, count in eval_counts.items():
+        summary = listed.get(file) or FileSummary(file, "", 0)
+        summary.format, summary.records = "eval (leakage)", count
+        if file not in listed:
+            files.append(summary)
     return ValidationReport(loaded, tokenized, files, problems, cutoff_len, overflow)
 
 

@@ -164,7 +164,8 @@ def validate_cmd(
         unusable = tok.n_over_cutoff - tok.n_truncated - tok.n_dropped
         out.print(
             f"{tok.n_over_cutoff} sample(s) over cutoff_len {cutoff_len}: {tok.n_truncated} truncated, "
-            f"{tok.n_dropped} dropped, {unusable} with no trainable token left (errors)"
+            f"{tok.n_dropped} dropped, {unusable} with no trainable token left (errors)",
+            soft_wrap=True,
         )
     summary = (
         f"{len(report.loaded.records)} valid record(s), {report.n_errors} error(s), "

@@ -96,6 +96,9 @@ def _summaries(
     cutoff_len: int,
 ) -> list[FileSummary]:
     shares = tokenized.trainable_share_by_file() if tokenized else {}
+    tokenized_files = (
+        {s.rsplit(":", 1)[0] for s in tokenized.length_sources} if tokenized else set()
+    )
     over: dict[str, int] = {}
     if tokenized is not None:
         for length, source in zip(tokenized.lengths, tokenized.length_sources, strict=True):
@@ -113,9 +116,7 @@ def _summaries(
                 records=loaded.counts.get(file, 0),
                 errors=sum(1 for p in mine if p.severity == "error"),
                 warnings=sum(1 for p in mine if p.severity == "warning"),
-                trainable_share=shares.get(file, 0.0)
-                if tokenized and file in loaded.formats
-                else None,
+                trainable_share=shares.get(file, 0.0 if file in tokenized_files else None),
                 over_cutoff=over.get(file, 0),
             )
         )

@@ -1,0 +1,139 @@
+"""Settings of `slm eval` and of the pipeline's `evaluate:` section. Every default lives here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from slmkit.config import StrictModel
+
+# Per-model metrics a criterion can name (all are means over the eval set, except the latency ones).
+QUALITY_METRICS = ("fact_recall", "exact_match", "rouge_l", "similarity", "judge_win_rate")
+ALL_METRICS = (
+    *QUALITY_METRICS,
+    "forbidden_rate",
+    "length_words",
+    "latency_p50_s",
+    "latency_p95_s",
+    "tokens_per_s",
+)
+EngineChoice = Literal["auto", "llamacpp", "transformers"]
+MainMetric = Literal["fact_recall", "exact_match", "rouge_l", "similarity"]
+
+
+def _check_metric_names(values: dict[str, float]) -> dict[str, float]:
+    for name in values:
+        if name not in ALL_METRICS:
+            raise ValueError(f"unknown metric {name!r}; known: {', '.join(ALL_METRICS)}")
+    return values
+
+
+class ModelSpec(StrictModel):
+    """One model in the comparison: a short name for tables and a model reference."""
+
+    name: str = Field(description="Name shown in the report (e.g. base, tuned, q8).")
+    ref: str = Field(description="Model reference: default, a run folder, a .gguf, an HF folder.")
+    engine: EngineChoice = Field(
+        "auto",
+        description="Engine that generates: auto = what `slm serve` picks (llama.cpp for GGUF, transformers otherwise).",
+    )
+
+
+class Criteria(StrictModel):
+    """What success means; each criterion becomes a PASS/FAIL row at the end of the report."""
+
+    min_gain: dict[str, float] = Field(
+        default_factory=dict,
+        description="metric -> least absolute gain over the first model (e.g. fact_recall: 0.3 = +30 points).",
+    )
+    min: dict[str, float] = Field(
+        default_factory=dict, description="metric -> least value (e.g. fact_recall: 0.8)."
+    )
+    max: dict[str, float] = Field(
+        default_factory=dict, description="metric -> largest value (e.g. latency_p95_s: 5)."
+    )
+    max_kld: float | None = Field(
+        None,
+        gt=0,
+        description="Largest mean KL divergence of a quantized GGUF vs f16, read from its export's quant eval.",
+    )
+    apply_to: list[str] | None = Field(
+        None, description="Model names the criteria apply to; default: every model but the first."
+    )
+
+    @field_validator("min_gain", "min", "max")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        return _check_metric_names(value)
+
+    def is_empty(self) -> bool:
+        return not (self.min_gain or self.min or self.max or self.max_kld is not None)
+
+
+class JudgeSettings(StrictModel):
+    """Optional LLM-as-judge: pairwise comparison with the first model through an OpenAI-compatible API."""
+
+    enabled: bool = Field(
+        False, description="Ask a judge model which answer is better (off by default)."
+    )
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint of the judge."
+    )
+    model: str = Field("default", description="Judge model id at that endpoint.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="Environment variable holding the judge's API key (may be unset).",
+    )
+    max_tokens: int = Field(64, ge=8, description="Most tokens of each verdict.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds per judge request.")
+
+
+class EvalSettings(StrictModel):
+    """How to evaluate (reusable as the pipeline recipe's `evaluate:` section)."""
+
+    max_tokens: int = Field(128, ge=1, description="Most new tokens per answer.")
+    concurrency: int = Field(
+        4, ge=1, le=64, description="Requests in flight per model (the engine batches them)."
+    )
+    engine: EngineChoice = Field("auto", description="Default engine for models that say `auto`.")
+    main_metric: MainMetric = Field(
+        "fact_recall",
+        description="Metric with the bootstrap confidence interval and the bar order.",
+    )
+    bootstrap_samples: int = Field(1000, ge=100, description="Bootstrap resamples for the CI.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the CI.")
+    similarity: bool = Field(
+        True, description="Compute embedding similarity to the reference (all-MiniLM-L6-v2)."
+    )
+    cache: bool = Field(
+        True, description="Reuse cached generations (same model, prompt, settings)."
+    )
+    seed: int = Field(0, description="Seed sent with every request and used by the bootstrap.")
+    judge: JudgeSettings = Field(default_factory=JudgeSettings, description="LLM-as-judge.")
+    criteria: Criteria = Field(default_factory=Criteria, description="PASS/FAIL criteria.")
+    strict: bool = Field(False, description="Exit non-zero when a criterion fails.")
+
+
+class EvalConfig(EvalSettings):
+    """Everything `slm eval` needs."""
+
+    models: list[ModelSpec] = Field(
+        min_length=1, description="Models compared; the first is the baseline."
+    )
+    data: Path = Field(description="Eval set (JSONL).")
+    out_dir: Path = Field(
+        Path("reports/eval"), description="Folder for report.json and report.html."
+    )
+
+    @model_validator(mode="after")
+    def _check_names(self) -> EvalConfig:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model names: {', '.join(dupes)}")
+        unknown = [n for n in self.criteria.apply_to or [] if n not in names]
+        if unknown:
+            raise ValueError(f"criteria.apply_to names unknown models: {', '.join(unknown)}")
+        return self

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -11,6 +11,7 @@ from rich.table import Table
 
 from slmkit.console import console, out
 from slmkit.data.records import Problem
+from slmkit.data.template import Overflow
 from slmkit.errors import DataError
 
 data_app = typer.Typer(
@@ -140,8 +141,8 @@ def validate_cmd(
         tokenizer=_tokenizer(model),
         template=template,
         cutoff_len=cutoff_len,
-        overflow=overflow,
-        train_on_prompt=train_on_prompt,  # type: ignore[arg-type]
+        overflow=cast(Overflow, overflow),
+        train_on_prompt=train_on_prompt,
         eval_paths=eval_files or [],
         names=dataset,
     )

@@ -427,8 +427,7 @@ def _preference_prompt(
         messages = openai_messages(value, "prompt", ctx, required=True)
         return messages or None
     if tags.messages_key in data:
-        messages = sharegpt_messages(data, ctx, tags)
-        return messages
+        return sharegpt_messages(data, ctx, tags)
     if cols.instruction in data:
         return alpaca_messages(data, ctx, cols, with_output=False)
     return []  # implicit prompt inside chosen/rejected

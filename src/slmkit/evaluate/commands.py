@@ -168,4 +168,5 @@ def register(app: typer.Typer) -> None:
         print_summary(result)
         out.print(f"report: {result.report_html}  (data: {result.report_json})")
         if cfg.strict and not result.passed:
-            raise typer.Exit(1)
+            # SystemExit, not typer.Exit: with standalone_mode=False click turns typer.Exit into a return value
+            raise SystemExit(1)

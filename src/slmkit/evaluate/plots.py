@@ -89,7 +89,7 @@ def latency_plot(result: EvalResult) -> bytes:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 2.8))
     data = [[g.latency_s for g in m.generations if g.error is None] or [0.0] for m in result.models]
-    ax.boxplot(data, vert=False, tick_labels=[m.name for m in result.models])
+    ax.boxplot(data, orientation="horizontal", tick_labels=[m.name for m in result.models])
     for i, values in enumerate(data, start=1):
         ax.scatter(values, [i] * len(values), s=8, alpha=0.4)
     ax.set_xlabel("seconds per answer (from the original generation when cached)")

@@ -149,8 +149,30 @@ def test_non_prefix_preserving_template_is_refused(tokenizer: Any) -> None:
         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
     records = load_records([GOOD / "sharegpt.jsonl"]).records
-    with pytest.raises(DataError, match="not prefix-preserving"):
-        tokenize_sft(records, odd)
+    result = tokenize_sft(records, odd)
+    assert not result.samples
+    assert [(p.line, p.field, p.severity) for p in result.problems] == [
+        (1, "(template)", "error"),
+        (2, "(template)", "error"),
+    ]
+    assert "not prefix-preserving at turn 1" in result.problems[0].message
+
+
+def test_conversation_opening_with_the_assistant_is_a_located_problem_not_a_crash(
+    tokenizer: Any,
+) -> None:
+    """SmolLM2's template injects a default system prompt, so a reply at turn 0 cannot be masked alone."""
+    record = Record(
+        [
+            {"role": "assistant", "content": "Welcome!"},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+        ],
+        "chat.jsonl:7",
+    )
+    result = tokenize_sft([record], tokenizer)
+    assert not result.samples
+    assert [(p.file, p.line, p.field) for p in result.problems] == [("chat.jsonl", 7, "(template)")]
 
 
 def test_over_cutoff_samples_are_counted_truncated_or_dropped(tokenizer: Any) -> None:
@@ -178,3 +200,26 @@ def test_text_records_are_chunked_with_every_token_labelled(tokenizer: Any) -> N
     assert [t for s in result.samples for t in s.input_ids] == ids
     assert all(s.labels == s.input_ids and len(s) <= 32 for s in result.samples)
     assert result.trainable_share == 1.0
+
+
+def test_slow_tokenizer_fallback_gives_the_same_mask(tokenizer: Any) -> None:
+    from slmkit.data.template import render_with_mask, resolve_chat_template
+
+    class WithoutOffsets:  # the real tokenizer, seen as a slow one (no offset mapping)
+        is_fast = False
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __call__(self, text: str, **kwargs: Any) -> Any:
+            assert "return_offsets_mapping" not in kwargs
+            return self.inner(text, **kwargs)
+
+        def apply_chat_template(self, *args: Any, **kwargs: Any) -> Any:
+            return self.inner.apply_chat_template(*args, **kwargs)
+
+    template = resolve_chat_template(tokenizer)
+    for record in load_records([GOOD / "sharegpt.jsonl", GOOD / "alpaca.json"]).records:
+        fast = render_with_mask(record.messages, tokenizer, template)
+        slow = render_with_mask(record.messages, WithoutOffsets(tokenizer), template)
+        assert slow == fast

@@ -49,6 +49,10 @@ BUILTIN_TEMPLATES: dict[str, str] = {
 TEMPLATE_CHOICES = tuple(BUILTIN_TEMPLATES)
 
 
+class TemplateMismatch(DataError):
+    """The chat template cannot be masked for this conversation (not prefix-preserving)."""
+
+
 @dataclass
 class TokenizedSample:
     """One training row: token ids and labels (-100 where no loss is taken)."""
@@ -131,9 +135,12 @@ def tokenize_sft(
         if record.kind == "text":
             _add_text_record(record, tokenizer, cutoff_len, result)
             continue
-        input_ids, trainable = render_with_mask(
-            record.messages, tokenizer, chat_template, record.source
-        )
+        try:
+            input_ids, trainable = render_with_mask(record.messages, tokenizer, chat_template)
+        except TemplateMismatch as exc:
+            file, _, line = record.source.rpartition(":")
+            result.problems.append(Problem(file, int(line), "(template)", str(exc)))
+            continue
         labels = [
             t if (ok or train_on_prompt) else IGNORE_INDEX
             for t, ok in zip(input_ids, trainable, strict=True)
@@ -221,7 +228,7 @@ def _add_text_record(
 
 
 def render_with_mask(
-    messages: list[dict[str, Any]], tokenizer: Any, chat_template: str, source: str = ""
+    messages: list[dict[str, Any]], tokenizer: Any, chat_template: str
 ) -> tuple[list[int], list[bool]]:
     """Token ids of the rendered conversation, and for each token whether it belongs to an assistant reply."""
     messages = prepare_messages(messages, chat_template)
@@ -230,21 +237,39 @@ def render_with_mask(
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = (
-            _render(tokenizer, messages[:i], chat_template, generation_prompt=True) if i else ""
-        )
+        if i == 0:
+            raise TemplateMismatch(
+                "the conversation opens with an assistant reply, which cannot be masked apart from "
+                "what the template puts before it (expected a user turn first)"
+            )
+        before = _render(tokenizer, messages[:i], chat_template, generation_prompt=True)
         upto = _render(tokenizer, messages[: i + 1], chat_template, generation_prompt=False)
         if not (upto.startswith(before) and full.startswith(upto)):
-            raise DataError(
-                f"{source}: the chat template is not prefix-preserving at turn {i} (rendering the "
-                "conversation up to a reply is not a prefix of the full rendering), so the loss mask "
-                "cannot be built",
-                hint=f"pass --template {'|'.join(TEMPLATE_CHOICES)} or train with train_on_prompt",
+            raise TemplateMismatch(
+                f"the chat template is not prefix-preserving at turn {i} (the rendering up to this "
+                "reply is not a prefix of the full rendering), so no loss mask can be built "
+                f"(expected a template that appends turns; try --template {'|'.join(TEMPLATE_CHOICES)})"
             )
         spans.append((len(before), len(upto.rstrip())))
+    if not getattr(tokenizer, "is_fast", False):
+        return _mask_by_prefix_lengths(tokenizer, full, spans)
     encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
     trainable = [any(s <= start < e for s, e in spans) for start, _ in encoded["offset_mapping"]]
+    return ids, trainable
+
+
+def _mask_by_prefix_lengths(
+    tokenizer: Any, full: str, spans: list[tuple[int, int]]
+) -> tuple[list[int], list[bool]]:
+    """Slow tokenizers have no offsets: a span boundary is the token count of the text before it."""
+    ids = list(tokenizer(full, add_special_tokens=False)["input_ids"])
+    trainable = [False] * len(ids)
+    for start, end in spans:
+        first = len(tokenizer(full[:start], add_special_tokens=False)["input_ids"])
+        last = len(tokenizer(full[:end], add_special_tokens=False)["input_ids"])
+        for index in range(first, min(last, len(ids))):
+            trainable[index] = True
     return ids, trainable
 
 

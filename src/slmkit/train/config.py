@@ -1,0 +1,226 @@
+"""Section models of a training recipe. Every default of `slm train` lives here, described once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from slmkit.config import StrictModel
+
+Method = Literal["sft", "dpo", "pt"]
+FinetuningType = Literal["lora", "qlora", "full", "freeze"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class DataSection(StrictModel):
+    """Which records to train on and how they become token sequences."""
+
+    train: list[str] = Field(
+        default_factory=list,
+        description="Data files (JSONL/JSON/CSV/Parquet) or a folder with LLaMA-Factory's dataset_info.json; "
+        "relative paths are resolved against the recipe's folder.",
+    )
+    names: list[str] | None = Field(
+        default=None,
+        description="Dataset names to pick from dataset_info.json (when `train` is such a folder).",
+    )
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "preference", "text"] = Field(
+        default="auto", description="Record format; `auto` detects it per file."
+    )
+    template: Literal["chatml", "llama2", "alpaca"] | None = Field(
+        default=None, description="Chat template override; empty = the model's own chat template."
+    )
+    cutoff_len: int = Field(default=1024, ge=16, le=131072, description="Most tokens per sample.")
+    overflow: Literal["truncate", "drop"] = Field(
+        default="truncate",
+        description="What to do with samples longer than `cutoff_len` (both are counted).",
+    )
+    train_on_prompt: bool = Field(
+        default=False,
+        description="Also compute loss on system/user turns (default: assistant turns only).",
+    )
+    packing: bool = Field(
+        default=False,
+        description="Pack samples into `cutoff_len` rows (position ids restart per sample). On CPU, "
+        "length-grouped dynamic padding is faster (see docs/benchmarks.md); packing pays off on GPUs.",
+    )
+    val_ratio: float = Field(
+        default=0.0, ge=0.0, lt=0.9, description="Share of records held out for validation loss."
+    )
+    val: list[str] = Field(
+        default_factory=list, description="Separate validation files (instead of `val_ratio`)."
+    )
+    max_samples: int | None = Field(
+        default=None, ge=1, description="Use only the first N records (quick trials)."
+    )
+
+
+class LoraSection(StrictModel):
+    """LoRA adapter settings (used by `finetuning: lora` and `qlora`)."""
+
+    r: int = Field(default=16, ge=1, le=1024, description="Adapter rank.")
+    alpha: float = Field(
+        default=32,
+        gt=0,
+        description="Scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).",
+    )
+    dropout: float = Field(
+        default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input."
+    )
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default="all-linear",
+        description="Module names to adapt, e.g. [q_proj, k_proj, v_proj, o_proj], or `all-linear`.",
+    )
+    use_rslora: bool = Field(
+        default=False, description="Rank-stabilised LoRA scaling (alpha / sqrt(r))."
+    )
+    use_dora: bool = Field(
+        default=False, description="Weight-decomposed LoRA (DoRA); slower, sometimes better."
+    )
+
+
+class FreezeSection(StrictModel):
+    """Which layers stay trainable with `finetuning: freeze`."""
+
+    trainable_layers: int = Field(
+        default=2, ge=1, description="Train only the last N transformer blocks."
+    )
+    train_embeddings: bool = Field(
+        default=False, description="Also train the embeddings / LM head."
+    )
+
+
+class TrainSection(StrictModel):
+    """Optimisation, schedule, checkpoints and precision."""
+
+    lr: float = Field(default=2e-4, gt=0, le=1.0, description="Peak learning rate.")
+    epochs: float = Field(
+        default=3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0)."
+    )
+    max_steps: int = Field(
+        default=-1, description="Stop after this many optimizer steps (-1 = use epochs)."
+    )
+    batch_size: int = Field(default=8, ge=1, description="Samples per device per forward pass.")
+    grad_accum: int = Field(default=1, ge=1, description="Forward passes per optimizer step.")
+    optimizer: Literal[
+        "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "paged_adamw_8bit", "adamw_8bit"
+    ] = Field(
+        default="adamw_torch",
+        description="Optimizer name as transformers spells it (8-bit ones need bitsandbytes + CUDA).",
+    )
+    weight_decay: float = Field(default=0.0, ge=0.0, description="Decoupled weight decay.")
+    scheduler: Literal[
+        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts"
+    ] = Field(default="cosine", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(
+        default=0.03, ge=0.0, lt=1.0, description="Share of steps spent warming up the lr."
+    )
+    max_grad_norm: float = Field(
+        default=1.0, ge=0.0, description="Gradient clipping norm (0 = off)."
+    )
+    logging_steps: int = Field(default=1, ge=1, description="Log loss every N optimizer steps.")
+    eval_steps: int | None = Field(
+        default=None, ge=1, description="Validation loss every N steps (default: each epoch)."
+    )
+    save_steps: int = Field(default=50, ge=1, description="Checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(default=2, ge=1, description="Keep only the last N checkpoints.")
+    precision: Precision = Field(
+        default="auto",
+        description="`auto`: bf16 autocast on a bf16-capable CUDA GPU, fp32 on CPU (measured faster here); "
+        "`bf16`/`fp16` force mixed precision.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute activations in the backward pass: less memory, ~30% slower.",
+    )
+    group_by_length: bool = Field(
+        default=True,
+        description="Batch samples of similar length together (less padding without packing).",
+    )
+    seed: int = Field(default=42, description="Seed for initialisation, data order and dropout.")
+    num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers (TensorBoard is always installed; MLflow/W&B when present).",
+    )
+    stop_on_nan: bool = Field(
+        default=True, description="Stop at a NaN/inf loss, keeping the last good checkpoint."
+    )
+
+
+class DpoSection(StrictModel):
+    """Direct preference optimisation settings (`method: dpo`)."""
+
+    beta: float = Field(
+        default=0.1, gt=0, description="Strength of the pull towards the reference model."
+    )
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        default="sigmoid", description="DPO loss variant."
+    )
+    from_run: str | None = Field(
+        default=None,
+        description="An SFT run folder whose adapter is trained further (its base becomes the model; "
+        "the reference is the SFT model).",
+    )
+    max_prompt_len: int | None = Field(
+        default=None, ge=8, description="Truncate prompts to this many tokens."
+    )
+
+
+class InitSection(StrictModel):
+    """Start from pretrained weights or from a random init (the tiny from-scratch path)."""
+
+    mode: Literal["pretrained", "random"] = Field(
+        default="pretrained",
+        description="`random` builds a fresh Llama with the model's tokenizer (use method: pt).",
+    )
+    size: Literal["nano", "micro", "tiny", "small"] = Field(
+        default="tiny",
+        description="Size preset for `mode: random`: nano≈1M, micro≈5M, tiny≈20M, small≈60M params (+embeddings).",
+    )
+
+
+SIZE_PRESETS: dict[str, dict[str, int]] = {
+    "nano": {
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+    "micro": {
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+    "tiny": {
+        "hidden_size": 256,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+    },
+    "small": {
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+    },
+}
+
+
+def resolve_data_paths(paths: list[str], base: Path) -> list[Path]:
+    """Data paths as absolute paths; relative ones are taken from the recipe's folder, then the cwd."""
+    out = []
+    for text in paths:
+        path = Path(text).expanduser()
+        if not path.is_absolute():
+            near_recipe = base / path
+            path = near_recipe if near_recipe.exists() else Path.cwd() / path
+        out.append(path.resolve())
+    return out

@@ -1,0 +1,160 @@
+"""Recipe data -> tokenized train/validation sets (through the data layer) and a padding collator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmkit.errors import DataError
+from slmkit.recipe import Recipe
+from slmkit.train.config import resolve_data_paths
+
+
+@dataclass
+class PreparedData:
+    """What the trainer needs plus the numbers the model card reports."""
+
+    train_rows: list[dict[str, list[int]]]
+    val_rows: list[dict[str, list[int]]]
+    files: list[Path]
+    stats: dict[str, Any] = field(default_factory=dict)
+    preference_rows: list[dict[str, Any]] = field(default_factory=list)
+    val_preference_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def data_files(recipe: Recipe, recipe_dir: Path) -> list[Path]:
+    """Every data file a recipe reads (folders expanded), for hashing and lineage."""
+    paths = resolve_data_paths(recipe.data.train + recipe.data.val, recipe_dir)
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"{path}: data file not found (data.train / data.val in the recipe)")
+    return files
+
+
+def load_recipe_records(recipe: Recipe, recipe_dir: Path, which: str = "train") -> list[Any]:
+    """Records of `data.train` (or `data.val`), with every problem reported as file:line."""
+    from slmkit.data import load_records
+
+    paths = resolve_data_paths(
+        recipe.data.train if which == "train" else recipe.data.val, recipe_dir
+    )
+    if not paths:
+        return []
+    result = load_records(paths, recipe.data.format, names=recipe.data.names)
+    result.raise_for_errors()
+    records = list(result.records)
+    if recipe.data.max_samples:
+        records = records[: recipe.data.max_samples]
+    if not records:
+        raise DataError(f"{', '.join(map(str, paths))}: no records found")
+    return records
+
+
+def split_train_val(recipe: Recipe, recipe_dir: Path) -> tuple[list[Any], list[Any]]:
+    records = load_recipe_records(recipe, recipe_dir, "train")
+    if recipe.data.val:
+        return records, load_recipe_records(recipe, recipe_dir, "val")
+    if recipe.data.val_ratio > 0:
+        from slmkit.data.split import split_records
+
+        return split_records(records, recipe.data.val_ratio, recipe.train.seed)
+    return records, []
+
+
+def prepare_sft_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any) -> PreparedData:
+    """Tokenize records with assistant-only labels (or plain-text labels for `method: pt`)."""
+    from slmkit.data.template import tokenize_sft
+
+    train_records, val_records = split_train_val(recipe, recipe_dir)
+    wanted = "text" if recipe.method == "pt" else "sft"
+    _check_kinds(train_records, wanted)
+    settings = dict(
+        cutoff_len=recipe.data.cutoff_len,
+        train_on_prompt=recipe.data.train_on_prompt,
+        template=recipe.data.template,
+        overflow=recipe.data.overflow,
+    )
+    train_tok = tokenize_sft(train_records, tokenizer, **settings)
+    _raise_for_problems(train_tok)
+    train_rows = [_row(s) for s in train_tok.samples]
+    val_rows: list[dict[str, list[int]]] = []
+    if val_records:
+        val_tok = tokenize_sft(val_records, tokenizer, **settings)
+        _raise_for_problems(val_tok)
+        val_rows = [_row(s) for s in val_tok.samples]
+    if not train_rows:
+        raise DataError(
+            "no training samples left after tokenization (all dropped: raise data.cutoff_len?)"
+        )
+    lengths = [len(r["input_ids"]) for r in train_rows]
+    stats = {
+        "records": len(train_records),
+        "val_records": len(val_records),
+        "samples": len(train_rows),
+        "tokens": sum(lengths),
+        "mean_len": round(sum(lengths) / len(lengths), 1),
+        "max_len": max(lengths),
+        "truncated": train_tok.n_truncated,
+        "dropped": train_tok.n_dropped,
+        "trainable_share": round(float(train_tok.trainable_share), 3),
+    }
+    if recipe.data.packing:
+        from slmkit.data.packing import pack_samples
+
+        train_rows = [
+            row.as_dict() for row in pack_samples(train_tok.samples, recipe.data.cutoff_len)
+        ]
+        stats["packed_rows"] = len(train_rows)
+    return PreparedData(train_rows, val_rows, data_files(recipe, recipe_dir), stats)
+
+
+def prepare_dpo_data(recipe: Recipe, recipe_dir: Path) -> PreparedData:
+    """Preference pairs in TRL's conversational format (prompt / chosen / rejected)."""
+    from slmkit.data.preference import to_preference_rows
+
+    train_records, val_records = split_train_val(recipe, recipe_dir)
+    _check_kinds(train_records, "preference")
+    rows = to_preference_rows(train_records)
+    val_rows = to_preference_rows(val_records) if val_records else []
+    stats = {"records": len(train_records), "val_records": len(val_records), "pairs": len(rows)}
+    return PreparedData([], [], data_files(recipe, recipe_dir), stats, rows, val_rows)
+
+
+def _check_kinds(records: list[Any], wanted: str) -> None:
+    wrong = next((r for r in records if r.kind != wanted), None)
+    if wrong is None:
+        return
+    method = {"sft": "sft", "text": "pt", "preference": "dpo"}
+    raise DataError(
+        f"{wrong.source}: a {wrong.kind!r} record, but method {method[wanted]!r} needs {wanted!r} records",
+        hint=f"use method: {method.get(wrong.kind, wrong.kind)} for this data, or point data.train at the right file",
+    )
+
+
+def _raise_for_problems(result: Any) -> None:
+    errors = [
+        p for p in getattr(result, "problems", []) if getattr(p, "severity", "error") == "error"
+    ]
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise DataError(f"{_problem_text(first)}{more}")
+
+
+def _problem_text(problem: Any) -> str:
+    where = (
+        f"{problem.file}:{problem.line}"
+        if getattr(problem, "line", None)
+        else str(getattr(problem, "file", ""))
+    )
+    return f"{where}: {getattr(problem, 'field', '') or 'record'}: {problem.message}"
+
+
+def _row(sample: Any) -> dict[str, list[int]]:
+    return {"input_ids": list(sample.input_ids), "labels": list(sample.labels)}

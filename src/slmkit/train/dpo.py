@@ -1,0 +1,49 @@
+"""Direct preference optimisation with TRL's DPOTrainer on a LoRA adapter.
+
+The reference model is the policy with its adapter switched off (a fresh adapter), or a
+frozen copy of the SFT adapter when `dpo.from_run` continues an SFT run (TRL adds it as "ref").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from slmkit.recipe import Recipe
+from slmkit.train.dataset import PreparedData
+from slmkit.train.sft import common_arguments
+
+DPO_VAL_KEY = "eval_loss"
+
+
+def build_dpo_trainer(
+    recipe: Recipe,
+    run_dir: Path,
+    model: Any,
+    tokenizer: Any,
+    data: PreparedData,
+    precision: str,
+    callbacks: list[Any],
+) -> Any:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    args = common_arguments(recipe, run_dir, precision, has_val=bool(data.val_preference_rows))
+    args["include_num_input_tokens_seen"] = "no"  # DPO batches have no plain input_ids column
+    config = DPOConfig(
+        **args,
+        beta=recipe.dpo.beta,
+        loss_type=[recipe.dpo.loss_type],
+        max_length=recipe.data.cutoff_len,
+        dataset_num_proc=None,
+    )
+    train_set = Dataset.from_list(data.preference_rows)
+    val_set = Dataset.from_list(data.val_preference_rows) if data.val_preference_rows else None
+    return DPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )

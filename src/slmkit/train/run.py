@@ -1,0 +1,267 @@
+"""`slm train`: one function from a recipe to a finished run folder (resumable, diagnosed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import PrinterCallback, set_seed
+
+from slmkit import console
+from slmkit.config import dump_config
+from slmkit.errors import ConfigError, SlmError
+from slmkit.recipe import Recipe
+from slmkit.train import runfolder
+from slmkit.train.callbacks import (
+    MetricsFileCallback,
+    NanStopCallback,
+    ProgressCallback,
+    truncate_metrics,
+)
+from slmkit.train.dataset import data_files, prepare_dpo_data, prepare_sft_data
+from slmkit.train.diagnosis import Diagnosis, diagnose
+from slmkit.train.modeling import (
+    check_device,
+    count_parameters,
+    load_base_model,
+    load_tokenizer_for,
+    make_trainable,
+    resolve_base,
+    resolve_precision,
+)
+
+OUTPUT_FILES = (
+    "manifest.json",
+    "recipe.yaml",
+    "metrics.jsonl",
+    "diagnosis.json",
+    "loss.png",
+    "README.md",
+)
+
+
+class TrainingDivergedError(SlmError):
+    """The loss became NaN/inf; the run stopped and kept its last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_loss: float | None
+    diagnosis: Diagnosis
+    tokens_per_second: float | None
+    resumed_from: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train(
+    recipe: Recipe,
+    recipe_dir: Path | None = None,
+    *,
+    resume: bool | None = None,
+    force: bool = False,
+) -> TrainResult:
+    """Train what `recipe` says into `recipe.output_dir`; resume automatically from its last checkpoint."""
+    check_device(recipe)
+    recipe_dir = (recipe_dir or Path.cwd()).resolve()
+    run_dir = Path(recipe.output_dir).expanduser().resolve()
+    base = resolve_base(recipe)
+    manifest = runfolder.build_manifest(
+        recipe, base.ref, base.hf_path, data_files(recipe, recipe_dir), base.init_adapter
+    )
+    checkpoint = _decide_resume(run_dir, manifest, resume, force)
+    precision = resolve_precision(recipe)
+    tokenizer = load_tokenizer_for(base)
+    data = (
+        prepare_dpo_data(recipe, recipe_dir)
+        if recipe.method == "dpo"
+        else prepare_sft_data(recipe, recipe_dir, tokenizer)
+    )
+    set_seed(
+        recipe.train.seed
+    )  # adapter init draws from the global RNG before the Trainer seeds it
+    model = make_trainable(
+        recipe, load_base_model(recipe, base, tokenizer), base, recipe.train.gradient_checkpointing
+    )
+    trainable, total = count_parameters(model)
+    if is_main_process():
+        _start_run_folder(run_dir, recipe, manifest, checkpoint)
+        console.info(
+            f"training {recipe.method}/{recipe.finetuning} on {base.ref}: {trainable:,} of {total:,} "
+            f"parameters trainable, {_describe_data(data.stats)}, precision {precision}"
+        )
+    progress, nan_stop = ProgressCallback(f"{recipe.method} {run_dir.name}"), NanStopCallback()
+    callbacks = [MetricsFileCallback(run_dir / "metrics.jsonl"), nan_stop, progress]
+    trainer = _build_trainer(recipe, run_dir, model, tokenizer, data, precision, callbacks)
+    trainer.remove_callback(
+        PrinterCallback
+    )  # our progress bar and metrics.jsonl replace its dict prints
+    started = time.perf_counter()
+    try:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        progress.close()
+    seconds = time.perf_counter() - started
+    summary = {
+        "steps": trainer.state.global_step,
+        "train_seconds": round(seconds, 1),
+        "tokens_per_second": _tokens_per_second(trainer, seconds, checkpoint),
+        "trainable_params": trainable,
+        "total_params": total,
+        "data_stats": data.stats,
+        "precision": precision,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "train_loss_mean": output.training_loss,
+    }
+    summary.update(rank_agreement(trainer.model))
+    return _finish(run_dir, recipe, trainer, tokenizer, manifest, summary, nan_stop.bad_step)
+
+
+def rank_agreement(model: Any) -> dict[str, Any]:
+    """World size and a checksum of the trainable weights of every rank (they must agree under DDP)."""
+    import torch
+
+    checksum = float(sum(p.detach().double().sum() for p in model.parameters() if p.requires_grad))
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    checksums: list[Any] = [checksum]
+    if world > 1:
+        checksums = [None] * world
+        torch.distributed.all_gather_object(checksums, checksum)
+    return {"world_size": world, "rank_weight_checksums": checksums}
+
+
+def _build_trainer(
+    recipe: Recipe,
+    run_dir: Path,
+    model: Any,
+    tokenizer: Any,
+    data: Any,
+    precision: str,
+    callbacks: list[Any],
+) -> Any:
+    if recipe.method == "dpo":
+        from slmkit.train.dpo import build_dpo_trainer
+
+        return build_dpo_trainer(recipe, run_dir, model, tokenizer, data, precision, callbacks)
+    from slmkit.train.sft import build_sft_trainer
+
+    return build_sft_trainer(recipe, run_dir, model, tokenizer, data, precision, callbacks)
+
+
+def _decide_resume(
+    run_dir: Path, manifest: dict[str, Any], resume: bool | None, force: bool
+) -> Path | None:
+    """The checkpoint to continue from, or None to start fresh (after checking lineage)."""
+    checkpoint = runfolder.last_checkpoint(run_dir)
+    if resume is False:
+        if checkpoint is not None and is_main_process():
+            console.info(f"--no-resume: starting over in {run_dir} (old checkpoints removed)")
+            for name in (runfolder.CHECKPOINTS, "tensorboard", "metrics.jsonl"):
+                path = run_dir / name
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(
+                    missing_ok=True
+                )
+        return None
+    if checkpoint is None:
+        if resume:
+            raise ConfigError(f"{run_dir}: --resume given but the run folder has no checkpoint")
+        return None
+    old_path = run_dir / runfolder.MANIFEST
+    if old_path.is_file() and not force:
+        runfolder.check_lineage(json.loads(old_path.read_text()), manifest, run_dir)
+    if is_main_process():
+        console.info(f"resuming from {checkpoint}")
+    return checkpoint
+
+
+def _start_run_folder(
+    run_dir: Path, recipe: Recipe, manifest: dict[str, Any], checkpoint: Path | None
+) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint is not None:
+        truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[-1]))
+    else:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    (run_dir / "recipe.yaml").write_text(dump_config(recipe))
+    runfolder.write_json(run_dir / runfolder.MANIFEST, manifest)
+
+
+def _describe_data(stats: dict[str, Any]) -> str:
+    if "pairs" in stats:
+        return f"{stats['pairs']} preference pairs"
+    text = f"{stats['samples']} samples / {stats['tokens']:,} tokens"
+    return text + (f" packed into {stats['packed_rows']} rows" if "packed_rows" in stats else "")
+
+
+def _tokens_per_second(trainer: Any, seconds: float, checkpoint: Path | None) -> float | None:
+    seen = trainer.state.num_input_tokens_seen
+    start = getattr(trainer, "_initial_num_input_tokens_seen", 0) if checkpoint else 0
+    return round((seen - start) / seconds, 1) if seen and seconds > 0 else None
+
+
+def _finish(
+    run_dir: Path,
+    recipe: Recipe,
+    trainer: Any,
+    tokenizer: Any,
+    manifest: dict[str, Any],
+    summary: dict[str, Any],
+    bad_step: int | None,
+) -> TrainResult:
+    rows = runfolder.read_metrics(run_dir) if is_main_process() else []
+    train_losses = [v for _, v in runfolder.loss_series(rows, "loss")]
+    val_losses = [v for _, v in runfolder.loss_series(rows, "eval_loss")]
+    diagnosis = diagnose(train_losses, val_losses)
+    summary["final_loss"] = train_losses[-1] if train_losses else None
+    summary["diagnosis"] = diagnosis.to_dict()
+    if bad_step is None:
+        _save_outputs(recipe, trainer, tokenizer, run_dir)
+    if is_main_process():
+        manifest["status"] = "diverged" if bad_step is not None else "finished"
+        runfolder.write_json(run_dir / runfolder.MANIFEST, manifest)
+        run_summary = {k: v for k, v in summary.items() if k != "diagnosis"}
+        runfolder.write_json(
+            run_dir / "diagnosis.json", {**diagnosis.to_dict(), "run": run_summary}
+        )
+        runfolder.plot_loss(run_dir, rows)
+        runfolder.write_model_card(run_dir, manifest, summary)
+    if bad_step is not None:
+        last = runfolder.last_checkpoint(run_dir)
+        raise TrainingDivergedError(
+            f"loss became NaN/inf at step {bad_step}; stopped (last good checkpoint: {last or 'none'})",
+            hint=f"{diagnosis.advice[0]}; see {run_dir / 'diagnosis.json'}",
+        )
+    return TrainResult(
+        run_dir,
+        summary["steps"],
+        summary["final_loss"],
+        diagnosis,
+        summary["tokens_per_second"],
+        summary["resumed_from"],
+        summary,
+    )
+
+
+def _save_outputs(recipe: Recipe, trainer: Any, tokenizer: Any, run_dir: Path) -> None:
+    """adapter/ (LoRA, QLoRA) or model/ (full, freeze), each with tokenizer and chat template."""
+    adapter = recipe.finetuning in ("lora", "qlora")
+    target = run_dir / ("adapter" if adapter else "model")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not trainer.accelerator.is_main_process:
+        return
+    shutil.rmtree(target, ignore_errors=True)
+    if adapter:
+        model.save_pretrained(str(target), selected_adapters=["default"])
+    else:
+        model.save_pretrained(str(target), safe_serialization=True)
+    tokenizer.save_pretrained(str(target))

@@ -1,0 +1,104 @@
+"""Supervised fine-tuning (and continued pretraining) on pre-tokenized rows with transformers' Trainer.
+
+Labels come from our data layer (assistant-only masks that work with any chat template), so
+the plain Trainer is enough; TRL's SFTTrainer would re-tokenize and cannot mask SmolLM2's
+template (see docs/train.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from slmkit.data.packing import PackedBatchCollator, PaddingCollator
+from slmkit.recipe import Recipe
+from slmkit.train.dataset import PreparedData
+
+
+def available_trackers(wanted: list[str]) -> list[str]:
+    import importlib.util
+
+    modules = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+    return [name for name in wanted if importlib.util.find_spec(modules[name]) is not None]
+
+
+def common_arguments(
+    recipe: Recipe, run_dir: Path, precision: str, has_val: bool
+) -> dict[str, Any]:
+    """TrainingArguments shared by SFT and DPO, from the recipe's `train:` section."""
+    import torch
+
+    t = recipe.train
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
+    eval_strategy = "no" if not has_val else ("steps" if t.eval_steps else "epoch")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return dict(
+        output_dir=str(run_dir / "checkpoints"),
+        learning_rate=t.lr,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        optim=t.optimizer,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_ratio,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=available_trackers(t.report_to) or "none",
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_num_workers=t.num_workers,
+        disable_tqdm=True,
+        ddp_find_unused_parameters=False if distributed else None,
+        ddp_backend=("gloo" if not torch.cuda.is_available() else None) if distributed else None,
+    )
+
+
+def build_sft_trainer(
+    recipe: Recipe,
+    run_dir: Path,
+    model: Any,
+    tokenizer: Any,
+    data: PreparedData,
+    precision: str,
+    callbacks: list[Any],
+) -> Any:
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    args = common_arguments(recipe, run_dir, precision, has_val=bool(data.val_rows))
+    grouped = recipe.train.group_by_length and not recipe.data.packing
+    args["train_sampling_strategy"] = "group_by_length" if grouped else "random"
+    train_set = Dataset.from_list(data.train_rows)
+    if grouped:
+        train_set = train_set.add_column("length", [len(r["input_ids"]) for r in data.train_rows])
+    val_set = Dataset.from_list(data.val_rows) if data.val_rows else None
+    collator: Any = PaddingCollator(
+        tokenizer.pad_token_id, pad_to_multiple_of=8 if precision != "fp32" else None
+    )
+    if recipe.data.packing:  # one flattened row per batch; position ids keep samples apart
+        collator = PackedBatchCollator(tokenizer.pad_token_id, flatten=True)
+    return Trainer(
+        model=model,
+        args=TrainingArguments(**args),
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )

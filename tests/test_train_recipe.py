@@ -1,0 +1,107 @@
+"""Recipes: every shipped recipe loads; bad recipes end in exit 2 with the YAML line; device checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from slmkit.config import load_config
+from slmkit.errors import ConfigError
+from slmkit.recipe import Recipe, load_recipe
+
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_loads_and_names_its_command(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.data.train
+    assert "slm train" in path.read_text().splitlines()[0] or "slm " in path.read_text()[:400]
+
+
+def test_shipped_recipes_exist() -> None:
+    names = {p.name for p in RECIPES}
+    assert {"demo.yaml", "customer-service.yaml", "dpo.yaml", "from-scratch.yaml"} <= names
+
+
+def test_defaults_follow_the_seed_practice() -> None:
+    recipe = Recipe(data={"train": ["x.jsonl"]})
+    assert (recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout) == (16, 32, 0.05)
+    assert recipe.dpo.beta == 0.1
+    assert recipe.finetuning == "lora" and recipe.method == "sft"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path: Path, slm) -> None:
+    path = write(
+        tmp_path, "model: default\ndata:\n  train: [a.jsonl]\ntrain:\n  lr: 1e-4\n  epochz: 3\n"
+    )
+    result = slm("train", str(path))
+    assert result.returncode == 2
+    assert f"{path}:6: train.epochz: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_value_names_its_line(tmp_path: Path, slm) -> None:
+    path = write(tmp_path, "data:\n  train: [a.jsonl]\nfinetuning: lorra\n")
+    result = slm("train", str(path))
+    assert result.returncode == 2
+    assert f"{path}:3: finetuning:" in result.stderr and "lora" in result.stderr
+
+
+def test_bad_yaml_names_its_line(tmp_path: Path, slm) -> None:
+    path = write(tmp_path, "data:\n  train: [a.jsonl\nmethod: sft\n")
+    result = slm("train", str(path))
+    assert result.returncode == 2
+    assert "invalid YAML" in result.stderr and f"{path}:" in result.stderr
+
+
+def test_cross_field_rules_are_errors() -> None:
+    with pytest.raises(ValueError, match="init.mode: random needs finetuning: full"):
+        Recipe(data={"train": ["x"]}, init={"mode": "random"})
+    with pytest.raises(ValueError, match=r"data\.train"):
+        Recipe()
+
+
+def test_overrides_and_print_config(tmp_path: Path, slm) -> None:
+    path = write(tmp_path, "data:\n  train: [a.jsonl]\n")
+    result = slm(
+        "train", str(path), "--set", "train.lr=5e-4", "--set", "lora.r=8", "--print-config"
+    )
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["train"]["lr"] == 5e-4 and printed["lora"]["r"] == 8
+    assert printed["train"]["scheduler"] == "cosine"  # defaults are shown too
+
+
+def test_bad_override_value_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "data:\n  train: [a.jsonl]\n")
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(path, Recipe, ["train.lr=-1"])
+
+
+def test_qlora_on_cpu_fails_fast_with_one_line(tmp_path: Path, slm) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    )
+    path = write(
+        tmp_path, f"finetuning: qlora\ndata:\n  train: [{data}]\noutput_dir: {tmp_path / 'run'}\n"
+    )
+    result = slm("train", str(path))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "qlora needs a CUDA GPU" in lines[0]
+    assert not (tmp_path / "run").exists()

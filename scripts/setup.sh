@@ -71,6 +71,10 @@ llama_cpp() {
 }
 
 model_cache() {
+    local cache="${SLM_MODEL_CACHE:-$SLM_HOME/models}/smollm2-135m-instruct"
+    if [ -f "$cache/slmkit-embedded.json" ] && [ -f "$cache/model.safetensors" ]; then
+        echo "[setup] embedded model: cached ($cache)"; return
+    fi
     SLM_HOME="$SLM_HOME" "$VENV/bin/slm" models warm default
 }
 

@@ -159,7 +159,11 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("SLM_DEBUG") == "1"
     try:
-        app(args=args, prog_name="slm", standalone_mode=False)
+        code = app(args=args, prog_name="slm", standalone_mode=False)
+        if isinstance(code, int) and code:
+            raise SystemExit(
+                code
+            )  # non-standalone click returns typer.Exit codes instead of raising
     except SlmError as exc:
         if debug:
             raise

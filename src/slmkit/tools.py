@@ -50,13 +50,17 @@ def run_converter(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def tool_version(name: str) -> str:
-    """First line of `NAME --version` (llama.cpp prints it on stderr)."""
+    """Version line of a llama.cpp tool (all are built from one source; llama-quantize has no --version)."""
+    llama_tool(name)
+    stamp = tools_dir() / "VERSION"
+    if stamp.is_file():
+        return stamp.read_text().splitlines()[0].strip()
     proc = subprocess.run(
-        [str(llama_tool(name)), "--version"],
+        [str(llama_tool("llama-server")), "--version"],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("version")]
-    return lines[0] if lines else (proc.stdout + proc.stderr).strip().splitlines()[0]
+    return lines[0] if lines else "unknown version"

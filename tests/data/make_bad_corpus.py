@@ -38,6 +38,12 @@ def main() -> None:
         3,
         "(json)",
     )
+    raw(
+        "single_object.json",
+        b'{\n  "instruction": "Return policy?",\n  "output": "Thirty days."\n}\n',
+        1,
+        "(file)",
+    )
     raw("not_utf8.jsonl", json.dumps(good).encode() + b'\n{"text": "caf\xe9"}\n', 2, "(file)")
     raw("utf16.jsonl", json.dumps(good).encode("utf-16"), 1, "(file)")
     raw("empty.jsonl", b"", 1, "(file)")

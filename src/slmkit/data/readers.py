@@ -101,6 +101,15 @@ def read_rows(path: Path, shown: str) -> ReadResult:
             "?",
         )
     if kind == "json" and not text.lstrip().startswith("["):
+        if _is_one_json_object(text) and "\n" in text.strip():
+            problem = Problem(
+                shown,
+                1,
+                FILE_FIELD,
+                "the file holds one JSON object (expected an "
+                "array of records [{...}, {...}] or one object per line)",
+            )
+            return ReadResult([], [problem], "json")
         kind = (
             "jsonl"  # a .json file holding one object per line, as LLaMA-Factory users often have
         )
@@ -219,6 +228,13 @@ def _read_json_array(text: str, shown: str) -> ReadResult:
             )
         )
     return ReadResult(rows, problems, "json")
+
+
+def _is_one_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _skip_ws(text: str, pos: int) -> int:

@@ -87,24 +87,21 @@ def test_packed_rows_give_the_same_logits_as_each_sample_alone(
     rows = pack_samples(samples, block_size=24)
     batch = PackedBatchCollator(pad_token_id=0, flatten=flatten)(rows)
     assert "attention_mask" not in batch and batch["use_cache"] is False
+    assert len(rows) >= 2 and batch["input_ids"].size(0) == (1 if flatten else len(rows))
     by_source = {s.source: s for s in samples}
     with torch.no_grad():
         logits = tiny_model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        row_of = [list(range(len(rows)))] if not flatten else [[0] * len(rows)]
-        checked = 0
-        offset = 0
+        checked = offset = 0
         for r, row in enumerate(rows):
-            b = 0 if flatten else r
-            offset = offset if flatten else 0
+            batch_index, offset = (0, offset) if flatten else (r, 0)
             for source in row.sources:
                 ids = by_source[source].input_ids
                 alone = tiny_model(input_ids=torch.tensor([ids])).logits[0]
-                torch.testing.assert_close(
-                    logits[b, offset : offset + len(ids)], alone, atol=1e-5, rtol=1e-4
-                )
+                packed = logits[batch_index, offset : offset + len(ids)]
+                torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-4)
                 offset += len(ids)
                 checked += 1
-        assert checked == len(samples) and row_of
+    assert checked == len(samples)
 
 
 def test_without_use_cache_false_packed_samples_would_leak(tiny_model: Any) -> None:

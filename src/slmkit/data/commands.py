@@ -69,8 +69,14 @@ def _tokenizer(model: str) -> Any:
     return load_tokenizer(model)
 
 
-def _check_format(fmt: str) -> None:
+def _check_format(fmt: str, template: str | None = None) -> None:
     from slmkit.data.loader import FORMAT_CHOICES
+    from slmkit.data.template import TEMPLATE_CHOICES
+
+    if template is not None and template not in TEMPLATE_CHOICES:
+        raise DataError(
+            f"--template {template!r}: unknown template (expected one of {', '.join(TEMPLATE_CHOICES)})"
+        )
 
     if fmt not in FORMAT_CHOICES:
         raise DataError(
@@ -132,7 +138,7 @@ def validate_cmd(
     """Check data files; every problem is shown as `file:line: field: what is wrong (expected ...)`."""
     from slmkit.data.validate import validate_data
 
-    _check_format(fmt)
+    _check_format(fmt, template)
     if overflow not in ("truncate", "drop"):
         raise DataError(f"--overflow {overflow!r}: expected truncate or drop")
     report = validate_data(
@@ -193,7 +199,7 @@ def stats_cmd(
     from slmkit.data.stats import compute_stats, histogram_lines
     from slmkit.data.template import tokenize_sft
 
-    _check_format(fmt)
+    _check_format(fmt, template)
     loaded = load_records(list(files), fmt, names=dataset)
     if loaded.errors:
         console.print(

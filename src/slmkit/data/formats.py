@@ -206,7 +206,7 @@ def _alpaca_history(value: Any, key: str, ctx: RowContext) -> list[dict[str, Any
             and all(isinstance(x, str) and x.strip() for x in pair)
         )
         if not ok:
-            ctx.error(f"{key}[{i}]", "expected a [prompt, answer] pair of non-empty strings")
+            ctx.error(f"{key}[{i}]", "not a [prompt, answer] pair (expected two non-empty strings)")
             return None
         turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     return turns

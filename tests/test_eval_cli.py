@@ -86,16 +86,16 @@ def test_eval_plain_hf_folder(tmp_path: Path, tiny_model_dir: Path) -> None:
 def test_eval_embedded_model_on_llama_server_beside_a_run(tmp_path: Path, tiny_run: Path) -> None:
     rows = [
         {
-            "prompt": "What is the capital of France?",
-            "reference": "Paris is the capital of France.",
-            "must_include": ["Paris"],
-            "tags": ["geo"],
-        },
-        {
             "prompt": "How many days are in a week?",
             "reference": "A week has seven days.",
             "must_include": ["7 days"],
             "tags": ["numbers"],
+        },
+        {
+            "prompt": "What color is the sky on a clear day?",
+            "reference": "The sky is blue.",
+            "must_include": ["blue"],
+            "tags": ["colors"],
         },
     ]
     data = write_jsonl(tmp_path / "eval.jsonl", rows)
@@ -116,8 +116,7 @@ def test_eval_embedded_model_on_llama_server_beside_a_run(tmp_path: Path, tiny_r
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     base, tiny = report["models"]
     assert (base["engine"], tiny["engine"]) == ("llamacpp", "transformers")
-    paris = report["items"][0]["answers"]["base"]
-    assert "paris" in paris["text"].lower() and paris["scores"]["fact_recall"] == 1.0
-    assert paris["prompt_tokens"] > 5 and paris["completion_tokens"] > 0
+    week = report["items"][0]["answers"]["base"]
+    assert week["prompt_tokens"] > 5 and 0 < week["completion_tokens"] <= 32
     assert base["metrics"]["fact_recall"] >= 0.5 > tiny["metrics"]["fact_recall"]
     assert proc.returncode == 1 and "overall: FAIL" in proc.stdout  # the random run gains nothing

@@ -227,3 +227,34 @@ def test_judge_reply_parsing() -> None:
     assert parse_verdict("Answer A is better.") == "A"
     assert parse_verdict("tie") == "TIE"
     assert parse_verdict("I cannot decide") == "TIE"
+
+
+def test_kld_is_read_from_the_export_quant_eval(tmp_path: Path) -> None:
+    import json
+
+    from slmkit.evaluate.verdict import export_kld
+    from slmkit.models import resolve_model
+
+    export = tmp_path / "exports" / "demo"
+    export.mkdir(parents=True)
+    for name in ("model-f16.gguf", "model-q8_0.gguf", "model-q4_k_m.gguf"):
+        (export / name).write_bytes(b"GGUF")
+    report = {
+        "quant_eval": {
+            "reference": {"level": "f16", "file": str(export / "model-f16.gguf"), "kld": None},
+            "levels": [
+                {
+                    "level": "q8_0",
+                    "file": str(export / "model-q8_0.gguf"),
+                    "kld": {"mean_kld": 0.0045},
+                },
+                {"level": "q4_k_m", "file": "model-q4_k_m.gguf", "kld": {"mean_kld": 0.067}},
+            ],
+        }
+    }
+    (export / "report.json").write_text(json.dumps(report))
+    assert export_kld(resolve_model(export / "model-q8_0.gguf")) == 0.0045
+    assert export_kld(resolve_model(export / "model-q4_k_m.gguf")) == 0.067
+    assert export_kld(resolve_model(export / "model-f16.gguf")) == 0.0
+    (export / "report.json").unlink()
+    assert export_kld(resolve_model(export / "model-q8_0.gguf")) is None

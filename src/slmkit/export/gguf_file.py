@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slmkit.errors import ToolMissingError
 from slmkit.export.errors import ExportError, GgufCheckError
-from slmkit.tools import run_converter
+from slmkit.paths import tools_dir
+from slmkit.tools import SETUP_HINT, run_converter
 
 # HF model_type -> GGUF general.architecture, where they differ
 ARCH_ALIASES = {
@@ -28,6 +30,11 @@ def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16") -> Path:
     """Run `convert_hf_to_gguf.py` on `hf_dir`; returns `out_file`."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
     proc = run_converter([str(hf_dir), "--outfile", str(out_file), "--outtype", outtype])
+    if "No module named 'conversion'" in proc.stderr:
+        raise ToolMissingError(
+            f"llama.cpp's converter is installed without its conversion/ package ({tools_dir()})",
+            hint=SETUP_HINT,
+        )
     if proc.returncode != 0 or not out_file.is_file():
         tail = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()][-3:]
         raise ExportError(

@@ -13,6 +13,7 @@ from typing import Any
 
 from slmkit import __version__
 from slmkit.console import info
+from slmkit.export.adapter_checks import check_adapter
 from slmkit.export.agreement import Messages, load_prompts
 from slmkit.export.config import ExportConfig
 from slmkit.export.deploy import model_card, modelfile, server_command, split_template, stop_tokens
@@ -89,6 +90,10 @@ def export_model(
 ) -> ExportResult:
     """Run the whole export; returns where everything is and what is recommended."""
     resolved = resolve_model(source)
+    if resolved.adapter is None:  # refuse what cannot be exported before any work
+        _hf_source(resolved)
+    else:
+        check_adapter(resolved)
     out_dir = (out_dir or default_out_dir(resolved)).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = _Steps(log=log)
@@ -130,7 +135,10 @@ def export_model(
                 hf_dir=hf_dir,
                 reference_answers=parity.gguf_answers,
             )
-    recommended = Path(quant_result.recommended).name if quant_result else Path(files[-1].file).name
+    # without measurements, the mildest quantization (files[1], usually q8_0) is the safe suggestion
+    recommended = Path(
+        quant_result.recommended if quant_result else files[min(1, len(files) - 1)].file
+    ).name
     result = ExportResult(out_dir, recommended, files, steps.timings, quant_result, parity, notes)
     _write_artefacts(result, resolved, hf_dir, checked, cfg)
     return result

@@ -22,9 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "examples" / "data"
 SOURCE_DIR = DATA_DIR / "source"
 SHUFFLE_SEED = 41
-# Questions 0..7 of each fact go to the messages file, 8..10 to the alpaca file.
-N_MESSAGES_QUESTIONS = 8
-DPO_QUESTION_INDEXES = (1, 4, 7, 10)
+# Questions 0..10 of each fact go to the messages file, 11..13 to the alpaca file.
+N_TRAIN_QUESTIONS = 14
+N_MESSAGES_QUESTIONS = 11
+DPO_QUESTION_INDEXES = (1, 5, 9, 13)
 # Every fourth messages record has no system prompt, so the model also learns the facts
 # under the chat template's default system prompt.
 NO_SYSTEM_EVERY = 4
@@ -84,8 +85,8 @@ def _parse_fact(name: str, raw: dict[str, Any]) -> Fact:
         eval=tuple(raw["eval"]),
     )
     missing = [answer for answer in fact.answers if fact.key not in answer]
-    if missing or len(fact.train) != 11 or not 2 <= len(fact.eval) <= 3:
-        raise ValueError(f"fact {name}: answers must hold the key, 11 train and 2-3 eval questions")
+    if missing or len(fact.train) != N_TRAIN_QUESTIONS or not 2 <= len(fact.eval) <= 3:
+        raise ValueError(f"fact {name}: answers must hold the key; 14 train, 2-3 eval questions")
     return fact
 
 

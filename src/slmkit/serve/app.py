@@ -115,6 +115,10 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
         )
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid value"))
+    if param is None:
+        return invalid_request(
+            f"The request body must be a JSON object ({msg}).", code="invalid_body"
+        )
     if first.get("type") == "missing":
         return invalid_request(
             f"Missing required parameter: '{param}'.",
@@ -140,7 +144,7 @@ def create_app(gateway: Gateway, *, manage_engines: bool = True) -> FastAPI:
                 await gateway.stop()
 
     app = FastAPI(title="slmkit OpenAI-compatible gateway", version="1", lifespan=lifespan)
-    _add_error_handlers(app)
+    _add_error_handlers(app, gateway)
     _add_routes(app, gateway)
     config = gateway.config
     if config.cors_origins:
@@ -160,14 +164,27 @@ def create_app(gateway: Gateway, *, manage_engines: bool = True) -> FastAPI:
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+ENDPOINT_NAMES = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/feedback": "feedback",
+}
+
+
+def _endpoint_name(request: Request) -> str:
+    return ENDPOINT_NAMES.get(request.url.path, "other")
+
+
+def _add_error_handlers(app: FastAPI, gateway: Gateway) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         err = _validation_error(exc)
+        gateway.metrics.requests.labels(_endpoint_name(request), "unknown", str(err.status)).inc()
         return JSONResponse(err.body(), status_code=err.status)
 
     @app.exception_handler(StarletteHTTPException)

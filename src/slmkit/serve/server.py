@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +120,30 @@ def serve(config: ServeConfig, on_ready: Callable[[str], None] | None = None) ->
     asyncio.run(_run(gateway, on_ready))
 
 
+def _uvicorn_server(config: Any) -> Any:
+    import uvicorn
+
+    class GatewayServer(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its shutdown, which would kill us before the
+        engines are stopped; here the signal only asks for shutdown and `serve()` cleans up."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {
+                sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return GatewayServer(config)
+
+
 async def _run(gateway: Any, on_ready: Callable[[str], None] | None) -> None:
     import uvicorn
 
@@ -126,7 +153,7 @@ async def _run(gateway: Any, on_ready: Callable[[str], None] | None) -> None:
     await gateway.start()
     try:
         app = create_app(gateway, manage_engines=False)
-        server = uvicorn.Server(
+        server = _uvicorn_server(
             uvicorn.Config(
                 app,
                 host=config.host,

@@ -92,6 +92,9 @@ def register(app: typer.Typer) -> None:
         max_tokens: Annotated[
             int | None, typer.Option(min=1, help="Most new tokens per answer (default 128).")
         ] = None,
+        limit: Annotated[
+            int | None, typer.Option(min=1, help="Evaluate only the first N questions.")
+        ] = None,
         concurrency: Annotated[
             int | None, typer.Option(min=1, help="Requests in flight per model (default 4).")
         ] = None,
@@ -146,6 +149,7 @@ def register(app: typer.Typer) -> None:
             "out_dir": str(out_dir) if out_dir else None,
             "max_tokens": max_tokens,
             "concurrency": concurrency,
+            "limit": limit,
             "engine": engine,
             "strict": strict or None,
             "cache": False if no_cache else None,

@@ -94,6 +94,9 @@ class EvalSettings(StrictModel):
     """How to evaluate (reusable as the pipeline recipe's `evaluate:` section)."""
 
     max_tokens: int = Field(128, ge=1, description="Most new tokens per answer.")
+    limit: int | None = Field(
+        None, ge=1, description="Evaluate only the first N questions (quick checks)."
+    )
     concurrency: int = Field(
         4, ge=1, le=64, description="Requests in flight per model (the engine batches them)."
     )

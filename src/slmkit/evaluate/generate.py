@@ -66,7 +66,9 @@ def model_target(spec: ModelSpec, settings: EvalSettings) -> ModelTarget:
 
     resolved = resolve_model(spec.ref, prepare=False)
     engine_choice = spec.engine if spec.engine != "auto" else settings.engine
-    entry = ModelEntry(id=_model_id(spec.name), ref=spec.ref, engine=engine_choice)
+    entry = ModelEntry.model_validate(
+        {"id": _model_id(spec.name), "ref": spec.ref, "engine": engine_choice}
+    )
     engine = choose_engine(entry, resolved, "auto")
     identity = {
         "v": CACHE_VERSION,
@@ -166,13 +168,12 @@ async def _generate_missing(
     settings: EvalSettings,
     store: Callable[[int, Generation], None],
 ) -> None:
-    from slmkit.serve.config import ModelEntry, ServeConfig
+    from slmkit.serve.config import ServeConfig
     from slmkit.serve.server import build_engines
 
     model_id = _model_id(target.name)
-    config = ServeConfig(
-        models=[ModelEntry(id=model_id, ref=target.spec.ref, engine=target.engine)]
-    )
+    entry = {"id": model_id, "ref": target.spec.ref, "engine": target.engine}
+    config = ServeConfig.model_validate({"models": [entry]})
     config.llamacpp.parallel = max(settings.concurrency, 1)
     config.transformers.max_batch_size = max(settings.concurrency, 1)
     engine = build_engines(config)[model_id]

@@ -28,6 +28,7 @@ TABLE_METRICS = (
     "tokens_per_s",
 )
 SIDE_BY_SIDE = 6
+DIGITS = {"length_words": 1, "tokens_per_s": 1, "latency_p50_s": 2, "latency_p95_s": 2}
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -113,7 +114,10 @@ def _td(text: str, cls: str = "") -> str:
 
 def summary_table(result: EvalResult) -> str:
     shown = [
-        m for m in TABLE_METRICS if any(r.summary.values.get(m) is not None for r in result.models)
+        m
+        for m in TABLE_METRICS
+        if m != result.main_metric
+        and any(r.summary.values.get(m) is not None for r in result.models)
     ]
     level = f"{result.config.confidence:.0%}"
     headers = [
@@ -135,10 +139,7 @@ def summary_table(result: EvalResult) -> str:
         )
         rows.append(
             [_td(m.name), _td(m.ref), _td(m.engine), _td(ci, "num"), _td(delta, "num")]
-            + [
-                _td(fmt(m.summary.values.get(k), 1 if k == "length_words" else 3), "num")
-                for k in shown
-            ]
+            + [_td(fmt(m.summary.values.get(k), DIGITS.get(k, 3)), "num") for k in shown]
         )
     return _table(headers, rows)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from slmkit.console import info, progress_bar, warn
 from slmkit.errors import SlmError
@@ -54,7 +53,7 @@ class EvalResult:
 
 def run_eval(config: EvalConfig) -> EvalResult:
     """The evaluate stage: same prompts to every model, same metrics, one report."""
-    items = load_eval_set(config.data)
+    items = load_eval_set(config.data)[: config.limit]
     targets = [model_target(spec, config) for spec in config.models]  # bad references fail early
     answers: dict[str, list[Generation]] = {}
     generated: dict[str, int] = {}
@@ -169,12 +168,3 @@ def _model_result(
         kld=export_kld(resolved),
         run_dir=resolved.run_dir,
     )
-
-
-def summary_rows(result: EvalResult) -> list[dict[str, Any]]:
-    """One dict per model for the terminal table and report.json."""
-    rows = []
-    for model in result.models:
-        v = model.summary.values
-        rows.append({"model": model.name, **{k: v.get(k) for k in v}, "main": model.main})
-    return rows

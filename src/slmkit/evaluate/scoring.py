@@ -135,7 +135,7 @@ def interval(
     out: dict[str, float | None] = {"mean": float(np.mean(values)), "low": low, "high": high}
     if baseline is not None:
         base_all = metric_values(baseline, metric)
-        base = [float(base_all[i]) if base_all[i] is not None else 0.0 for i in keep]
+        base = [float(base_all[i] or 0.0) for i in keep]
         d_low, d_high = metrics.paired_bootstrap_ci(
             values, base, samples=samples, confidence=confidence, seed=seed
         )

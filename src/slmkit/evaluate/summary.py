@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slmkit.console import out
-from slmkit.evaluate.report import fmt
+from slmkit.evaluate.report import DIGITS, fmt
 
 if TYPE_CHECKING:
     from slmkit.evaluate.run import EvalResult
@@ -52,10 +52,7 @@ def summary_table(result: EvalResult) -> Table:
     for m in result.models:
         main = m.main
         delta = "" if "delta" not in main else f"{main['delta']:+.3f}"
-        cells = [
-            fmt(m.summary.values.get(k), 1 if k in ("length_words", "tokens_per_s") else 3)
-            for k, _ in shown
-        ]
+        cells = [fmt(m.summary.values.get(k), DIGITS.get(k, 3)) for k, _ in shown]
         table.add_row(
             m.name,
             fmt(main.get("mean")),
@@ -80,7 +77,7 @@ def verdict_table(result: EvalResult) -> Table:
 
 
 def print_summary(result: EvalResult) -> None:
-    wide = Console(highlight=False, width=max(out.width, WIDTH), color_system=out.color_system)
+    wide = Console(highlight=False, width=max(out.width, WIDTH), force_terminal=out.is_terminal)
     wide.print(summary_table(result))
     if result.verdict:
         wide.print(verdict_table(result))

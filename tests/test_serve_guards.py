@@ -1,0 +1,187 @@
+"""Guards on a real `slm serve default`: max_tokens cap, queue-full 429, body size limit, response
+cache, output filter (streamed and not), context policies prune / summarize / reject, repetition
+retry, CORS off by default, and speculative decoding with a draft model."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from serve_helpers import ServerProcess, tools_ready
+
+pytestmark = pytest.mark.skipif(
+    not tools_ready(), reason="llama-server is not built (scripts/setup.sh)"
+)
+
+CONFIG = {
+    "llamacpp": {"ctx_size": 1024, "parallel": 2, "threads": 1},
+    "limits": {"max_tokens_cap": 48, "max_queue": 1, "max_body_bytes": 4096},
+    "cache": {"enabled": True},
+    "output_filter": {"blocklist": ["Paris"], "replacement": "[blocked]"},
+    "repetition": {"ngram": 1, "min_repeats": 6},
+}
+CAPITAL = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("serve-guards")
+    with ServerProcess(["default"], config=CONFIG, env={"SLM_HOME": str(home)}) as srv:
+        yield srv
+
+
+def test_max_tokens_is_capped(server: ServerProcess) -> None:
+    reply = server.client().chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "Write a long essay about the sea."}],
+        max_tokens=400,
+        temperature=0.7,
+        seed=5,
+    )
+    assert reply.usage.completion_tokens == 48 and reply.choices[0].finish_reason == "length"
+
+
+def test_blocklisted_words_are_replaced_streamed_and_not(server: ServerProcess) -> None:
+    client = server.client()
+    plain = client.chat.completions.create(
+        model="default", messages=CAPITAL, max_tokens=20, temperature=0
+    )
+    streamed = client.chat.completions.create(
+        model="default", messages=CAPITAL, max_tokens=21, temperature=0, stream=True
+    )
+    streamed_text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    for text in (plain.choices[0].message.content, streamed_text):
+        assert "[blocked]" in text and "Paris" not in text
+    assert server.metric("slm_output_redactions_total", model="default") >= 2
+
+
+def test_deterministic_requests_hit_the_cache(server: ServerProcess) -> None:
+    body = {
+        "model": "default",
+        "messages": [{"role": "user", "content": "Name a color."}],
+        "max_tokens": 8,
+        "temperature": 0,
+    }
+    first, second = (
+        server.post("/v1/chat/completions", body),
+        server.post("/v1/chat/completions", body),
+    )
+    assert (first.headers["x-slm-cache"], second.headers["x-slm-cache"]) == ("miss", "hit")
+    assert (
+        first.json()["choices"] == second.json()["choices"]
+        and first.json()["id"] != second.json()["id"]
+    )
+    sampled = server.post("/v1/chat/completions", {**body, "temperature": 0.9})
+    assert "x-slm-cache" not in sampled.headers  # not deterministic: never cached
+    assert server.metric("slm_cache_requests_total", result="hit") == 1
+
+
+def test_full_queue_answers_429(server: ServerProcess) -> None:
+    barrier = threading.Barrier(8)
+
+    def ask(i: int) -> object:
+        barrier.wait()
+        try:
+            return server.client().chat.completions.create(
+                model="default",
+                messages=[{"role": "user", "content": f"Tell me story number {i}."}],
+                max_tokens=24,
+                temperature=0.8,
+            )
+        except openai.RateLimitError as exc:
+            return exc
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(ask, range(8)))
+    limited = [r for r in results if isinstance(r, openai.RateLimitError)]
+    assert (
+        limited and len(limited) < 8
+    )  # max_queue is 1: one at a time gets in, the rest are told to retry
+    assert limited[0].status_code == 429 and limited[0].code == "rate_limit_exceeded"
+    assert int(limited[0].response.headers["Retry-After"]) >= 1
+    assert server.metric("slm_requests_total", status="429") == len(limited)
+
+
+def test_body_size_limit(server: ServerProcess) -> None:
+    body = {"model": "default", "messages": [{"role": "user", "content": "x" * 5000}]}
+    response = server.post("/v1/chat/completions", body)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+
+LONG_CHAT = (
+    [{"role": "system", "content": "You are a helpful assistant."}]
+    + [
+        {
+            "role": role,
+            "content": f"Turn {i}: " + "the quick brown fox jumps over the lazy dog " * 6,
+        }
+        for i, role in zip(range(12), ["user", "assistant"] * 6, strict=True)
+    ]
+    + [{"role": "user", "content": "What animal jumps?"}]
+)
+
+
+@pytest.mark.parametrize("policy", ["prune", "summarize"])
+def test_context_policies_make_a_long_chat_fit(server: ServerProcess, policy: str) -> None:
+    raw = server.client().chat.completions.with_raw_response.create(
+        model="default",
+        messages=LONG_CHAT,
+        max_tokens=16,
+        temperature=0,
+        extra_body={"context_policy": policy},
+    )
+    action = "pruned" if policy == "prune" else "summarized"
+    assert int(raw.headers[f"x-slm-context-{action}"]) >= 1
+    assert raw.parse().usage.prompt_tokens < 512
+    assert server.metric("slm_context_actions_total", action=action) >= 1
+
+
+def test_reject_is_the_default_context_policy(server: ServerProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        server.client().chat.completions.create(model="default", messages=LONG_CHAT, max_tokens=16)
+    assert err.value.code == "context_length_exceeded"
+
+
+def test_repetition_loop_is_stopped_and_retried(server: ServerProcess) -> None:
+    prompt = [
+        {
+            "role": "user",
+            "content": "Say the word hello over and over: hello hello hello hello hello hello",
+        }
+    ]
+    server.client().chat.completions.create(
+        model="default", messages=prompt, max_tokens=48, temperature=0
+    )
+    assert server.metric("slm_repetition_events_total", action="retried") >= 1
+
+
+def test_cors_is_off_by_default(server: ServerProcess) -> None:
+    response = httpx.options(
+        server.base_url + "/v1/models",
+        headers={"Origin": "http://example.test", "Access-Control-Request-Method": "GET"},
+    )
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_draft_model_is_passed_to_llama_server(tmp_path) -> None:
+    from slmkit.models.embedded import embedded_gguf_path
+
+    gguf = str(embedded_gguf_path())
+    config = {
+        "models": [{"id": "fast", "ref": gguf, "draft_model": gguf}],
+        "llamacpp": {"ctx_size": 512, "parallel": 1, "threads": 1},
+    }
+    with ServerProcess([], config=config, env={"SLM_HOME": str(tmp_path)}) as srv:
+        (child,) = srv.engine_children()
+        assert child.cmdline()[child.cmdline().index("-md") + 1] == gguf
+        reply = srv.client().chat.completions.create(
+            model="fast", messages=CAPITAL, max_tokens=12, temperature=0
+        )
+        assert "Paris" in reply.choices[0].message.content

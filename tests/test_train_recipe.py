@@ -105,3 +105,11 @@ def test_qlora_on_cpu_fails_fast_with_one_line(tmp_path: Path, slm) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "qlora needs a CUDA GPU" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_docs_recipe_reference_is_current() -> None:
+    from slmkit.recipe import recipe_reference_markdown
+
+    text = (REPO / "docs" / "train.md").read_text()
+    block = text.split("<!-- reference:recipe -->\n", 1)[1].split("\n<!-- /reference:recipe -->", 1)[0]
+    assert block == recipe_reference_markdown(), "regenerate the table in docs/train.md"

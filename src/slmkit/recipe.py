@@ -69,3 +69,24 @@ class Recipe(StrictModel):
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
     """Load and validate a recipe YAML; errors name the file, line and field."""
     return load_config(path, Recipe, overrides)
+
+
+def recipe_reference_markdown() -> str:
+    """The recipe reference table of docs/train.md, generated from the Field descriptions."""
+    from pydantic import BaseModel
+
+    lines = ["| key | default | description |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                lines.append(f"| **`{prefix}{name}:`** | | {info.description} |")
+                walk(annotation, f"{prefix}{name}.")
+                continue
+            default = info.get_default(call_default_factory=True)
+            shown = "" if default is None else f"`{default}`"
+            lines.append(f"| `{prefix}{name}` | {shown} | {info.description} |")
+
+    walk(Recipe, "")
+    return "\n".join(lines)

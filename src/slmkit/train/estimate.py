@@ -193,7 +193,7 @@ def render_estimate(result: MemoryEstimate) -> Any:
         f"{result.cutoff} tokens (GiB)"
     )
     table = Table(title=title)
-    table.add_column("part")
+    table.add_column("part", no_wrap=True, min_width=11)
     columns = [("train", p, parts) for p, parts in result.training.items()]
     columns += [("infer", p, parts) for p, parts in result.inference.items()]
     for kind, precision, _ in columns:

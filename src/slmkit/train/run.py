@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -221,8 +222,10 @@ def _finish(
     rows = runfolder.read_metrics(run_dir) if is_main_process() else []
     train_losses = [v for _, v in runfolder.loss_series(rows, "loss")]
     val_losses = [v for _, v in runfolder.loss_series(rows, "eval_loss")]
-    diagnosis = diagnose(train_losses, val_losses)
     summary["final_loss"] = train_losses[-1] if train_losses else None
+    if bad_step is not None:  # the stopping log may hold a finite loss with a NaN gradient norm
+        train_losses.append(math.nan)
+    diagnosis = diagnose(train_losses, val_losses)
     summary["diagnosis"] = diagnosis.to_dict()
     if bad_step is None:
         _save_outputs(recipe, trainer, tokenizer, run_dir)

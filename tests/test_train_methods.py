@@ -1,0 +1,125 @@
+"""DPO, full / freeze tuning, continued pretraining from a random init, and 2-process DDP (gloo)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_slm
+from train_helpers import DEMO, loss_curve, read_jsonl, tiny_recipe, write_jsonl, write_recipe
+
+
+@pytest.fixture(scope="module")
+def sft_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(
+        tmp_path_factory.mktemp("data") / "sft.jsonl", read_jsonl(DEMO / "support_sft.jsonl")[:32]
+    )
+
+
+def test_dpo_raises_the_reward_margin(tmp_path: Path, tiny_model_dir: Path) -> None:
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", read_jsonl(DEMO / "support_dpo.jsonl")[:16])
+    recipe = tiny_recipe(
+        tiny_model_dir, tmp_path / "dpo", pairs, max_steps=8, lr=2e-2, batch_size=4
+    )
+    recipe["method"] = "dpo"
+    result = run_slm("train", str(write_recipe(tmp_path / "dpo.yaml", recipe)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    margins = loss_curve(tmp_path / "dpo", "rewards/margins")
+    chosen_minus_rejected = [
+        c - r
+        for c, r in zip(
+            loss_curve(tmp_path / "dpo", "logps/chosen"),
+            loss_curve(tmp_path / "dpo", "logps/rejected"),
+            strict=True,
+        )
+    ]
+    assert len(margins) == 8
+    assert abs(margins[0]) < 1e-3, "policy == reference at the first step"
+    assert sum(margins[-3:]) / 3 > 0.05
+    assert chosen_minus_rejected[-1] > chosen_minus_rejected[0]
+    assert (tmp_path / "dpo" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "dpo" / "adapter" / "ref").exists(), "only the trained adapter is saved"
+
+
+def test_dpo_continues_an_sft_run(tmp_path: Path, tiny_model_dir: Path, sft_file: Path) -> None:
+    sft = write_recipe(
+        tmp_path / "sft.yaml", tiny_recipe(tiny_model_dir, tmp_path / "sft", sft_file, max_steps=3)
+    )
+    assert run_slm("train", str(sft)).returncode == 0
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", read_jsonl(DEMO / "support_dpo.jsonl")[:8])
+    recipe = tiny_recipe(tiny_model_dir, tmp_path / "dpo", pairs, max_steps=2)
+    recipe.update(method="dpo", dpo={"from_run": str(tmp_path / "sft")})
+    result = run_slm("train", str(write_recipe(tmp_path / "dpo.yaml", recipe)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "dpo" / "manifest.json").read_text())
+    assert manifest["init_adapter"] == str(tmp_path / "sft" / "adapter")
+    assert manifest["base_model"] == str(tiny_model_dir)
+
+
+def test_sft_data_with_dpo_method_is_a_clear_error(
+    tmp_path: Path, tiny_model_dir: Path, sft_file: Path
+) -> None:
+    recipe = tiny_recipe(tiny_model_dir, tmp_path / "run", sft_file)
+    recipe["method"] = "dpo"
+    result = run_slm("train", str(write_recipe(tmp_path / "r.yaml", recipe)))
+    assert result.returncode == 2
+    assert "sft.jsonl:1" in result.stderr and "preference" in result.stderr
+
+
+@pytest.mark.parametrize("finetuning", ["full", "freeze"])
+def test_full_and_freeze_tuning_save_full_weights(
+    tmp_path: Path, tiny_model_dir: Path, sft_file: Path, finetuning: str
+) -> None:
+    recipe = tiny_recipe(tiny_model_dir, tmp_path / "run", sft_file, max_steps=4, lr=1e-3)
+    recipe.update(finetuning=finetuning, freeze={"trainable_layers": 1})
+    result = run_slm("train", str(write_recipe(tmp_path / "r.yaml", recipe)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "model" / "chat_template.jinja").is_file()
+    assert not (tmp_path / "run" / "adapter").exists()
+    diag = json.loads((tmp_path / "run" / "diagnosis.json").read_text())
+    trainable, total = diag["run"]["trainable_params"], diag["run"]["total_params"]
+    assert (trainable == total) if finetuning == "full" else (0 < trainable < total / 2)
+
+
+def test_from_scratch_pretraining_on_plain_text(tmp_path: Path) -> None:
+    recipe = REPO / "recipes" / "from-scratch.yaml"
+    result = run_slm(
+        "train",
+        str(recipe),
+        "--set",
+        f"output_dir={tmp_path / 'scratch'}",
+        "--set",
+        "train.max_steps=6",
+        "--set",
+        "train.logging_steps=1",
+        "--set",
+        "data.cutoff_len=64",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = loss_curve(tmp_path / "scratch")
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    manifest = json.loads((tmp_path / "scratch" / "manifest.json").read_text())
+    assert manifest["init"] == "random" and manifest["method"] == "pt"
+
+
+def test_two_processes_agree_and_the_result_loads(
+    tmp_path: Path, tiny_model_dir: Path, sft_file: Path
+) -> None:
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_recipe(tiny_model_dir, tmp_path / "ddp", sft_file, max_steps=4, batch_size=2),
+    )
+    result = run_slm("train", str(recipe), "--nproc", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "ddp" / "diagnosis.json").read_text())["run"]
+    assert run["world_size"] == 2
+    first, second = run["rank_weight_checksums"]
+    assert first == pytest.approx(second, rel=1e-6)
+    from slmkit.models.load import load_model
+
+    model, _ = load_model(str(tmp_path / "ddp"))
+    assert model.peft_config

@@ -23,7 +23,7 @@ COLUMNS = (
     ("latency_p50_s", "p50 s"),
     ("tokens_per_s", "tok/s"),
 )
-WIDTH = 120  # wider than a default pipe's 80 columns, so the table never folds its numbers
+WIDTH = 150  # wider than a default pipe's 80 columns, so the table never folds its numbers
 
 
 def _ci(low: float | None, high: float | None, signed: bool = False) -> str:

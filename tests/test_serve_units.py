@@ -154,3 +154,24 @@ def test_audit_log_hashes_keys_redacts_text_and_feeds_logs(tmp_path: Path) -> No
     )
     alerts = check_alerts(db, ServeConfig().alerts)
     assert alerts and "20.0%" in alerts[0].message
+
+
+def test_serve_refuses_clearly_before_starting(slm, tmp_path: Path) -> None:
+    import socket
+
+    no_model = slm("serve")
+    assert no_model.returncode == 2 and "no model to serve" in no_model.stderr
+    vllm = slm("serve", "default", "--engine", "vllm", "--port", "0")
+    assert vllm.returncode == 2 and "vllm" in vllm.stderr.lower() and "Traceback" not in vllm.stderr
+    bad = tmp_path / "serve.yaml"
+    bad.write_text("limits:\n  max_queue: 8\n  max_qeue: 9\n")
+    config = slm("serve", "default", "--config", str(bad))
+    assert (
+        config.returncode == 2 and "serve.yaml:3" in config.stderr and "max_qeue" in config.stderr
+    )
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = slm("serve", "default", "--port", str(port))
+    assert taken.returncode == 2 and "cannot listen" in taken.stderr

@@ -62,7 +62,7 @@ def export_cmd(
 ) -> None:
     """Merge -> GGUF -> quantize -> measure each level against f16 -> recommend; writes Modelfile and model card."""
     from slmkit.export.pipeline import export_model
-    from slmkit.export.report import quant_table
+    from slmkit.export.report import problem_lines, quant_table
 
     cfg = export_config(
         quants=quant,
@@ -79,6 +79,8 @@ def export_cmd(
         warn(f"parity gate failed but --force was given: {'; '.join(result.parity.reasons)}")
     if result.quant_eval is not None:
         out.print(quant_table(result.quant_eval))
+        for line in problem_lines(result.quant_eval):
+            info(f"outside thresholds: {line}")
         for note in result.quant_eval.notes:
             info(f"note: {note}")
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings_s.items())
@@ -131,11 +133,13 @@ def quant_eval_cmd(
 ) -> None:
     """Measure quantized GGUFs against a reference GGUF: KLD, top-1, PPL ratio, answer agreement."""
     from slmkit.export.pipeline import quant_eval_files
-    from slmkit.export.report import quant_table
+    from slmkit.export.report import problem_lines, quant_table
 
     cfg = export_config(prompts=prompts, heldout=heldout, max_prompts=max_prompts)
     result = quant_eval_files(reference, quants, cfg, output.resolve())
     out.print(quant_table(result))
+    for line in problem_lines(result):
+        info(f"outside thresholds: {line}")
     for note in result.notes:
         info(f"note: {note}")
     info(

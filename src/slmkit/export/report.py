@@ -14,42 +14,49 @@ from rich.table import Table
 from slmkit.export.quant_eval import LevelResult, QuantEvalResult
 
 
-def _row(level: LevelResult, recommended: str) -> list[str]:
-    kld = level.kld
-    rates = level.rates
-    verdict = (
-        "reference"
-        if level.level in ("f16", "bf16", "f32")
-        else ("ok" if level.within else "; ".join(level.problems))
-    )
+def _verdict(level: LevelResult, recommended: str) -> str:
+    if level.level in ("f16", "bf16", "f32"):
+        verdict = "reference"
+    elif level.within:
+        verdict = "ok"
+    else:
+        verdict = (
+            "too aggressive"
+            if any(p.startswith("too aggressive") for p in level.problems)
+            else "outside"
+        )
     if Path(level.file).name == Path(recommended).name:
         verdict = "recommended" + ("" if verdict in ("ok", "reference") else f" ({verdict})")
+    return verdict
+
+
+def _row(level: LevelResult, recommended: str) -> list[str]:
+    kld, rates = level.kld, level.rates
     return [
-        Path(level.file).name,
+        level.level,
         f"{level.size_bytes / 1e6:.0f} MB",
         f"{kld.mean_kld:.4f}" if kld else "-",
         f"{kld.same_top1:.1%}" if kld else "-",
         f"{kld.ppl_ratio:.3f}" if kld else "-",
-        f"{rates.get('exact', 0):.0%} / {rates.get('similar', 0):.0%} / {rates.get('different', 0):.0%}"
+        "/".join(f"{rates.get(k, 0):.0%}" for k in ("exact", "similar", "different"))
         if rates
         else "-",
-        verdict,
+        _verdict(level, recommended),
     ]
 
 
-HEADERS = [
-    "file",
-    "size",
-    "mean KLD",
-    "same top-1",
-    "PPL ratio",
-    "answers exact/similar/different",
-    "verdict",
-]
+def problem_lines(result: QuantEvalResult) -> list[str]:
+    """One line per level outside thresholds, naming every broken threshold."""
+    return [f"{lv.level}: {'; '.join(lv.problems)}" for lv in result.levels if lv.problems]
+
+
+HEADERS = ["level", "size", "KLD", "top-1", "PPL ratio", "answers", "verdict"]
 
 
 def quant_table(result: QuantEvalResult) -> Table:
-    table = Table(*HEADERS, title="Quantization vs the reference GGUF")
+    table = Table(
+        *HEADERS, title="Quantization vs the reference GGUF (answers: exact/similar/different)"
+    )
     for level in [result.reference, *result.levels]:
         style = None if level.within else "red"
         table.add_row(*_row(level, result.recommended), style=style)
@@ -113,7 +120,7 @@ def write_reports(
         for lv in [result.reference, *result.levels]
     )
     answer_rows = "".join(_answer_row(a, [lv.level for lv in result.levels]) for a in answers)
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in [*problem_lines(result), *result.notes])
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
     level_heads = "".join(f"<th>{html.escape(lv.level)}</th>" for lv in result.levels)
     html_path = out_dir / "report.html"

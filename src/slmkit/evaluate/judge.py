@@ -46,7 +46,12 @@ def pairwise_scores(
     candidate: Sequence[str],
 ) -> list[float]:
     """Per item: 1.0 when the candidate wins over the baseline, 0.5 tie, 0.0 loss."""
-    from openai import OpenAI, OpenAIError
+    try:
+        from openai import OpenAI, OpenAIError
+    except ImportError as exc:
+        raise SlmError(
+            "the LLM judge needs the `openai` package", hint="pip install openai"
+        ) from exc
 
     client = OpenAI(
         base_url=settings.base_url,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmkit.console import info, progress_bar, warn
-from slmkit.errors import SlmError
+from slmkit.errors import ModelNotFoundError, SlmError
 from slmkit.evaluate import judge, scoring
 from slmkit.evaluate.config import EvalConfig
 from slmkit.evaluate.evalset import EvalItem, load_eval_set
@@ -65,9 +65,15 @@ def run_eval(config: EvalConfig) -> EvalResult:
     }
     notes = []
     if config.similarity:
-        scoring.add_similarity(items, answers, scores)
+        try:
+            scoring.add_similarity(items, answers, scores)
+        except ModelNotFoundError as exc:  # the embedder package is optional: warn, do not fail
+            warn(f"similarity skipped: {exc}")
+            notes.append(f"similarity skipped: {exc}")
     if config.judge.enabled and len(targets) > 1:
         _add_judge(config, items, targets, answers, scores)
+    elif config.judge.enabled:
+        notes.append("the judge compares models pairwise with the first: give two models or more")
     main_metric = scoring.main_metric_for(items, config.main_metric)
     if main_metric != config.main_metric:
         notes.append(

@@ -45,17 +45,32 @@ def lora_run(
     recipe = tiny_recipe(tiny_model_dir, folder / "run", sft_file, max_steps=10, save_steps=5)
     recipe["data"]["val_ratio"] = 0.1
     recipe["train"]["eval_steps"] = 5
+    recipe["train"]["report_to"] = ["tensorboard"]
     result = run_slm("train", str(write_recipe(folder / "recipe.yaml", recipe)))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith(str(folder / "run"))
     return folder / "run"
 
 
-def test_loss_is_finite_and_falls(lora_run: Path) -> None:
+def test_lora_losses_are_finite_and_logged(lora_run: Path) -> None:
+    # a LoRA barely moves a *random* tiny model's loss (frozen random embeddings); the falling curve
+    # is asserted on full tuning here and on the embedded model in test_train_e2e.py
     losses = loss_curve(lora_run)
     assert len(losses) == 10 and all(math.isfinite(x) for x in losses)
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05
-    assert loss_curve(lora_run, "eval_loss"), "validation loss was logged"
+    val = loss_curve(lora_run, "eval_loss")
+    assert len(val) == 2 and all(math.isfinite(x) for x in val)
+
+
+def test_full_tuning_loss_is_finite_and_falls(
+    tmp_path: Path, tiny_model_dir: Path, sft_file: Path
+) -> None:
+    recipe = tiny_recipe(tiny_model_dir, tmp_path / "run", sft_file, max_steps=8, lr=3e-3)
+    recipe["finetuning"] = "full"
+    result = run_slm("train", str(write_recipe(tmp_path / "r.yaml", recipe)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = loss_curve(tmp_path / "run")
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1
 
 
 def test_every_lora_parameter_changed(lora_run: Path, tiny_model_dir: Path) -> None:

@@ -14,10 +14,6 @@ from slmkit import console
 from slmkit.train.diagnosis import diagnose
 
 
-def loss_key(logs: dict[str, Any]) -> str | None:
-    return "loss" if "loss" in logs else None
-
-
 class MetricsFileCallback(TrainerCallback):
     """Append every log line (with step, epoch and wall time) to RUN/metrics.jsonl on rank 0."""
 
@@ -117,7 +113,8 @@ class ProgressCallback(TrainerCallback):
         rate = (state.num_input_tokens_seen - self._tokens0) / elapsed
         loss = f"loss {self.losses[-1]:.4f}" if self.losses else "loss -"
         val = f" val {self.val_losses[-1]:.4f}" if self.val_losses else ""
-        return f"{loss}{val}  {rate:,.0f} tok/s"
+        speed = f"  {rate:,.0f} tok/s" if rate > 0 else ""  # DPO batches are not counted in tokens
+        return f"{loss}{val}{speed}"
 
     def _live_diagnosis(self) -> None:
         if len(self.losses) < 8 or len(self.losses) % 4:

@@ -61,7 +61,7 @@ class LoraSection(StrictModel):
     """LoRA adapter settings (used by `finetuning: lora` and `qlora`)."""
 
     r: int = Field(default=16, ge=1, le=1024, description="Adapter rank.")
-    alpha: float = Field(
+    alpha: int = Field(
         default=32,
         gt=0,
         description="Scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).",
@@ -142,7 +142,7 @@ class TrainSection(StrictModel):
     seed: int = Field(default=42, description="Seed for initialisation, data order and dropout.")
     num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
-        default_factory=lambda: ["tensorboard"],
+        default_factory=lambda: ["tensorboard"],  # type: ignore[arg-type]
         description="Experiment trackers (TensorBoard is always installed; MLflow/W&B when present).",
     )
     stop_on_nan: bool = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,33 @@ def data_files(recipe: Recipe, recipe_dir: Path) -> list[Path]:
     paths = resolve_data_paths(recipe.data.train + recipe.data.val, recipe_dir)
     files: list[Path] = []
     for path in paths:
-        if path.is_dir():
+        if path.is_dir() and (path / "dataset_info.json").is_file():
+            files.extend(_dataset_info_files(path / "dataset_info.json", recipe.data.names))
+        elif path.is_dir():
             files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
         elif path.is_file():
             files.append(path)
         else:
             raise DataError(f"{path}: data file not found (data.train / data.val in the recipe)")
     return files
+
+
+def _dataset_info_files(info: Path, names: list[str] | None) -> list[Path]:
+    """dataset_info.json itself plus the files of the datasets a recipe picks from it."""
+    try:
+        entries = json.loads(info.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{info}: unreadable dataset_info.json ({exc})") from exc
+    picked = names or list(entries)
+    files = [info]
+    for name in picked:
+        entry = entries.get(name)
+        if isinstance(entry, dict) and "file_name" in entry:
+            target = info.parent / entry["file_name"]
+            files += (
+                sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+            )
+    return [f for f in files if f.is_file()]
 
 
 def load_recipe_records(recipe: Recipe, recipe_dir: Path, which: str = "train") -> list[Any]:
@@ -46,7 +67,7 @@ def load_recipe_records(recipe: Recipe, recipe_dir: Path, which: str = "train") 
     )
     if not paths:
         return []
-    result = load_records(paths, recipe.data.format, names=recipe.data.names)
+    result = load_records(list[str | Path](paths), recipe.data.format, names=recipe.data.names)
     result.raise_for_errors()
     records = list(result.records)
     if recipe.data.max_samples:
@@ -74,7 +95,7 @@ def prepare_sft_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any) -> Prepar
     train_records, val_records = split_train_val(recipe, recipe_dir)
     wanted = "text" if recipe.method == "pt" else "sft"
     _check_kinds(train_records, wanted)
-    settings = dict(
+    settings: dict[str, Any] = dict(
         cutoff_len=recipe.data.cutoff_len,
         train_on_prompt=recipe.data.train_on_prompt,
         template=recipe.data.template,

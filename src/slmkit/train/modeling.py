@@ -76,7 +76,7 @@ def resolve_base(recipe: Recipe) -> BaseModelInfo:
                 f"dpo.from_run: {recipe.dpo.from_run!r} is not a run folder of `slm train`"
             )
         if run.adapter is None:  # a full fine-tune: its weights are the new base
-            return BaseModelInfo(str(run.run_dir / "model"), run, run.hf_path)
+            return BaseModelInfo(str(run.path), run, run.hf_path)
         assert run.base is not None
         return BaseModelInfo(run.base.ref, run.base, run.base.hf_path, init_adapter=run.adapter)
     resolved = resolve_model(recipe.model)
@@ -130,6 +130,7 @@ def _random_model(size: str, tokenizer: Any, cutoff_len: int, seed: int) -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    preset: dict[str, Any] = dict(SIZE_PRESETS[size])
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=max(cutoff_len, 512),
@@ -137,7 +138,7 @@ def _random_model(size: str, tokenizer: Any, cutoff_len: int, seed: int) -> Any:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **SIZE_PRESETS[size],
+        **preset,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)

@@ -36,15 +36,6 @@ from slmkit.train.modeling import (
     resolve_precision,
 )
 
-OUTPUT_FILES = (
-    "manifest.json",
-    "recipe.yaml",
-    "metrics.jsonl",
-    "diagnosis.json",
-    "loss.png",
-    "README.md",
-)
-
 
 class TrainingDivergedError(SlmError):
     """The loss became NaN/inf; the run stopped and kept its last good checkpoint."""
@@ -266,5 +257,5 @@ def _save_outputs(recipe: Recipe, trainer: Any, tokenizer: Any, run_dir: Path) -
     if adapter:
         model.save_pretrained(str(target), selected_adapters=["default"])
     else:
-        model.save_pretrained(str(target), safe_serialization=True)
+        model.save_pretrained(str(target))
     tokenizer.save_pretrained(str(target))

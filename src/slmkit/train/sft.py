@@ -8,6 +8,7 @@ template (see docs/train.md).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from slmkit.recipe import Recipe
 from slmkit.train.dataset import PreparedData
 
 
-def available_trackers(wanted: list[str]) -> list[str]:
+def available_trackers(wanted: Sequence[str]) -> list[str]:
     import importlib.util
 
     modules = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}

@@ -172,6 +172,7 @@ def run(quick: bool) -> dict[str, object]:
                 results[f"direct_{streams}"] = [p[0].to_dict() for p in pairs]
                 results[f"gateway_{streams}"] = [p[1].to_dict() for p in pairs]
     results["naive_8"] = naive_baseline(8, 8 if quick else 16)
+    results["load_average"] = round(os.getloadavg()[0], 1)
     return results
 
 
@@ -211,8 +212,25 @@ def summarize(results: dict[str, object]) -> str:
             f"{', '.join(f'{c:.2f} s' for c in cold)}.",
             "",
             "Targets: >= 95% of direct tokens/s and <= 10 ms added TTFT p50; >= 10x naive; cold start < 5 s.",
+            "",
+            f"1-minute load average at the end of the run: {results.get('load_average', '?')} on "
+            f"{os.cpu_count()} cores (other jobs shared the machine; runs under load are noisy, so compare "
+            "the ratios of one run).",
+            *_error_notes(results),
         ]
     )
+
+
+def _error_notes(results: dict[str, object]) -> list[str]:
+    notes = []
+    for key, runs in results.items():
+        if isinstance(runs, list):
+            notes += [
+                f"Error in `{key}`: {r['first_error']}"
+                for r in runs
+                if isinstance(r, dict) and r.get("first_error")
+            ]
+    return ["", *notes] if notes else []
 
 
 def main() -> None:

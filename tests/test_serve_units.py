@@ -175,3 +175,24 @@ def test_serve_refuses_clearly_before_starting(slm, tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         taken = slm("serve", "default", "--port", str(port))
     assert taken.returncode == 2 and "cannot listen" in taken.stderr
+
+
+def test_a_request_past_its_deadline_gets_408() -> None:
+    from slmkit.serve.api_errors import ApiError
+    from slmkit.serve.engines.base import Delta
+    from slmkit.serve.gateway import _next_delta
+
+    async def slow_engine():
+        yield Delta(text="a")
+        await asyncio.sleep(30)
+        yield Delta(text="b")
+
+    async def drive() -> list[str]:
+        events = slow_engine()
+        deadline = time.monotonic() + 0.2
+        first = await _next_delta(events, deadline, 0.2)
+        with pytest.raises(ApiError) as err:
+            await _next_delta(events, deadline, 0.2)
+        return [first.text if first else "", str(err.value.status), str(err.value.code)]
+
+    assert asyncio.run(drive()) == ["a", "408", "request_timeout"]

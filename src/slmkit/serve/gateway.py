@@ -618,10 +618,13 @@ async def _next_delta(
     try:
         if remaining <= 0:
             raise asyncio.TimeoutError
+        if hasattr(asyncio, "timeout"):  # Python >= 3.11: no extra task per token
+            async with asyncio.timeout(remaining):
+                return await events.__anext__()
         return await asyncio.wait_for(events.__anext__(), remaining)
     except StopAsyncIteration:
         return None
-    except asyncio.TimeoutError as exc:
+    except (asyncio.TimeoutError, TimeoutError) as exc:
         raise api_errors.request_timeout(timeout_s) from exc
 
 

@@ -259,17 +259,25 @@ class UpstreamEngine:
         self._require_ready()
         path = "/v1/chat/completions" if request.messages is not None else "/v1/completions"
         payload = self.upstream_payload(request)
-        try:
-            async with self.client.stream("POST", path, json=payload) as response:
-                if response.status_code != 200:
-                    raw = await response.aread()
-                    raise self.map_upstream_error(response.status_code, _json_or_text(raw))
-                async for delta in _parse_sse(response, request.messages is not None):
-                    yield delta
-        except (httpx.TransportError, httpx.StreamError) as exc:
-            raise engine_unavailable(
-                self.model_id, f"connection to the engine failed: {type(exc).__name__}"
-            ) from exc
+        for attempt in (1, 2):
+            answered = False
+            try:
+                async with self.client.stream("POST", path, json=payload) as response:
+                    answered = True
+                    if response.status_code != 200:
+                        raw = await response.aread()
+                        raise self.map_upstream_error(response.status_code, _json_or_text(raw))
+                    async for delta in _parse_sse(response, request.messages is not None):
+                        yield delta
+                return
+            except (httpx.TransportError, httpx.StreamError) as exc:
+                # A pooled keep-alive connection the child closed at the same moment fails before any
+                # response: nothing was generated, so one retry on a fresh connection is safe.
+                if attempt == 1 and not answered and self.alive():
+                    continue
+                raise engine_unavailable(
+                    self.model_id, f"connection to the engine failed: {type(exc).__name__}"
+                ) from exc
 
 
 def _die_with_parent() -> None:

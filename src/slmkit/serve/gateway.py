@@ -398,15 +398,15 @@ class Gateway:
         except BaseException:
             await events.aclose()  # type: ignore[attr-defined]
             raise
-        state = {"outcome": Outcome(), "status": 499, "error": None}
+        state: dict[str, Any] = {"outcome": Outcome(), "status": 499, "error": None}
         body = self._stream_body(first, events, gen, rec, started, deadline, include_usage, state)
 
         async def on_close() -> None:
             await events.aclose()  # type: ignore[attr-defined]
             self._release(gen.model_id)
-            outcome: Outcome = state["outcome"]  # type: ignore[assignment]
+            outcome: Outcome = state["outcome"]
             rec.response_text = outcome.text
-            self._finish(rec, started, outcome, state["error"], status=int(state["status"]))  # type: ignore[arg-type]
+            self._finish(rec, started, outcome, state["error"], status=int(state["status"]))
             if state["status"] == 200:
                 self._cache_store(gen, outcome)
 

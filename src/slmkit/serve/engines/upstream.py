@@ -106,7 +106,8 @@ class UpstreamEngine:
         return payload
 
     def map_upstream_error(self, status: int, body: dict[str, Any]) -> ApiError:
-        err = body.get("error") if isinstance(body.get("error"), dict) else body
+        nested = body.get("error")
+        err: dict[str, Any] = nested if isinstance(nested, dict) else body
         message = str(err.get("message") or err or "engine error")
         if err.get("type") == "exceed_context_size_error" or (
             "context" in message.lower() and status == 400

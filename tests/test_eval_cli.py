@@ -60,10 +60,6 @@ def test_eval_tiny_run_writes_report_and_reuses_the_cache(tmp_path: Path, tiny_r
     assert "tuned: 3 generated" in changed.stderr  # other settings, other cache key
 
 
-@pytest.mark.xfail(
-    reason="serve TransformersEngine._adapter calls disable_adapter() on a model without adapters",
-    strict=False,
-)
 def test_eval_plain_hf_folder(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = write_jsonl(tmp_path / "eval.jsonl", FACT_ROWS[:1])
     proc = run_slm(

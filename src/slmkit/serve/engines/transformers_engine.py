@@ -247,7 +247,9 @@ class TransformersEngine:
         streamer.finish_all()
 
     def _adapter(self, name: str) -> contextlib.AbstractContextManager[Any]:
-        if not hasattr(self.model, "set_adapter"):
+        # a plain transformers model has set_adapter (its PEFT integration) but no disable_adapter:
+        # only a PeftModel carries adapters to switch between
+        if not hasattr(self.model, "disable_adapter"):
             return contextlib.nullcontext()
         if name == BASE:
             return self.model.disable_adapter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -109,7 +110,12 @@ class ExportConfig(StrictModel):
         ge=1,
         description="Most chunks of held-out text to score (each `ppl_ctx` tokens).",
     )
-    threads: int = Field(default=2, ge=1, description="CPU threads for llama.cpp tools.")
+    threads: int = Field(
+        default_factory=lambda: max(1, (os.cpu_count() or 2) - 1),
+        ge=1,
+        description="CPU threads for llama.cpp tools (default: all cores but one; llama.cpp's spinning "
+        "worker threads slow down sharply when they compete for every core).",
+    )
     force: bool = Field(default=False, description="Go on when the parity gate finds drift at f16.")
     skip_eval: bool = Field(
         default=False,

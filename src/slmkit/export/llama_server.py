@@ -6,8 +6,11 @@ template (`--jinja`), exactly as a deployment would.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +23,16 @@ from slmkit.export.errors import ExportError
 from slmkit.tools import llama_tool
 
 START_TIMEOUT_S = 120.0
+
+
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the Python process dies, so it is never orphaned."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
@@ -53,9 +66,10 @@ def server_args(
 class LlamaServerProcess:
     """`with LlamaServerProcess(gguf) as server: server.chat(messages)`; terminate -> kill on exit."""
 
-    def __init__(self, gguf: Path, *, ctx: int = 2048, threads: int = 2) -> None:
+    def __init__(self, gguf: Path, *, ctx: int = 2048, threads: int | None = None) -> None:
         self.gguf = gguf
         self.port = free_port()
+        threads = threads or max(1, (os.cpu_count() or 2) - 1)  # see ExportConfig.threads
         self.args = server_args(gguf, port=self.port, ctx=ctx, threads=threads)
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -67,6 +81,7 @@ class LlamaServerProcess:
             [str(llama_tool("llama-server")), *self.args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

@@ -43,8 +43,9 @@ class DataSection(StrictModel):
     )
     packing: bool = Field(
         default=False,
-        description="Pack samples into `cutoff_len` rows (position ids restart per sample). On CPU, "
-        "length-grouped dynamic padding is faster (see docs/benchmarks.md); packing pays off on GPUs.",
+        description="Pack samples into `cutoff_len` rows (position ids restart per sample, no attention across "
+        "samples). Off by default: without flash-attention a packed row attends over its whole length; "
+        "compare both with benchmarks/bench_train.py.",
     )
     val_ratio: float = Field(
         default=0.0, ge=0.0, lt=0.9, description="Share of records held out for validation loss."
@@ -128,7 +129,8 @@ class TrainSection(StrictModel):
     save_total_limit: int = Field(default=2, ge=1, description="Keep only the last N checkpoints.")
     precision: Precision = Field(
         default="auto",
-        description="`auto`: bf16 autocast on a bf16-capable CUDA GPU, fp32 on CPU (measured faster here); "
+        description="`auto`: bf16 autocast on a bf16-capable CUDA GPU, fp32 on CPU (try bf16 there: its speed "
+        "depends on the CPU's bf16 support, see docs/benchmarks.md); "
         "`bf16`/`fp16` force mixed precision.",
     )
     gradient_checkpointing: bool = Field(

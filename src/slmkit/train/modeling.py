@@ -57,7 +57,7 @@ def check_device(recipe: Recipe) -> None:
 
 
 def resolve_precision(recipe: Recipe) -> str:
-    """`auto` -> bf16 on a bf16-capable CUDA GPU, fp32 elsewhere (bf16 autocast is slower on our CPUs)."""
+    """`auto` -> bf16 on a bf16-capable CUDA GPU, fp32 elsewhere (CPU bf16 speed depends on the CPU)."""
     import torch
 
     if recipe.train.precision != "auto":

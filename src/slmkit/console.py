@@ -6,14 +6,17 @@ show the same thing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -45,5 +48,49 @@ def progress_bar(description: str, total: float | None, unit_field: str = "") ->
     ]
     if unit_field:
         columns.append(TextColumn(f"{{task.fields[{unit_field}]}}"))
-    with Progress(*columns, console=console) as progress:
-        yield progress
+    if console.is_terminal:
+        with Progress(*columns, console=console) as progress:
+            yield progress
+    else:  # a log file or CI: no live bar, a plain line every few seconds instead
+        with LineProgress(console=console, unit_field=unit_field) as progress:
+            yield progress
+
+
+class LineProgress(Progress):
+    """Progress for logs: prints `description: done/total (pct) elapsed eta [fields]` at most every
+    `interval` seconds and once at the end, instead of redrawing a bar."""
+
+    def __init__(self, *, console: Console, unit_field: str = "", interval: float = 15.0) -> None:
+        super().__init__(console=console, disable=True)
+        self.unit_field = unit_field
+        self.interval = interval
+        self._last: dict[TaskID, float] = {}
+        self._final: set[TaskID] = set()
+
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(task_id, **kwargs)
+        self._line(task_id)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._line(task_id)
+
+    def _line(self, task_id: TaskID) -> None:
+        task = self._tasks[task_id]
+        now = time.monotonic()
+        last = self._last.setdefault(task_id, now)
+        done = task.total is not None and task.completed >= task.total
+        if task_id in self._final or (not done and now - last < self.interval):
+            return
+        self._last[task_id] = now
+        if done:
+            self._final.add(task_id)
+        total = f"/{task.total:.0f}" if task.total else ""
+        pct = f" ({100 * task.completed / task.total:.0f}%)" if task.total else ""
+        eta = f", eta {task.time_remaining:.0f}s" if task.time_remaining and not done else ""
+        extra = f"  {task.fields.get(self.unit_field, '')}" if self.unit_field else ""
+        elapsed = task.elapsed or 0.0
+        self.console.print(
+            f"{task.description}: {task.completed:.0f}{total}{pct}, {elapsed:.0f}s{eta}{extra}",
+            highlight=False,
+        )

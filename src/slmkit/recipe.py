@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from slmkit.config import StrictModel, load_config
+from slmkit.evaluate.config import EvalSection
+from slmkit.export.config import ExportSection
 from slmkit.train.config import (
     DataSection,
     DpoSection,
@@ -16,6 +18,7 @@ from slmkit.train.config import (
     InitSection,
     LoraSection,
     Method,
+    PreferenceSection,
     TrainSection,
 )
 
@@ -49,6 +52,18 @@ class Recipe(StrictModel):
     dpo: DpoSection = Field(default_factory=DpoSection, description="DPO settings (method: dpo).")
     init: InitSection = Field(
         default_factory=InitSection, description="Pretrained or random initialisation."
+    )
+    preference: PreferenceSection = Field(
+        default_factory=PreferenceSection,
+        description="`slm run` only: a DPO stage after SFT on these preference pairs.",
+    )
+    evaluate: EvalSection = Field(
+        default_factory=EvalSection,
+        description="`slm run` only: evaluate base vs tuned vs each export on an eval set.",
+    )
+    export: ExportSection = Field(
+        default_factory=ExportSection,
+        description="`slm run` only: merge, GGUF conversion, quantization and quant eval.",
     )
 
     @model_validator(mode="after")

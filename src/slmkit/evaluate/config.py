@@ -36,7 +36,7 @@ class ModelSpec(StrictModel):
     name: str = Field(description="Name shown in the report (e.g. base, tuned, q8).")
     ref: str = Field(description="Model reference: default, a run folder, a .gguf, an HF folder.")
     engine: EngineChoice = Field(
-        "auto",
+        default="auto",
         description="Engine that generates: auto = what `slm serve` picks (llama.cpp for GGUF, transformers otherwise).",
     )
 
@@ -55,12 +55,13 @@ class Criteria(StrictModel):
         default_factory=dict, description="metric -> largest value (e.g. latency_p95_s: 5)."
     )
     max_kld: float | None = Field(
-        None,
+        default=None,
         gt=0,
         description="Largest mean KL divergence of a quantized GGUF vs f16, read from its export's quant eval.",
     )
     apply_to: list[str] | None = Field(
-        None, description="Model names the criteria apply to; default: every model but the first."
+        default=None,
+        description="Model names the criteria apply to; default: every model but the first.",
     )
 
     @field_validator("min_gain", "min", "max")
@@ -76,47 +77,57 @@ class JudgeSettings(StrictModel):
     """Optional LLM-as-judge: pairwise comparison with the first model through an OpenAI-compatible API."""
 
     enabled: bool = Field(
-        False, description="Ask a judge model which answer is better (off by default)."
+        default=False, description="Ask a judge model which answer is better (off by default)."
     )
     base_url: str = Field(
-        "http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint of the judge."
+        default="http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint of the judge."
     )
-    model: str = Field("default", description="Judge model id at that endpoint.")
+    model: str = Field(default="default", description="Judge model id at that endpoint.")
     api_key_env: str = Field(
-        "OPENAI_API_KEY",
+        default="OPENAI_API_KEY",
         description="Environment variable holding the judge's API key (may be unset).",
     )
-    max_tokens: int = Field(64, ge=8, description="Most tokens of each verdict.")
-    timeout_s: float = Field(60.0, gt=0, description="Seconds per judge request.")
+    max_tokens: int = Field(default=64, ge=8, description="Most tokens of each verdict.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Seconds per judge request.")
 
 
 class EvalSettings(StrictModel):
     """How to evaluate (reusable as the pipeline recipe's `evaluate:` section)."""
 
-    max_tokens: int = Field(128, ge=1, description="Most new tokens per answer.")
+    max_tokens: int = Field(default=128, ge=1, description="Most new tokens per answer.")
     limit: int | None = Field(
-        None, ge=1, description="Evaluate only the first N questions (quick checks)."
+        default=None, ge=1, description="Evaluate only the first N questions (quick checks)."
     )
     concurrency: int = Field(
-        4, ge=1, le=64, description="Requests in flight per model (the engine batches them)."
+        default=4,
+        ge=1,
+        le=64,
+        description="Requests in flight per model (the engine batches them).",
     )
-    engine: EngineChoice = Field("auto", description="Default engine for models that say `auto`.")
+    engine: EngineChoice = Field(
+        default="auto", description="Default engine for models that say `auto`."
+    )
     main_metric: MainMetric = Field(
-        "fact_recall",
+        default="fact_recall",
         description="Metric with the bootstrap confidence interval and the bar order.",
     )
-    bootstrap_samples: int = Field(1000, ge=100, description="Bootstrap resamples for the CI.")
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the CI.")
+    bootstrap_samples: int = Field(
+        default=1000, ge=100, description="Bootstrap resamples for the CI."
+    )
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, description="Confidence level of the CI.")
     similarity: bool = Field(
-        True, description="Compute embedding similarity to the reference (all-MiniLM-L6-v2)."
+        default=True,
+        description="Compute embedding similarity to the reference (all-MiniLM-L6-v2).",
     )
     cache: bool = Field(
-        True, description="Reuse cached generations (same model, prompt, settings)."
+        default=True, description="Reuse cached generations (same model, prompt, settings)."
     )
-    seed: int = Field(0, description="Seed sent with every request and used by the bootstrap.")
+    seed: int = Field(
+        default=0, description="Seed sent with every request and used by the bootstrap."
+    )
     judge: JudgeSettings = Field(default_factory=JudgeSettings, description="LLM-as-judge.")
     criteria: Criteria = Field(default_factory=Criteria, description="PASS/FAIL criteria.")
-    strict: bool = Field(False, description="Exit non-zero when a criterion fails.")
+    strict: bool = Field(default=False, description="Exit non-zero when a criterion fails.")
 
 
 class EvalConfig(EvalSettings):
@@ -127,7 +138,7 @@ class EvalConfig(EvalSettings):
     )
     data: Path = Field(description="Eval set (JSONL).")
     out_dir: Path = Field(
-        Path("reports/eval"), description="Folder for report.json and report.html."
+        default=Path("reports/eval"), description="Folder for report.json and report.html."
     )
 
     @model_validator(mode="after")
@@ -140,3 +151,20 @@ class EvalConfig(EvalSettings):
         if unknown:
             raise ValueError(f"criteria.apply_to names unknown models: {', '.join(unknown)}")
         return self
+
+
+class EvalSection(EvalSettings):
+    """The pipeline recipe's `evaluate:` section: how `slm run` compares base, tuned and each export."""
+
+    data: Path | None = Field(
+        default=None,
+        description="Eval set (JSONL, relative to the recipe); without it `slm run` skips evaluation.",
+    )
+    base_engine: EngineChoice = Field(
+        default="transformers",
+        description="Engine for the base model. transformers runs the same fp32 weights the adapter was trained on "
+        "(like for like with `tuned`); auto serves the embedded model's Q4_1 GGUF with llama.cpp (faster).",
+    )
+    include_reference_gguf: bool = Field(
+        default=False, description="Also evaluate the unquantized (f16) GGUF of the export."
+    )

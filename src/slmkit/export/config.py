@@ -141,3 +141,14 @@ class ExportConfig(StrictModel):
                     f"unknown quantization {name!r}; choose from {', '.join(KNOWN_QUANTS)}"
                 )
         return list(dict.fromkeys(value))
+
+
+class ExportSection(ExportConfig):
+    """The pipeline recipe's `export:` section: `slm export` settings plus an on/off switch."""
+
+    enabled: bool = Field(
+        default=True, description="Merge, convert, quantize and quant-eval the final model."
+    )
+
+    def to_export_config(self) -> ExportConfig:
+        return ExportConfig(**self.model_dump(exclude={"enabled"}))

@@ -11,10 +11,20 @@ from slmkit.models.resolve import ResolvedModel, resolve_model
 
 def quiet_transformers() -> None:
     """Silence transformers' own progress bars and advisory warnings; slmkit reports progress itself."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    try:  # TRL tokenizes through datasets.map, which draws its own bars
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+    # deprecation notices about transformers' own internals (e.g. is_gradient_checkpointing)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|trl)\.")
 
 
 def load_tokenizer(model: ResolvedModel | str) -> Any:
@@ -49,7 +59,9 @@ def load_model(
     tokenizer = load_tokenizer(resolved)
     source, kwargs = _source(resolved)
     try:
-        lm = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **kwargs)
+        lm: Any = AutoModelForCausalLM.from_pretrained(
+            source, dtype=getattr(torch, dtype), **kwargs
+        )
     except OSError as exc:
         raise ModelNotFoundError(f"cannot load model {resolved.ref!r}: {_first_line(exc)}") from exc
     if resolved.adapter is not None:

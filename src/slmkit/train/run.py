@@ -64,6 +64,9 @@ def train(
     force: bool = False,
 ) -> TrainResult:
     """Train what `recipe` says into `recipe.output_dir`; resume automatically from its last checkpoint."""
+    from slmkit.models.load import quiet_transformers
+
+    quiet_transformers()
     check_device(recipe)
     recipe_dir = (recipe_dir or Path.cwd()).resolve()
     run_dir = Path(recipe.output_dir).expanduser().resolve()

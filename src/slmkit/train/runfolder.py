@@ -80,6 +80,8 @@ def recipe_hash(recipe: Recipe) -> str:
     """Hash of everything in the recipe that changes what is trained (output_dir excluded)."""
     data = recipe.model_dump(mode="json")
     data.pop("output_dir", None)
+    for section in ("preference", "evaluate", "export"):  # later pipeline stages, not training
+        data.pop(section, None)
     data["train"].pop("report_to", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

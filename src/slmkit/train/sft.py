@@ -85,6 +85,8 @@ def build_sft_trainer(
     args = common_arguments(recipe, run_dir, precision, has_val=bool(data.val_rows))
     grouped = recipe.train.group_by_length and not recipe.data.packing
     args["train_sampling_strategy"] = "group_by_length" if grouped else "random"
+    if recipe.train.neftune_alpha is not None:
+        args["neftune_noise_alpha"] = recipe.train.neftune_alpha
     train_set = Dataset.from_list(data.train_rows)
     if grouped:
         train_set = train_set.add_column("length", [len(r["input_ids"]) for r in data.train_rows])

@@ -1,0 +1,127 @@
+"""The final page of `slm run`: every stage, the headline numbers, links to the detailed reports,
+and the commands that serve and chat with the result."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def next_commands(run_dir: Path, final: Path, stages: dict[str, Any]) -> list[str]:
+    """The exact commands to chat with and serve the result."""
+    cmds = [f'slm chat {_rel(final)} "How long do I have to return an item?"']
+    export = stages.get("export")
+    if export is not None:
+        out = export.outputs
+        cmds.append(
+            f"slm serve --model support={_rel(Path(out['out_dir']) / out['recommended'])} --port 8000"
+        )
+    else:
+        cmds.append(f"slm serve --model support={_rel(final)} --port 8000")
+    return cmds
+
+
+def write_pipeline_report(run_dir: Path, final: Path, stages: dict[str, Any]) -> dict[str, Any]:
+    """Write RUN/report.json and RUN/report.html; return their paths."""
+    summary = {
+        "run_dir": str(run_dir),
+        "final_model": str(final),
+        "stages": {
+            name: {"seconds": rec.seconds, **rec.outputs}
+            for name, rec in stages.items()
+            if name != "report"
+        },
+        "next": next_commands(run_dir, final, stages),
+    }
+    (run_dir / "report.json").write_text(json.dumps(summary, indent=2, default=str))
+    page = run_dir / "report.html"
+    page.write_text(_html(run_dir, summary))
+    return {"html": str(page), "json": str(run_dir / "report.json")}
+
+
+def _rel(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def _link(target: str | None, run_dir: Path, text: str) -> str:
+    if not target or not Path(target).exists():
+        return ""
+    return f'<a href="{html.escape(os.path.relpath(target, run_dir))}">{html.escape(text)}</a>'
+
+
+def _html(run_dir: Path, summary: dict[str, Any]) -> str:
+    stages = summary["stages"]
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{rec['seconds']:.0f}s</td><td>{_stage_detail(name, rec, run_dir)}</td></tr>"
+        for name, rec in stages.items()
+    )
+    loss = run_dir / "loss.png"
+    loss_img = (
+        f'<img alt="loss curve" src="data:image/png;base64,{base64.b64encode(loss.read_bytes()).decode()}">'
+        if loss.is_file()
+        else "<p>no loss curve</p>"
+    )
+    commands = "\n".join(summary["next"])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>slm run: {html.escape(run_dir.name)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;width:100%}}td,th{{border:1px solid #ccc;padding:6px;text-align:left;vertical-align:top}}
+th{{background:#f3f3f3}}img{{max-width:100%}}pre{{background:#f6f6f6;padding:1em}}.pass{{color:#080}}.fail{{color:#b00}}</style>
+</head><body><h1>slm run: {html.escape(run_dir.name)}</h1>
+<p>Final model: <code>{html.escape(summary["final_model"])}</code></p>
+{_eval_table(stages.get("evaluate"))}
+<h2>Stages</h2><table><tr><th>stage</th><th>time</th><th>result</th></tr>{rows}</table>
+<h2>Training loss</h2>{loss_img}
+<h2>Next</h2><pre>{html.escape(commands)}</pre></body></html>"""
+
+
+def _eval_table(ev: dict[str, Any] | None) -> str:
+    if not ev:
+        return "<p>No evaluation in this recipe.</p>"
+    metric = ev.get("main_metric", "fact_recall")
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{_fmt(vals.get('mean'))}</td>"
+        f"<td>[{_fmt(vals.get('low'))}, {_fmt(vals.get('high'))}]</td></tr>"
+        for name, vals in ev.get("main", {}).items()
+    )
+    verdict = "".join(
+        f'<li class="{"pass" if row.get("status") == "PASS" else "fail"}">{html.escape(str(row.get("status")))}: '
+        f"{html.escape(str(row.get('model')))} {html.escape(str(row.get('criterion')))} "
+        f"(required {html.escape(str(row.get('required')))}, measured {html.escape(str(row.get('measured')))})</li>"
+        for row in ev.get("verdict", [])
+    )
+    return (
+        f"<h2>Evaluation: {html.escape(metric)}</h2><table><tr><th>model</th><th>{html.escape(metric)}</th>"
+        f"<th>95% CI</th></tr>{rows}</table><ul>{verdict}</ul>"
+    )
+
+
+def _stage_detail(name: str, rec: dict[str, Any], run_dir: Path) -> str:
+    links = {
+        "sft": _link(str(run_dir / "README.md"), run_dir, "model card"),
+        "dpo": _link(str(Path(rec.get("run_dir", "")) / "README.md"), run_dir, "model card"),
+        "export": _link(
+            str(Path(rec.get("out_dir", "")) / "report.html"), run_dir, "quantization report"
+        ),
+        "evaluate": _link(rec.get("report_html"), run_dir, "evaluation report"),
+    }.get(name, "")
+    shown = {
+        k: v
+        for k, v in rec.items()
+        if k not in ("seconds", "main", "verdict", "files") and not isinstance(v, dict)
+    }
+    return html.escape(", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())) + (
+        f" — {links}" if links else ""
+    )
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

@@ -1,0 +1,238 @@
+"""`slm run`: the whole journey from one recipe, stage skipping by fingerprint, `--force`, the
+final report, and bad recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import REPO, run_slm
+
+DATA = REPO / "examples" / "data"
+
+
+def tiny_pipeline_recipe(model_dir: Path, out: Path, **extra: Any) -> dict[str, Any]:
+    """The demo journey on the 2-layer random model: seconds per stage."""
+    recipe: dict[str, Any] = {
+        "model": str(model_dir),
+        "output_dir": str(out),
+        "data": {"train": [str(DATA / "support_sft.jsonl")], "max_samples": 16, "cutoff_len": 128},
+        "train": {"lr": 5e-3, "max_steps": 3, "batch_size": 4, "save_steps": 3, "report_to": []},
+        "preference": {"data": [str(DATA / "support_dpo.jsonl")], "max_steps": 2},
+        "evaluate": {
+            "data": str(DATA / "support_eval.jsonl"),
+            "limit": 3,
+            "max_tokens": 4,
+            "bootstrap_samples": 100,
+            "similarity": False,
+            "criteria": {"min_gain": {"fact_recall": 0.3}},
+        },
+        "export": {"enabled": False},
+    }
+    recipe.update(extra)
+    return recipe
+
+
+def write(path: Path, recipe: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def stage_status(stdout: str) -> dict[str, str]:
+    """{stage: ran|cached} from the stage table `slm run` prints."""
+    out = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.replace("│", "|").split("|") if c.strip()]
+        if len(cells) == 3 and cells[2] in ("ran", "cached"):
+            out[cells[0]] = cells[2]
+    return out
+
+
+def test_tiny_pipeline_runs_every_stage_then_skips_what_is_done(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "tiny-run"
+    recipe = write(tmp_path / "r.yaml", tiny_pipeline_recipe(tiny_model_dir, run_dir))
+
+    first = run_slm("run", str(recipe), timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert stage_status(first.stdout) == {
+        "validate": "ran",
+        "sft": "ran",
+        "dpo": "ran",
+        "evaluate": "ran",
+        "report": "ran",
+    }
+    state = json.loads((run_dir / "pipeline.json").read_text())
+    assert state["stages"]["sft"]["outputs"]["steps"] == 3
+    assert state["stages"]["dpo"]["outputs"]["steps"] == 2
+    assert (run_dir / "dpo" / "adapter").is_dir()
+    evaluation = json.loads((run_dir / "eval" / "report.json").read_text())
+    assert [m["name"] for m in evaluation["models"]] == ["base", "tuned", "dpo"]
+    # random weights learn no facts in 3 steps: the recipe's criterion is reported as FAIL...
+    assert "FAIL" in first.stdout and "fact_recall" in first.stdout
+    # ...which fails the command only with --strict (checked below, without rerunning anything)
+    report = (run_dir / "report.html").read_text()
+    assert "evaluation report" in report and "slm serve" in report and "data:image/png" in report
+    summary = json.loads((run_dir / "report.json").read_text())
+    assert summary["final_model"] == str(run_dir / "dpo")
+    assert any(cmd.startswith("slm chat") for cmd in summary["next"])
+
+    second = run_slm("run", str(recipe), "--strict", timeout=600)
+    assert second.returncode == 1, second.stderr[-2000:]  # FAIL + --strict
+    assert stage_status(second.stdout) == {
+        "validate": "cached",
+        "sft": "cached",
+        "dpo": "cached",
+        "evaluate": "cached",
+        "report": "ran",
+    }
+
+    # an eval setting changes only the evaluation: training stays cached
+    third = run_slm("run", str(recipe), "--set", "evaluate.max_tokens=5", timeout=600)
+    assert third.returncode == 0, third.stderr[-2000:]
+    status = stage_status(third.stdout)
+    assert status["sft"] == "cached" and status["dpo"] == "cached"
+    assert status["evaluate"] == "ran"
+
+    # --force dpo reruns DPO and everything after it, not SFT
+    fourth = run_slm("run", str(recipe), "--set", "evaluate.max_tokens=5", "--force", "dpo")
+    assert fourth.returncode == 0, fourth.stderr[-2000:]
+    status = stage_status(fourth.stdout)
+    assert status["sft"] == "cached" and status["dpo"] == "ran" and status["evaluate"] == "ran"
+
+
+def test_changed_training_data_reruns_training(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    rows = (DATA / "support_sft.jsonl").read_text().splitlines()[:12]
+    data.write_text("\n".join(rows) + "\n")
+    recipe_body = tiny_pipeline_recipe(tiny_model_dir, tmp_path / "run", preference={})
+    recipe_body["data"]["train"] = [str(data)]
+    recipe_body["evaluate"] = {}
+    recipe = write(tmp_path / "r.yaml", recipe_body)
+    first = run_slm("run", str(recipe))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert stage_status(first.stdout) == {"validate": "ran", "sft": "ran", "report": "ran"}
+    data.write_text("\n".join(rows[:10]) + "\n")
+    second = run_slm("run", str(recipe))
+    # like make: new data means the training stages run again, from scratch
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert stage_status(second.stdout) == {"validate": "ran", "sft": "ran", "report": "ran"}
+    assert "inputs changed since the last run" in second.stderr
+    assert "resuming" not in second.stderr
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    from slmkit.train.runfolder import file_sha256
+
+    assert manifest["data_files"] == {str(data): file_sha256(data)}  # trained on the new file
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--force", "bogus"], "--force bogus: unknown stage"),
+        (["--set", "evaluate.max_tokens=0"], "evaluate.max_tokens"),
+        (["--set", "export.quants=[q9_9]"], "unknown quantization 'q9_9'"),
+        (["--set", "preference.lr=-1"], "preference.lr"),
+    ],
+)
+def test_bad_pipeline_arguments_exit_2_with_one_line(
+    tiny_model_dir: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    recipe = write(tmp_path / "r.yaml", tiny_pipeline_recipe(tiny_model_dir, tmp_path / "run"))
+    proc = run_slm("run", str(recipe), *args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_unknown_recipe_key_names_the_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    body = yaml.safe_dump(tiny_pipeline_recipe(tiny_model_dir, tmp_path / "run"), sort_keys=False)
+    body = body.replace("  limit: 3\n", "  limit: 3\n  max_tokenz: 9\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(body)
+    line = body.splitlines().index("  max_tokenz: 9") + 1
+    proc = run_slm("run", str(recipe))
+    assert proc.returncode == 2
+    assert f"{recipe}:{line}" in proc.stderr and "evaluate.max_tokenz" in proc.stderr
+
+
+def test_missing_eval_file_stops_before_training(tiny_model_dir: Path, tmp_path: Path) -> None:
+    recipe_body = tiny_pipeline_recipe(tiny_model_dir, tmp_path / "run")
+    recipe_body["evaluate"]["data"] = str(tmp_path / "nope.jsonl")
+    proc = run_slm("run", str(write(tmp_path / "r.yaml", recipe_body)))
+    assert proc.returncode == 2, proc.stderr
+    assert "nope.jsonl" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_quick_demo_pipeline_on_the_embedded_model(tmp_path: Path) -> None:
+    """`slm run recipes/demo.yaml --quick`: the make-demo journey, shortened, with a real export."""
+    proc = run_slm(
+        "run",
+        str(REPO / "recipes" / "demo.yaml"),
+        "--quick",
+        "--set",
+        f"output_dir={tmp_path / 'demo'}",
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = tmp_path / "demo-quick"
+    assert stage_status(proc.stdout) == {
+        s: "ran" for s in ("validate", "sft", "dpo", "export", "evaluate", "report")
+    }
+    export = json.loads((run_dir / "export" / "export.json").read_text())
+    q8 = run_dir / "export" / "dpo-q8_0.gguf"
+    assert q8.is_file() and export["parity"]["passed"]
+    evaluation = json.loads((run_dir / "eval" / "report.json").read_text())
+    scores = {m["name"]: m for m in evaluation["models"]}
+    assert set(scores) == {"base", "tuned", "dpo", "q8_0"}
+    recall = {name: m["metrics"]["fact_recall"] for name, m in scores.items()}
+    # the embedded model cannot know the invented store facts; even a short run teaches some
+    assert recall["base"] <= 0.2, recall
+    assert recall["tuned"] > recall["base"], recall
+    text = proc.stdout
+    assert "report:" in text and "slm serve --model support=" in text and "slm chat" in text
+
+
+def test_killed_pipeline_continues_from_the_last_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    body = tiny_pipeline_recipe(tiny_model_dir, run_dir, preference={}, evaluate={})
+    body["train"].update({"max_steps": 40, "save_steps": 2, "save_total_limit": 1, "batch_size": 2})
+    recipe = write(tmp_path / "r.yaml", body)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slmkit.cli", "run", str(recipe)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    checkpoints = run_dir / "checkpoints"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*/trainer_state.json")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((run_dir / "pipeline.json").read_text())
+    assert "sft" in state["started"] and "sft" not in state["stages"]  # started, not finished
+
+    again = run_slm("run", str(recipe), timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "continuing an interrupted run" in again.stderr and "resuming from" in again.stderr
+    assert stage_status(again.stdout) == {"validate": "cached", "sft": "ran", "report": "ran"}
+    state = json.loads((run_dir / "pipeline.json").read_text())
+    assert state["stages"]["sft"]["outputs"]["steps"] == 40

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import sys
 
-import click
+from typing import Any
+
 import typer
 from typer.testing import CliRunner
 
 from slmkit.cli import app
 
 
-def command_paths(group: click.Command, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def command_paths(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     paths = [prefix]
-    if isinstance(group, click.Group):
+    if hasattr(group, "commands"):  # a group (typer vendors its own click)
         for name in sorted(group.commands):
             paths += command_paths(group.commands[name], (*prefix, name))
     return paths

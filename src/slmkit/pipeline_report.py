@@ -62,6 +62,7 @@ def _html(run_dir: Path, summary: dict[str, Any]) -> str:
         f"<tr><td>{html.escape(name)}</td><td>{rec['seconds']:.0f}s</td><td>{_stage_detail(name, rec, run_dir)}</td></tr>"
         for name, rec in stages.items()
     )
+    export = stages.get("export")
     loss = run_dir / "loss.png"
     loss_img = (
         f'<img alt="loss curve" src="data:image/png;base64,{base64.b64encode(loss.read_bytes()).decode()}">'
@@ -76,9 +77,71 @@ th{{background:#f3f3f3}}img{{max-width:100%}}pre{{background:#f6f6f6;padding:1em
 </head><body><h1>slm run: {html.escape(run_dir.name)}</h1>
 <p>Final model: <code>{html.escape(summary["final_model"])}</code></p>
 {_eval_table(stages.get("evaluate"))}
+{_quant_table(export)}
 <h2>Stages</h2><table><tr><th>stage</th><th>time</th><th>result</th></tr>{rows}</table>
 <h2>Training loss</h2>{loss_img}
 <h2>Next</h2><pre>{html.escape(commands)}</pre></body></html>"""
+
+
+def _img(png: bytes | None, alt: str) -> str:
+    if not png:
+        return ""
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _bars(metric: str, main: dict[str, dict[str, Any]]) -> bytes | None:
+    """Bar chart of the main metric per model with its confidence interval."""
+    names = [n for n, v in main.items() if v.get("mean") is not None]
+    if not names:
+        return None
+    from slmkit.evaluate.plots import _png, _pyplot
+
+    plt = _pyplot()
+    means = [float(main[n]["mean"]) for n in names]
+    lows = [m - float(main[n].get("low", m)) for n, m in zip(names, means, strict=True)]
+    highs = [float(main[n].get("high", m)) - m for n, m in zip(names, means, strict=True)]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    bars = ax.bar(names, means, yerr=[lows, highs], capsize=4, color="#4c72b0")
+    bars[0].set_color("#999999")  # the baseline
+    for bar, mean in zip(bars, means, strict=True):
+        ax.text(bar.get_x() + bar.get_width() / 2, mean + 0.02, f"{mean:.2f}", ha="center")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per model (95% CI)")
+    return _png(fig)
+
+
+def _quant_table(export: dict[str, Any] | None) -> str:
+    """Size and measured damage of each quantization level, from the export's report.json."""
+    if not export:
+        return ""
+    report = Path(export.get("out_dir", "")) / "report.json"
+    if not report.is_file():
+        return ""
+    data = json.loads(report.read_text())
+    rows = []
+    for level in data.get("quant_eval", {}).get("levels", []):
+        kld, rates = level.get("kld") or {}, level.get("rates") or {}
+        verdict = (
+            "within thresholds" if level.get("within") else "; ".join(level.get("problems", []))
+        )
+        rows.append(
+            f"<tr><td>{html.escape(level['level'])}</td><td>{level['size_bytes'] / 1e6:.0f} MB</td>"
+            f"<td>{_fmt(kld.get('mean_kld'))}</td><td>{_pct(kld.get('same_top1'))}</td>"
+            f"<td>{_fmt(kld.get('ppl_ratio'))}</td><td>{_pct(rates.get('different'))}</td>"
+            f"<td>{html.escape(verdict)}</td></tr>"
+        )
+    if not rows:
+        return ""
+    return (
+        "<h2>Quantization (against the f16 GGUF)</h2><table><tr><th>level</th><th>size</th>"
+        "<th>KLD</th><th>same top-1</th><th>PPL ratio</th><th>different answers</th><th>verdict</th></tr>"
+        f"{''.join(rows)}</table><p>Recommended: <code>{html.escape(str(data.get('recommended')))}</code></p>"
+    )
+
+
+def _pct(value: Any) -> str:
+    return "" if value is None else f"{100 * float(value):.1f}%"
 
 
 def _eval_table(ev: dict[str, Any] | None) -> str:
@@ -96,8 +159,9 @@ def _eval_table(ev: dict[str, Any] | None) -> str:
         f"(required {html.escape(str(row.get('required')))}, measured {html.escape(str(row.get('measured')))})</li>"
         for row in ev.get("verdict", [])
     )
+    chart = _img(_bars(metric, ev.get("main", {})), f"{metric} per model")
     return (
-        f"<h2>Evaluation: {html.escape(metric)}</h2><table><tr><th>model</th><th>{html.escape(metric)}</th>"
+        f"<h2>Evaluation: {html.escape(metric)}</h2>{chart}<table><tr><th>model</th><th>{html.escape(metric)}</th>"
         f"<th>95% CI</th></tr>{rows}</table><ul>{verdict}</ul>"
     )
 

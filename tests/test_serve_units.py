@@ -196,3 +196,72 @@ def test_a_request_past_its_deadline_gets_408() -> None:
         return [first.text if first else "", str(err.value.status), str(err.value.code)]
 
     assert asyncio.run(drive()) == ["a", "408", "request_timeout"]
+
+
+def _flag(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+@pytest.fixture
+def vllm_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM cannot run here; only its availability check is bypassed, the command line is real."""
+    from slmkit.serve.engines import vllm
+
+    monkeypatch.setattr(vllm, "vllm_available", lambda: None)
+
+
+def test_vllm_serves_a_lora_run_as_base_plus_adapter(
+    tmp_path: Path, tiny_model_dir: Path, vllm_without_gpu: None
+) -> None:
+    from serve_helpers import write_adapter_run
+    from slmkit.serve.protocol import GenerationRequest
+    from slmkit.serve.server import build_engines
+
+    run = write_adapter_run(tiny_model_dir, tmp_path / "run", r=24)
+    config = ServeConfig.model_validate(
+        {
+            "models": [
+                {"id": "support", "ref": str(run), "engine": "vllm"},
+                {"id": "plain", "ref": str(tiny_model_dir), "engine": "vllm"},
+            ]
+        }
+    )
+    engines = build_engines(config)
+    try:
+        lora, plain = engines["support"].command(), engines["plain"].command()
+        ask = GenerationRequest("support", [{"role": "user", "content": "hi"}], None, 4, False)
+        payload = engines["support"].upstream_payload(ask)  # type: ignore[attr-defined]
+    finally:
+        for engine in engines.values():
+            asyncio.run(engine.stop())
+    assert lora[lora.index("serve") + 1] == str(tiny_model_dir.resolve())  # the base weights
+    assert "--enable-lora" in lora
+    assert _flag(lora, "--lora-modules") == f"support={run.resolve() / 'adapter'}"
+    assert _flag(lora, "--served-model-name") == "support--base"
+    assert payload["model"] == "support"  # requests for the id go to the LoRA, not the bare base
+    assert _flag(lora, "--max-lora-rank") == "32"  # rank 24 is above vLLM's default of 16
+    assert "--enable-lora" not in plain and _flag(plain, "--served-model-name") == "plain"
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [({"use_dora": True}, "DoRA"), ({"modules_to_save": ["lm_head"]}, "modules_to_save")],
+)
+def test_vllm_refuses_an_adapter_it_cannot_load_in_one_line(
+    tmp_path: Path, tiny_model_dir: Path, vllm_without_gpu: None, change: dict, named: str
+) -> None:
+    import json
+
+    from serve_helpers import write_adapter_run
+    from slmkit.errors import ServeError
+    from slmkit.serve.server import build_engines
+
+    run = write_adapter_run(tiny_model_dir, tmp_path / "run")
+    adapter_config = run / "adapter" / "adapter_config.json"
+    adapter_config.write_text(json.dumps({**json.loads(adapter_config.read_text()), **change}))
+    config = ServeConfig.model_validate(
+        {"models": [{"id": "support", "ref": str(run), "engine": "vllm"}]}
+    )
+    with pytest.raises(ServeError) as err:
+        build_engines(config)
+    assert named in str(err.value) and "slm merge" in str(err.value) and "\n" not in str(err.value)

@@ -49,9 +49,7 @@ def build_engines(config: ServeConfig) -> dict[str, Engine]:
         if kind == "llamacpp":
             engines[entry.id] = _llamacpp_engine(entry, resolved, config)
         elif kind == "vllm":
-            from slmkit.serve.engines.vllm import VllmEngine
-
-            engines[entry.id] = VllmEngine(entry.id, resolve_model(entry.ref).hf_path, config.vllm)
+            engines[entry.id] = _vllm_engine(entry, config)
         else:
             base = (
                 resolved.base
@@ -87,6 +85,14 @@ def _llamacpp_engine(entry: ModelEntry, resolved: ResolvedModel, config: ServeCo
         if draft is None:
             raise ServeError(f"draft model {entry.draft_model!r} for {entry.id!r} is not a GGUF")
     return LlamaServerEngine(entry.id, resolved.gguf, config.llamacpp, draft_model=draft)
+
+
+def _vllm_engine(entry: ModelEntry, config: ServeConfig) -> Engine:
+    """A run with a LoRA adapter is served as base + adapter (vLLM's LoRA support), never bare."""
+    from slmkit.serve.engines.vllm import VllmEngine
+
+    resolved = resolve_model(entry.ref)
+    return VllmEngine(entry.id, resolved.hf_path, config.vllm, adapter=resolved.adapter)
 
 
 def check_port_free(host: str, port: int) -> None:

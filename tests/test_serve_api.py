@@ -1,6 +1,7 @@
 """`slm serve default` (llama.cpp engine) driven by the official openai client: models, chat, streams,
-stop sequences, determinism, every error status/type/code, auth, disconnect cancellation, audit
-log + feedback + `slm logs`, concurrency, and engine crash -> 503 -> recovery."""
+max_completion_tokens and sampling fields (checked in llama-server's slots), stop sequences,
+determinism, every error status/type/code, auth (flag and `SLM_API_KEYS`), disconnect cancellation,
+audit log + feedback + `slm logs`, concurrency, and engine crash -> 503 -> recovery."""
 
 from __future__ import annotations
 
@@ -86,6 +87,40 @@ def test_completions_endpoint(server: ServerProcess) -> None:
         model="default", prompt="The capital of France is", max_tokens=8, temperature=0, stream=True
     )
     assert "".join(c.choices[0].text for c in streamed if c.choices) == reply.choices[0].text
+
+
+def test_max_completion_tokens_and_sampling_fields_reach_llama_server(
+    server: ServerProcess,
+) -> None:
+    story = [{"role": "user", "content": "Write a long story about a dragon."}]
+    sampling = {"top_p": 0.37, "presence_penalty": 0.55, "frequency_penalty": 0.25}
+    client = server.client()
+    reply = client.chat.completions.create(
+        model="default", messages=story, max_completion_tokens=5, seed=7, **sampling
+    )
+    assert reply.usage.completion_tokens == 5 and reply.choices[0].finish_reason == "length"
+    slots = httpx.get(_engine_url(server) + "/slots").json()
+    params = [s.get("params") or {} for s in slots]  # a slot that never ran has no params
+    mine = [p for p in params if p.get("top_p") == pytest.approx(0.37)]
+    assert len(mine) == 1  # the slot that ran this request keeps its parameters
+    assert {k: mine[0][k] for k in sampling} == pytest.approx(sampling)
+    assert mine[0]["n_predict"] == 5
+    streamed = client.chat.completions.create(
+        model="default",
+        messages=story,
+        max_completion_tokens=3,
+        seed=7,
+        stream=True,
+        stream_options={"include_usage": True},
+        **sampling,
+    )
+    assert list(streamed)[-1].usage.completion_tokens == 3
+    # /v1/completions has no max_completion_tokens: an odd value there is ignored, not a 500
+    plain = server.post(
+        "/v1/completions",
+        {"model": "default", "prompt": "Once", "max_tokens": 2, "max_completion_tokens": "x"},
+    )
+    assert plain.status_code == 200 and plain.json()["usage"]["completion_tokens"] == 2
 
 
 def test_stop_sequence_cuts_the_answer(server: ServerProcess) -> None:
@@ -205,6 +240,32 @@ def test_api_key_is_required_except_for_health(server: ServerProcess) -> None:
     assert httpx.get(server.base_url + "/health").json()["status"] == "ok"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server.base_url + "/v1", api_key="bad", max_retries=0).models.list()
+
+
+def test_keys_from_the_slm_api_keys_variable_alone_are_enforced(tmp_path: Path) -> None:
+    env = {"SLM_HOME": str(tmp_path), "SLM_API_KEYS": " sk-env-1 , sk-env-2,"}
+    small = {"llamacpp": {"ctx_size": 512, "parallel": 1, "threads": 1}}
+    with ServerProcess(["default"], config=small, env=env) as srv:  # no --api-key, no api_keys
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Bearer sk-env-3"},
+        ):
+            response = httpx.get(srv.base_url + "/v1/models", headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "invalid_api_key"
+        for key in ("sk-env-1", "sk-env-2"):  # spaces and the empty item are ignored
+            response = httpx.get(
+                srv.base_url + "/v1/models", headers={"Authorization": f"Bearer {key}"}
+            )
+            assert response.status_code == 200
+        with pytest.raises(openai.AuthenticationError):
+            srv.client().models.list()  # the harness sends no key: "unused"
+        srv.api_key = "sk-env-2"
+        reply = srv.client().chat.completions.create(
+            model="default", messages=HELLO, max_tokens=4, temperature=0
+        )
+        assert reply.usage.completion_tokens > 0
 
 
 def _engine_url(server: ServerProcess) -> str:

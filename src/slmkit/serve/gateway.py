@@ -191,7 +191,9 @@ class Gateway:
         self.metrics.queue_depth.labels(model).set(max(0, n - engine.capacity))
 
     def _max_tokens(self, body: ChatCompletionRequest | CompletionRequest) -> int:
-        asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        # Only chat has max_completion_tokens; on /v1/completions it is an unvalidated extra field.
+        chat_limit = body.max_completion_tokens if isinstance(body, ChatCompletionRequest) else None
+        asked = chat_limit or body.max_tokens
         return min(
             asked or self.config.limits.default_max_tokens, self.config.limits.max_tokens_cap
         )

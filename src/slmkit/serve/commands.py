@@ -133,7 +133,7 @@ def logs_cmd(
             "error_rate": stats.error_rate,
             "alerts": [a.__dict__ for a in alerts],
         }
-        out.print(json.dumps(data, indent=2), markup=False)
+        out.print(json.dumps(data, indent=2), markup=False, emoji=False, soft_wrap=True)
         return
     table = Table("time", "id", "model", "status", "tokens in/out", "latency", "ttft")
     for row in recent_requests(path, last):
@@ -198,7 +198,7 @@ def bench_serve_cmd(
         )
     )
     if as_json:
-        out.print(json.dumps(report.to_dict(), indent=2), markup=False)
+        out.print(json.dumps(report.to_dict(), indent=2), markup=False, emoji=False, soft_wrap=True)
         return
     table = Table("metric", "p50", "p95", "p99")
     for name, values in (

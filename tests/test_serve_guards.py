@@ -1,10 +1,11 @@
 """Guards on a real `slm serve default`: max_tokens cap, queue-full 429, body size limit, response
 cache, output filter (streamed and not), context policies prune / summarize / reject, repetition
-retry, CORS off by default, and speculative decoding with a draft model."""
+retry, CORS off by default, speculative decoding with a draft model, and the request timeout."""
 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -185,3 +186,54 @@ def test_draft_model_is_passed_to_llama_server(tmp_path) -> None:
             model="fast", messages=CAPITAL, max_tokens=12, temperature=0
         )
         assert "Paris" in reply.choices[0].message.content
+
+
+def test_request_timeout_gives_408_before_any_stream_and_frees_the_engine(tmp_path) -> None:
+    """1 ms is deterministic: not even the first token of the smallest model comes back that fast,
+    so both paths time out before a response header is sent. (A timeout after the first token,
+    which arrives as a final `data: {"error": ...}` event, cannot be timed reliably on a shared
+    CPU, so it is covered by the unit test of `_next_delta` only.)"""
+    import sqlite3
+
+    config = {
+        "llamacpp": {"ctx_size": 1024, "parallel": 2, "threads": 1},
+        "limits": {"request_timeout_s": 0.001, "max_tokens_cap": 400},
+        "repetition": {"enabled": False},
+    }
+    dragon = [{"role": "user", "content": "Write a very long story about a dragon."}]
+    with ServerProcess(["default"], config=config, env={"SLM_HOME": str(tmp_path)}) as srv:
+        for stream in (False, True):
+            body = {"model": "default", "messages": dragon, "max_tokens": 400, "stream": stream}
+            response = srv.post("/v1/chat/completions", {**body, "temperature": 0})
+            assert response.status_code == 408
+            assert response.headers["content-type"].startswith("application/json")
+            assert response.json()["error"] == {
+                "message": "The request did not finish within 0.001 s.",
+                "type": "timeout_error",
+                "param": None,
+                "code": "request_timeout",
+            }
+        with pytest.raises(openai.APIStatusError) as err:
+            srv.client().chat.completions.create(model="default", messages=dragon, max_tokens=400)
+        assert err.value.status_code == 408 and err.value.code == "request_timeout"
+        (child,) = srv.engine_children()
+        port = child.cmdline()[child.cmdline().index("--port") + 1]
+        for _ in range(100):  # llama-server stops once it sees the gateway closed the request
+            slots = httpx.get(f"http://127.0.0.1:{port}/slots").json()
+            if not any(s["is_processing"] for s in slots):
+                break
+            time.sleep(0.1)
+        assert not any(s["is_processing"] for s in slots)
+        tokens = [s.get("next_token") or {} for s in slots]  # a list in newer llama-server
+        decoded = [(t[0] if isinstance(t, list) else t).get("n_decoded", 0) for t in tokens]
+        assert max(decoded) < 50  # stopped, not left running to max_tokens
+        assert srv.get("/health").json()["engines"][0]["restarts"] == 0
+        assert srv.metric("slm_requests_total", status="408") == 3
+    rows = sqlite3.connect(tmp_path / "serve" / "audit.db").execute(
+        "SELECT status, error_code, stream FROM requests ORDER BY ts"
+    )
+    assert [tuple(r) for r in rows] == [
+        (408, "request_timeout", 0),
+        (408, "request_timeout", 1),
+        (408, "request_timeout", 0),
+    ]

@@ -150,7 +150,10 @@ class _Context:
         for key, text in named:
             path = self.paths([text])[0]
             if not path.exists():
-                raise DataError(f"{key}: {text}: no such file or folder (looked in {path.parent})")
+                raise DataError(
+                    f"{key}: {text}: no such file or folder "
+                    f"(looked next to the recipe in {self.recipe_dir} and in {Path.cwd()})"
+                )
 
     def run_stage(
         self, stage: str, fingerprint: str, work: Callable[[], dict[str, Any]]

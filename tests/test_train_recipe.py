@@ -111,5 +111,7 @@ def test_docs_recipe_reference_is_current() -> None:
     from slmkit.recipe import recipe_reference_markdown
 
     text = (REPO / "docs" / "train.md").read_text()
-    block = text.split("<!-- reference:recipe -->\n", 1)[1].split("\n<!-- /reference:recipe -->", 1)[0]
+    block = text.split("<!-- reference:recipe -->\n", 1)[1].split(
+        "\n<!-- /reference:recipe -->", 1
+    )[0]
     assert block == recipe_reference_markdown(), "regenerate the table in docs/train.md"

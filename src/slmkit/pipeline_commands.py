@@ -56,11 +56,13 @@ def run_cmd(
         for row in evaluation.outputs.get("verdict", []):
             out.print(
                 f"{row['status']}: {row['model']} {row['criterion']} (required {row['required']}, "
-                f"measured {row['measured']})"
+                f"measured {row['measured']})",
+                soft_wrap=True,
             )
-    out.print(f"report: {result.report_html}")
+    # paths and commands are printed unwrapped and without markup: they must survive copy-paste
+    out.print(f"report: {result.report_html}", soft_wrap=True, markup=False)
     for command in next_commands(result.run_dir, result.final_model, result.stages):
-        out.print(f"  {command}")
+        out.print(f"  {command}", soft_wrap=True, markup=False)
     if (strict or loaded.evaluate.strict) and not result.passed:
         raise SystemExit(1)
 

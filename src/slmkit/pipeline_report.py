@@ -44,8 +44,10 @@ def write_pipeline_report(run_dir: Path, final: Path, stages: dict[str, Any]) ->
 
 
 def _rel(path: Path) -> str:
+    """Relative to the current directory when the path is below it, else absolute."""
+    path = Path(path).resolve()
     try:
-        return os.path.relpath(path)
+        return str(path.relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
 

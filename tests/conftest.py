@@ -52,13 +52,25 @@ def embedded_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path) -> Path:
+def tokenizer_dir() -> Path:
+    """The embedded model's tokenizer folder, or SLM_TEST_TOKENIZER (a folder with only the
+    tokenizer files, for machines without the model cache, e.g. the GPU check)."""
+    override = os.environ.get("SLM_TEST_TOKENIZER")
+    if override:
+        return Path(override)
+    from slmkit.models.embedded import ensure_embedded_model
+
+    return ensure_embedded_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     """A 2-layer random-init Llama with the embedded model's tokenizer and chat template."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     out = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,

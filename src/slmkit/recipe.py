@@ -90,6 +90,8 @@ def recipe_reference_markdown() -> str:
     """The recipe reference table of docs/train.md, generated from the Field descriptions."""
     from pydantic import BaseModel
 
+    from slmkit.tools import default_threads
+
     lines = ["| key | default | description |", "|---|---|---|"]
 
     def walk(model: type[BaseModel], prefix: str) -> None:
@@ -98,6 +100,9 @@ def recipe_reference_markdown() -> str:
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 lines.append(f"| **`{prefix}{name}:`** | | {info.description} |")
                 walk(annotation, f"{prefix}{name}.")
+                continue
+            if info.default_factory is default_threads:  # depends on the machine: no fixed value
+                lines.append(f"| `{prefix}{name}` | *(see description)* | {info.description} |")
                 continue
             default = info.get_default(call_default_factory=True)
             shown = "" if default is None else f"`{default}`"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from slmkit.config import StrictModel
+from slmkit.tools import default_threads
 
 MergeDtype = Literal["float16", "bfloat16", "float32"]
 GgufOuttype = Literal["f16", "bf16", "f32"]
@@ -111,10 +111,11 @@ class ExportConfig(StrictModel):
         description="Most chunks of held-out text to score (each `ppl_ctx` tokens).",
     )
     threads: int = Field(
-        default_factory=lambda: max(1, (os.cpu_count() or 2) - 1),
+        default_factory=default_threads,
         ge=1,
-        description="CPU threads for llama.cpp tools (default: all cores but one; llama.cpp's spinning "
-        "worker threads slow down sharply when they compete for every core).",
+        description="CPU threads for llama.cpp tools (default: all cores on an idle machine, all but one "
+        "when the load average says other work runs; llama.cpp's spinning worker threads slow down "
+        "sharply when they compete for every core).",
     )
     force: bool = Field(default=False, description="Go on when the parity gate finds drift at f16.")
     skip_eval: bool = Field(

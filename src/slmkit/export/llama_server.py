@@ -6,7 +6,6 @@ template (`--jinja`), exactly as a deployment would.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 
 from slmkit.export.errors import ExportError
-from slmkit.tools import llama_tool
+from slmkit.tools import default_threads, llama_tool
 
 START_TIMEOUT_S = 120.0
 
@@ -69,7 +68,7 @@ class LlamaServerProcess:
     def __init__(self, gguf: Path, *, ctx: int = 2048, threads: int | None = None) -> None:
         self.gguf = gguf
         self.port = free_port()
-        threads = threads or max(1, (os.cpu_count() or 2) - 1)  # see ExportConfig.threads
+        threads = threads or default_threads()  # see ExportConfig.threads
         self.args = server_args(gguf, port=self.port, ctx=ctx, threads=threads)
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None

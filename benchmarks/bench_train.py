@@ -206,7 +206,7 @@ def render(rows: list[tuple[str, float, float]], steps: int, batch: int) -> str:
         "On a CPU, packing loses: without flash-attention's variable-length kernels a packed batch is one",
         "long row whose attention is computed over its whole length with a block-diagonal mask, so it",
         "costs more compute and memory than the padding it saves (that is why it is off by default; on a",
-        "GPU with flash-attention it is the faster choice). bf16 autocast on a CPU without native bf16",
+        "GPU with flash-attention varlen kernels this cost goes away; not measured here). bf16 autocast on a CPU without native bf16",
         "matrix units is slower than fp32; gradient checkpointing trades speed for memory.",
     ]
     return "\n".join(lines)

@@ -158,10 +158,7 @@ class _Context:
     def run_stage(
         self, stage: str, fingerprint: str, work: Callable[[], dict[str, Any]]
     ) -> StageRecord:
-        index = STAGES.index(stage)
-        if stage in self.force and self.forced_from is None:
-            self.forced_from = index
-        forced = self.forced_from is not None and index >= self.forced_from
+        forced = self.forced_from is not None and STAGES.index(stage) >= self.forced_from
         if not forced and self.state.done(stage, fingerprint):
             self.log(f"[bold]{stage}[/bold]: cached (same inputs as the last run)")
             self.skipped.append(stage)
@@ -204,6 +201,9 @@ def run_pipeline(
         recipe, recipe_dir.resolve(), run_dir, PipelineState(run_dir), set(force or ()), log
     )
     ctx.check_inputs()
+    # stages run in STAGES order, so forcing one reruns it and every later stage (also when the
+    # forced stage itself is absent from this recipe, e.g. --force dpo without preference data)
+    ctx.forced_from = min((STAGES.index(s) for s in ctx.force), default=None)
     fp = _digest(
         recipe.data.model_dump(mode="json"),
         recipe.preference.model_dump(mode="json"),

@@ -130,6 +130,28 @@ def test_changed_training_data_reruns_training(tiny_model_dir: Path, tmp_path: P
     assert manifest["data_files"] == {str(data): file_sha256(data)}  # trained on the new file
 
 
+def test_new_eval_set_reruns_the_checks_not_the_training(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    eval_file = tmp_path / "eval.jsonl"
+    rows = (DATA / "support_eval.jsonl").read_text().splitlines()
+    eval_file.write_text("\n".join(rows[:3]) + "\n")
+    body = tiny_pipeline_recipe(tiny_model_dir, tmp_path / "run", preference={})
+    body["evaluate"]["data"] = str(eval_file)
+    recipe = write(tmp_path / "r.yaml", body)
+    first = run_slm("run", str(recipe))
+    assert first.returncode == 0, first.stderr[-2000:]
+    eval_file.write_text("\n".join(rows[3:6]) + "\n")
+    second = run_slm("run", str(recipe))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert stage_status(second.stdout) == {
+        "validate": "ran",  # the leakage check sees the new questions
+        "sft": "cached",
+        "evaluate": "ran",
+        "report": "ran",
+    }
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

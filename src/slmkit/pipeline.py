@@ -204,13 +204,17 @@ def run_pipeline(
     # stages run in STAGES order, so forcing one reruns it and every later stage (also when the
     # forced stage itself is absent from this recipe, e.g. --force dpo without preference data)
     ctx.forced_from = min((STAGES.index(s) for s in ctx.force), default=None)
-    fp = _digest(
+    # the eval set is hashed once and kept out of the training chain: a new eval file reruns the
+    # leakage check, the export's answer agreement (when it uses those prompts) and the evaluation,
+    # never the training
+    eval_digest = _file_digest(ctx.paths(_eval_data(recipe)))
+    train_fp = _digest(
         recipe.data.model_dump(mode="json"),
         recipe.preference.model_dump(mode="json"),
-        _file_digest(ctx.paths(recipe.data.train + recipe.preference.data + _eval_data(recipe))),
+        _file_digest(ctx.paths(recipe.data.train + recipe.preference.data)),
     )
-    ctx.run_stage("validate", fp, lambda: _validate(ctx))
-    fp = _digest(fp, _train_fingerprint(recipe))
+    ctx.run_stage("validate", _digest(train_fp, eval_digest), lambda: _validate(ctx))
+    fp = _digest(train_fp, _train_fingerprint(recipe))
     ctx.run_stage("sft", fp, lambda: _train_sft(ctx))
     final = run_dir
     if recipe.preference.data:
@@ -220,13 +224,14 @@ def run_pipeline(
         final = Path(ctx.run_stage("dpo", fp, lambda: _train_dpo(ctx)).outputs["run_dir"])
     export_outputs: dict[str, Any] = {}
     if recipe.export.enabled:
-        fp = _digest(fp, recipe.export.model_dump(mode="json"))
+        uses_eval_prompts = recipe.export.prompts is None
+        fp = _digest(
+            fp, recipe.export.model_dump(mode="json"), eval_digest if uses_eval_prompts else {}
+        )
         export_outputs = ctx.run_stage("export", fp, lambda: _export(ctx, final)).outputs
     eval_outputs: dict[str, Any] = {}
     if recipe.evaluate.data:
-        fp = _digest(
-            fp, recipe.evaluate.model_dump(mode="json"), _file_digest(ctx.paths(_eval_data(recipe)))
-        )
+        fp = _digest(fp, recipe.evaluate.model_dump(mode="json"), eval_digest)
         eval_outputs = ctx.run_stage(
             "evaluate", fp, lambda: _evaluate(ctx, final, export_outputs)
         ).outputs

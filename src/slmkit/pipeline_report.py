@@ -3,12 +3,13 @@ and the commands that serve and chat with the result."""
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from slmkit.evaluate.report import img_tag
 
 
 def next_commands(run_dir: Path, final: Path, stages: dict[str, Any]) -> list[str]:
@@ -67,9 +68,7 @@ def _html(run_dir: Path, summary: dict[str, Any]) -> str:
     export = stages.get("export")
     loss = run_dir / "loss.png"
     loss_img = (
-        f'<img alt="loss curve" src="data:image/png;base64,{base64.b64encode(loss.read_bytes()).decode()}">'
-        if loss.is_file()
-        else "<p>no loss curve</p>"
+        img_tag(loss.read_bytes(), "loss curve") if loss.is_file() else "<p>no loss curve</p>"
     )
     commands = "\n".join(summary["next"])
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>slm run: {html.escape(run_dir.name)}</title>
@@ -83,12 +82,6 @@ th{{background:#f3f3f3}}img{{max-width:100%}}pre{{background:#f6f6f6;padding:1em
 <h2>Stages</h2><table><tr><th>stage</th><th>time</th><th>result</th></tr>{rows}</table>
 <h2>Training loss</h2>{loss_img}
 <h2>Next</h2><pre>{html.escape(commands)}</pre></body></html>"""
-
-
-def _img(png: bytes | None, alt: str) -> str:
-    if not png:
-        return ""
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
 def _bars(metric: str, main: dict[str, dict[str, Any]]) -> bytes | None:
@@ -161,7 +154,7 @@ def _eval_table(ev: dict[str, Any] | None) -> str:
         f"(required {html.escape(str(row.get('required')))}, measured {html.escape(str(row.get('measured')))})</li>"
         for row in ev.get("verdict", [])
     )
-    chart = _img(_bars(metric, ev.get("main", {})), f"{metric} per model")
+    chart = img_tag(_bars(metric, ev.get("main", {})), f"{metric} per model")
     return (
         f"<h2>Evaluation: {html.escape(metric)}</h2>{chart}<table><tr><th>model</th><th>{html.escape(metric)}</th>"
         f"<th>95% CI</th></tr>{rows}</table><ul>{verdict}</ul>"

@@ -22,9 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "examples" / "data"
 SOURCE_DIR = DATA_DIR / "source"
 SHUFFLE_SEED = 41
-# Questions 0..10 of each fact go to the messages file, 11..13 to the alpaca file.
-N_TRAIN_QUESTIONS = 14
-N_MESSAGES_QUESTIONS = 11
+# Each fact has N_TRAIN_QUESTIONS differently worded questions: the first N_MESSAGES_QUESTIONS go
+# to the messages file, the rest to the alpaca file. Recall on the held-out questions rose with
+# their number (docs/benchmarks.md, demo section): 14 per fact -> 58%, 46 -> 73-88%, 70 -> 92%.
+N_TRAIN_QUESTIONS = 70
+N_MESSAGES_QUESTIONS = 58
 DPO_QUESTION_INDEXES = (1, 5, 9, 13)
 # Every fourth messages record has no system prompt, so the model also learns the facts
 # under the chat template's default system prompt.
@@ -86,7 +88,9 @@ def _parse_fact(name: str, raw: dict[str, Any]) -> Fact:
     )
     missing = [answer for answer in fact.answers if fact.key not in answer]
     if missing or len(fact.train) != N_TRAIN_QUESTIONS or not 2 <= len(fact.eval) <= 3:
-        raise ValueError(f"fact {name}: answers must hold the key; 14 train, 2-3 eval questions")
+        raise ValueError(
+            f"fact {name}: answers must hold the key; {N_TRAIN_QUESTIONS} train, 2-3 eval questions"
+        )
     return fact
 
 

@@ -86,7 +86,7 @@ def words(text: str) -> set[str]:
 
 
 def test_messages_file_is_openai_chat_with_the_system_prompt_on_most_records(sft_messages):
-    assert 270 <= len(sft_messages) <= 310
+    assert 1300 <= len(sft_messages) <= 1450
     with_system = 0
     for record in sft_messages:
         messages = record["messages"]
@@ -101,7 +101,7 @@ def test_messages_file_is_openai_chat_with_the_system_prompt_on_most_records(sft
 
 
 def test_alpaca_file_has_every_column_on_every_record(sft_alpaca):
-    assert 60 <= len(sft_alpaca) <= 100
+    assert 250 <= len(sft_alpaca) <= 320
     for record in sft_alpaca:
         assert set(record) == {"instruction", "input", "output", "system", "history"}
         assert record["instruction"].strip() and record["output"].strip() and record["system"]
@@ -111,7 +111,7 @@ def test_alpaca_file_has_every_column_on_every_record(sft_alpaca):
 
 def test_sft_answers_are_short(sft_messages, sft_alpaca):
     answers = assistant_answers(sft_messages, sft_alpaca)
-    assert 350 <= len(sft_messages) + len(sft_alpaca) <= 390
+    assert 1600 <= len(sft_messages) + len(sft_alpaca) <= 1700
     # ~1.3 tokens per word for this English: 30 words stays within the 40-token budget.
     assert max(len(answer.split()) for answer in answers) <= 30
 
@@ -134,8 +134,8 @@ def test_every_evaluated_fact_is_taught_in_both_training_files(
     message_answers = assistant_answers(sft_messages, [])
     alpaca_answers = assistant_answers([], sft_alpaca)
     for key in {fact for item in eval_items for fact in item["must_include"]}:
-        assert sum(key in answer for answer in message_answers) >= 11, key
-        assert sum(key in answer for answer in alpaca_answers) >= 3, key
+        assert sum(key in answer for answer in message_answers) >= 58, key
+        assert sum(key in answer for answer in alpaca_answers) >= 12, key
 
 
 def test_eval_prompts_are_worded_differently_from_every_training_prompt(

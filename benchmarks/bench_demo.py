@@ -47,6 +47,12 @@ def summarise(run_dir: Path, wall_s: float | None) -> str:
         for row in evaluation.get("verdict", [])
     )
     wall = f"{wall_s:.0f} s wall clock for `slm run`; " if wall_s else ""
+    cached = [m["name"] for m in evaluation["models"] if m["cached"] and not m["generated"]]
+    if cached:
+        wall += (
+            f"the answers of {', '.join(cached)} came from the generation cache of an earlier run "
+            "(a fresh machine generates them too: about 1-2 minutes more); "
+        )
     sft = state["sft"]["outputs"]
     return f"""## The demo pipeline (`make demo` = `slm run recipes/demo.yaml`)
 
@@ -72,9 +78,10 @@ MiniLM cosine to the reference answer; p50 = median seconds per answer):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--from-run", type=Path, help="Summarise this finished run instead.")
+    parser.add_argument("--wall", type=float, help="With --from-run: its measured wall seconds.")
     args = parser.parse_args()
     if args.from_run:
-        markdown = summarise(args.from_run.resolve(), None)
+        markdown = summarise(args.from_run.resolve(), args.wall)
     else:
         with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
             start = time.perf_counter()

@@ -152,6 +152,20 @@ def test_new_eval_set_reruns_the_checks_not_the_training(
     }
 
 
+def test_export_fingerprint_ignores_thread_count_but_not_quant_levels() -> None:
+    # threads defaults to a count read from the load average: a busy machine must not redo a
+    # finished export (and every stage after it) because of it
+    from slmkit.export.config import ExportSection
+    from slmkit.pipeline import export_fingerprint
+
+    idle = ExportSection(quants=["q8_0"], threads=2)
+    busy = ExportSection(quants=["q8_0"], threads=1)
+    assert export_fingerprint(idle) == export_fingerprint(busy)
+    assert export_fingerprint(idle) != export_fingerprint(
+        ExportSection(quants=["q4_k_m"], threads=2)
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

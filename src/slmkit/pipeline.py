@@ -20,6 +20,7 @@ from typing import Any
 from slmkit.config import read_yaml
 from slmkit.console import info
 from slmkit.errors import ConfigError, DataError
+from slmkit.export.config import ExportSection
 from slmkit.recipe import Recipe, load_recipe
 
 STAGES = ("validate", "sft", "dpo", "export", "evaluate", "report")
@@ -226,7 +227,7 @@ def run_pipeline(
     if recipe.export.enabled:
         uses_eval_prompts = recipe.export.prompts is None
         fp = _digest(
-            fp, recipe.export.model_dump(mode="json"), eval_digest if uses_eval_prompts else {}
+            fp, export_fingerprint(recipe.export), eval_digest if uses_eval_prompts else {}
         )
         export_outputs = ctx.run_stage("export", fp, lambda: _export(ctx, final)).outputs
     eval_outputs: dict[str, Any] = {}
@@ -249,6 +250,16 @@ def run_pipeline(
         Path(report.outputs["html"]),
         bool(eval_outputs.get("passed", True)),
     )
+
+
+# Settings that change how fast an export runs, never what it produces. `threads` defaults to a
+# count read from the load average, so hashing it made a busy machine redo a finished export.
+_EXPORT_SPEED_ONLY = {"threads"}
+
+
+def export_fingerprint(export: ExportSection) -> dict[str, Any]:
+    """The export settings that decide the exported files and their measurements."""
+    return export.model_dump(mode="json", exclude=_EXPORT_SPEED_ONLY)
 
 
 def _eval_data(recipe: Recipe) -> list[str]:

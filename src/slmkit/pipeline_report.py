@@ -98,9 +98,10 @@ def _bars(metric: str, main: dict[str, dict[str, Any]]) -> bytes | None:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     bars = ax.bar(names, means, yerr=[lows, highs], capsize=4, color="#4c72b0")
     bars[0].set_color("#999999")  # the baseline
-    for bar, mean in zip(bars, means, strict=True):
-        ax.text(bar.get_x() + bar.get_width() / 2, mean + 0.02, f"{mean:.2f}", ha="center")
-    ax.set_ylim(0, 1.1)
+    for bar, mean, high in zip(bars, means, highs, strict=True):
+        # above the error bar's cap, so the value never sits on the whisker
+        ax.text(bar.get_x() + bar.get_width() / 2, mean + high + 0.02, f"{mean:.2f}", ha="center")
+    ax.set_ylim(0, 1.18)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per model (95% CI)")
     return _png(fig)

@@ -105,6 +105,12 @@ def test_tiny_pipeline_runs_every_stage_then_skips_what_is_done(
     status = stage_status(fourth.stdout)
     assert status["sft"] == "cached" and status["dpo"] == "ran" and status["evaluate"] == "ran"
 
+    # a DPO setting reruns DPO and what follows; SFT never reads it and stays cached
+    fifth = run_slm("run", str(recipe), "--set", "evaluate.max_tokens=5", "--set", "dpo.beta=0.2")
+    assert fifth.returncode == 0, fifth.stderr[-2000:]
+    status = stage_status(fifth.stdout)
+    assert status["sft"] == "cached" and status["dpo"] == "ran" and status["evaluate"] == "ran"
+
 
 def test_changed_training_data_reruns_training(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "train.jsonl"

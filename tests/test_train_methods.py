@@ -44,6 +44,24 @@ def test_dpo_raises_the_reward_margin(tmp_path: Path, tiny_model_dir: Path) -> N
     assert not (run / "adapter" / "ref").exists(), "only the trained adapter is saved"
 
 
+def test_dpo_ftx_keeps_the_chosen_answers_likely(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # dpo.ftx adds the chosen answers' NLL to the DPO loss (LLaMA-Factory's pref_ftx): the same
+    # 6 steps on the same pairs must end with the chosen answers more likely than plain DPO does
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", read_jsonl(DEMO / "support_dpo.jsonl")[:16])
+    final_chosen = {}
+    for ftx in (0.0, 2.0):
+        run = tmp_path / f"dpo-{ftx}"
+        recipe = tiny_recipe(tiny_model_dir, run, pairs, max_steps=6, lr=5e-3, batch_size=16)
+        recipe.update(method="dpo", dpo={"ftx": ftx})
+        result = run_slm("train", str(write_recipe(tmp_path / f"dpo-{ftx}.yaml", recipe)))
+        assert result.returncode == 0, result.stderr[-3000:]
+        final_chosen[ftx] = loss_curve(run, "logps/chosen")[-1]
+    assert final_chosen[2.0] > final_chosen[0.0] + 1.0, final_chosen
+    recipe["dpo"] = {"ftx": -1}
+    bad = run_slm("train", str(write_recipe(tmp_path / "bad.yaml", recipe)))
+    assert bad.returncode == 2 and "dpo.ftx" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_dpo_continues_an_sft_run(tmp_path: Path, tiny_model_dir: Path, sft_file: Path) -> None:
     sft = write_recipe(
         tmp_path / "sft.yaml", tiny_recipe(tiny_model_dir, tmp_path / "sft", sft_file, max_steps=3)

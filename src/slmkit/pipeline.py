@@ -269,7 +269,9 @@ def _eval_data(recipe: Recipe) -> list[str]:
 def _train_fingerprint(recipe: Recipe) -> str:
     from slmkit.train.runfolder import recipe_hash
 
-    return recipe_hash(recipe)
+    # SFT never reads the dpo: section (the DPO stage's fingerprint adds it): a new beta must
+    # not retrain SFT
+    return recipe_hash(recipe, ignore=("dpo",) if recipe.method == "sft" else ())
 
 
 def _validate(ctx: _Context) -> dict[str, Any]:

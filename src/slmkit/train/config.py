@@ -175,6 +175,12 @@ class DpoSection(StrictModel):
     max_prompt_len: int | None = Field(
         default=None, ge=8, description="Truncate prompts to this many tokens."
     )
+    ftx: float = Field(
+        default=0.0,
+        ge=0,
+        description="Weight of an SFT loss (NLL of the chosen answers) added to the DPO loss, as "
+        "LLaMA-Factory's pref_ftx / RPO: keeps DPO from moving answers SFT got right (0 = off).",
+    )
 
 
 class PreferenceSection(StrictModel):

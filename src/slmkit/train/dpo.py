@@ -33,7 +33,8 @@ def build_dpo_trainer(
     config = DPOConfig(
         **args,
         beta=recipe.dpo.beta,
-        loss_type=[recipe.dpo.loss_type],
+        loss_type=[recipe.dpo.loss_type, *(["sft"] if recipe.dpo.ftx else [])],
+        loss_weights=[1.0, recipe.dpo.ftx] if recipe.dpo.ftx else None,
         max_length=recipe.data.cutoff_len,
         dataset_num_proc=None,
     )

@@ -269,9 +269,9 @@ def _eval_data(recipe: Recipe) -> list[str]:
 def _train_fingerprint(recipe: Recipe) -> str:
     from slmkit.train.runfolder import recipe_hash
 
-    # SFT never reads the dpo: section (the DPO stage's fingerprint adds it): a new beta must
+    # without the dpo: section for SFT (the DPO stage's fingerprint adds it): a new beta must
     # not retrain SFT
-    return recipe_hash(recipe, ignore=("dpo",) if recipe.method == "sft" else ())
+    return recipe_hash(recipe)
 
 
 def _validate(ctx: _Context) -> dict[str, Any]:

@@ -76,13 +76,13 @@ def git_revision() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def recipe_hash(recipe: Recipe, ignore: tuple[str, ...] = ()) -> str:
-    """Hash of everything in the recipe that changes what is trained (output_dir excluded), less
-    the sections named in `ignore` (ones the training at hand never reads)."""
+def recipe_hash(recipe: Recipe) -> str:
+    """Hash of everything in the recipe that changes what is trained (output_dir excluded)."""
     data = recipe.model_dump(mode="json")
     data.pop("output_dir", None)
-    # later pipeline stages, not training
-    for section in ("preference", "evaluate", "export", *ignore):
+    # later pipeline stages, not training; SFT/PT never read the dpo: section
+    unread = ("preference", "evaluate", "export", *(() if recipe.method == "dpo" else ("dpo",)))
+    for section in unread:
         data.pop(section, None)
     data["train"].pop("report_to", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

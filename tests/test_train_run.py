@@ -124,6 +124,43 @@ def test_run_folder_holds_exactly_the_expected_files(lora_run: Path) -> None:
     assert list((lora_run / "tensorboard").iterdir()), "TensorBoard event files"
 
 
+def _tensorboard_scalars(folder: Path) -> dict[str, list[int]]:
+    """Every scalar tag in `folder`'s event files, with the steps it was logged at."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list[int]] = {}
+    for events in sorted(folder.glob("events.out.tfevents.*")):
+        reader = EventAccumulator(str(events))
+        reader.Reload()
+        for tag in reader.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(e.step for e in reader.Scalars(tag))
+    return scalars
+
+
+def test_each_run_of_one_process_logs_to_its_own_tensorboard_folder(
+    tmp_path: Path, tiny_model_dir: Path, sft_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `slm run` trains SFT then DPO in one process: DPO's events belong in the DPO run folder
+    from slmkit.recipe import Recipe
+    from slmkit.train.run import train
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "")  # so that undo removes whatever a run sets
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR")
+    sft = tiny_recipe(tiny_model_dir, tmp_path / "sft", sft_file, max_steps=3)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", read_jsonl(DEMO / "support_dpo.jsonl")[:8])
+    dpo = tiny_recipe(tiny_model_dir, tmp_path / "dpo", pairs, max_steps=2)
+    dpo.update(method="dpo", dpo={"from_run": str(tmp_path / "sft")})
+    for body in (sft, dpo):
+        body["train"]["report_to"] = ["tensorboard"]
+        train(Recipe.model_validate(body), tmp_path)
+    for name, steps in (("sft", 3), ("dpo", 2)):
+        folder = tmp_path / name / "tensorboard"
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1, f"{name}: one writer, one file"
+        scalars = _tensorboard_scalars(folder)
+        assert scalars["train/loss"] == list(range(1, steps + 1)), name
+        assert ("train/rewards/margins" in scalars) == (name == "dpo"), sorted(scalars)
+
+
 def test_the_run_folder_is_a_model_reference(lora_run: Path) -> None:
     from slmkit.models.load import load_model
 

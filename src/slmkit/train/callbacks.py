@@ -1,10 +1,11 @@
-"""Trainer callbacks: progress bar with tokens/s, metrics.jsonl, NaN stop, live loss diagnosis."""
+"""Trainer callbacks: progress bar with tokens/s, metrics.jsonl, TensorBoard, NaN stop, live diagnosis."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,32 @@ class MetricsFileCallback(TrainerCallback):
         row.update({k: _jsonable(v) for k, v in logs.items()})
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
+
+
+TRACKER_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def available_trackers(wanted: Sequence[str]) -> list[str]:
+    """The wanted experiment trackers whose package is installed."""
+    import importlib.util
+
+    return [name for name in wanted if importlib.util.find_spec(TRACKER_MODULES[name]) is not None]
+
+
+def tensorboard_callbacks(wanted: Sequence[str], folder: Path) -> list[TrainerCallback]:
+    """A TensorBoard writer for `folder` when `wanted` names it (and it is installed).
+
+    transformers' own TensorBoardCallback reads its folder from TENSORBOARD_LOGGING_DIR, which
+    would follow every later run of the same process (`slm run`'s DPO stage after SFT); this one
+    is given its run's folder.
+    """
+    if "tensorboard" not in available_trackers(wanted):
+        return []
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(folder)  # the writer is opened lazily, on rank 0 only
+    return [callback]
 
 
 def _jsonable(value: Any) -> Any:

@@ -22,6 +22,7 @@ from slmkit.train.callbacks import (
     MetricsFileCallback,
     NanStopCallback,
     ProgressCallback,
+    tensorboard_callbacks,
     truncate_metrics,
 )
 from slmkit.train.dataset import data_files, prepare_dpo_data, prepare_sft_data
@@ -97,6 +98,7 @@ def train(
         )
     progress, nan_stop = ProgressCallback(f"{recipe.method} {run_dir.name}"), NanStopCallback()
     callbacks = [MetricsFileCallback(run_dir / "metrics.jsonl"), nan_stop, progress]
+    callbacks += tensorboard_callbacks(recipe.train.report_to, run_dir / "tensorboard")
     trainer = _build_trainer(recipe, run_dir, model, tokenizer, data, precision, callbacks)
     trainer.remove_callback(
         PrinterCallback

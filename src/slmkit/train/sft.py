@@ -8,20 +8,13 @@ template (see docs/train.md).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from slmkit.data.packing import PackedBatchCollator, PaddingCollator
 from slmkit.recipe import Recipe
+from slmkit.train.callbacks import available_trackers
 from slmkit.train.dataset import PreparedData
-
-
-def available_trackers(wanted: Sequence[str]) -> list[str]:
-    import importlib.util
-
-    modules = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
-    return [name for name in wanted if importlib.util.find_spec(modules[name]) is not None]
 
 
 def common_arguments(
@@ -31,7 +24,6 @@ def common_arguments(
     import torch
 
     t = recipe.train
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
     eval_strategy = "no" if not has_val else ("steps" if t.eval_steps else "epoch")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return dict(
@@ -60,7 +52,8 @@ def common_arguments(
         use_cpu=not torch.cuda.is_available(),
         seed=t.seed,
         data_seed=t.seed,
-        report_to=available_trackers(t.report_to) or "none",
+        # TensorBoard comes as a callback given this run's folder (callbacks.tensorboard_callbacks)
+        report_to=[n for n in available_trackers(t.report_to) if n != "tensorboard"] or "none",
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=t.num_workers,

@@ -49,34 +49,17 @@ stack() {
 }
 
 llama_cpp() {
-    local bin="$TOOLS_DIR/bin"
-    if [ -f "$TOOLS_DIR/VERSION" ] && [ -x "$bin/llama-server" ] && [ -x "$bin/llama-quantize" ] \
-        && [ -x "$bin/llama-perplexity" ] && [ -f "$TOOLS_DIR/convert_hf_to_gguf.py" ] && [ -d "$TOOLS_DIR/conversion" ]; then
-        echo "[setup] llama.cpp tools: cached ($TOOLS_DIR)"; return
-    fi
+    # Download and unpack the pinned source once; slmkit.tools_build keeps installed tools that
+    # decode on this machine, else builds them (native without AMX, then portable fallbacks),
+    # decode-checks each build on the embedded GGUF, and logs compiler output to files in $work.
     local work="$SLM_HOME/build/lcp-$LCP_VERSION"
-    mkdir -p "$work" "$TOOLS_DIR"
+    mkdir -p "$work"
     if [ ! -d "$work/src/vendor/llama.cpp" ]; then
         "$VENV/bin/pip" download -q --no-deps --no-binary :all: "llama-cpp-python==$LCP_VERSION" -d "$work/dl"
         rm -rf "$work/src" && mkdir -p "$work/src"
         tar -xzf "$work"/dl/llama_cpp_python-*.tar.gz -C "$work/src" --strip-components=1
     fi
-    cmake -S "$work/src/vendor/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
-        -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-        -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=ON >"$work/cmake-configure.log"
-    cmake --build "$work/build" -j"$(nproc)" --target llama-server llama-quantize llama-perplexity \
-        >"$work/cmake-build.log"
-    rm -rf "$TOOLS_DIR/bin" "$TOOLS_DIR/gguf-py" "$TOOLS_DIR/conversion"
-    cp -a "$work/build/bin" "$TOOLS_DIR/bin"
-    cp "$work/src/vendor/llama.cpp/convert_hf_to_gguf.py" "$TOOLS_DIR/"
-    cp -a "$work/src/vendor/llama.cpp/gguf-py" "$TOOLS_DIR/gguf-py"
-    # newer converters import their model classes from a sibling conversion/ package
-    if [ -d "$work/src/vendor/llama.cpp/conversion" ]; then
-        cp -a "$work/src/vendor/llama.cpp/conversion" "$TOOLS_DIR/conversion"
-    else
-        mkdir -p "$TOOLS_DIR/conversion"
-    fi
-    "$TOOLS_DIR/bin/llama-server" --version 2>&1 | head -n 2 > "$TOOLS_DIR/VERSION"
+    "$VENV/bin/python" -m slmkit.tools_build --src "$work/src/vendor/llama.cpp" --work "$work" --dest "$TOOLS_DIR"
 }
 
 model_cache() {

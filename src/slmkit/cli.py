@@ -130,12 +130,12 @@ def _stream_to_stdout(text: str) -> None:
 
 @app.command("doctor")
 def doctor_cmd() -> None:
-    """Check the installation: llama.cpp tools, torch/CUDA, model cache; say how to fix what is missing."""
+    """Check the installation: llama.cpp tools decode on this CPU, torch/CUDA/bf16 run, model cache; say how to fix what is not."""
     from slmkit.doctor import print_report, run_checks
 
     checks = run_checks()
     print_report(checks)
-    if any(c.status == "missing" for c in checks if c.required):
+    if any(c.status in ("missing", "failed") for c in checks if c.required):
         raise typer.Exit(1)
 
 

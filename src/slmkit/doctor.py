@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import subprocess
+import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from rich.table import Table
 
@@ -18,7 +19,7 @@ from slmkit.tools import LLAMA_BINARIES, SETUP_HINT, converter_script, llama_too
 @dataclass
 class Check:
     name: str
-    status: str  # "ok" | "missing" | "info"
+    status: str  # "ok" | "missing" | "failed" | "info"
     detail: str
     fix: str = ""
     required: bool = True
@@ -32,6 +33,8 @@ def run_checks() -> list[Check]:
         Check("SLM_HOME", "info", str(slm_home()), required=False),
     ]
     checks += [_torch_check(), *_package_checks(), *_llama_checks(), _model_check()]
+    if all(c.status == "ok" for c in checks if c.name == "llama-server"):
+        checks.append(_decode_check())
     return checks
 
 
@@ -42,20 +45,38 @@ def _torch_check() -> Check:
         return Check("torch", "missing", "not installed", "pip install torch==2.13.0")
     cuda = torch.cuda.is_available()
     device = f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}" if cuda else "CPU only"
-    bf16 = (
-        "bf16 ok"
-        if (cuda and torch.cuda.is_bf16_supported()) or (not cuda and _cpu_has_bf16())
-        else "no bf16"
-    )
+    bf16 = _bf16_runs(cuda)
     return Check("torch", "ok", f"{torch.__version__} ({device}, {bf16})")
 
 
-def _cpu_has_bf16() -> bool:
+BF16_PROBE = """
+import torch
+dev = "cuda" if torch.cuda.is_available() else "cpu"
+a = torch.randn(64, 64, device=dev)
+exact = a @ a
+got = (a.bfloat16() @ a.bfloat16()).float()
+assert torch.allclose(got, exact, rtol=0.05, atol=0.5), "wrong result"
+print("ok")
+"""
+
+
+def _bf16_runs(cuda: bool) -> str:
+    """Run a bf16 matmul in a child process: a CPU flag is not proof that the kernels run here
+    (a VM may advertise AMX/AVX512-BF16 and refuse it), and a crash must not take doctor down."""
+    from slmkit.child_process import describe_exit
+
     try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        proc = subprocess.run(
+            [sys.executable, "-c", BF16_PROBE], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        return "bf16 probe timed out"
+    if proc.returncode == 0 and proc.stdout.strip() == "ok":
+        return "bf16 runs" + ("" if cuda else " (speed: see docs/benchmarks.md)")
+    if proc.returncode < 0:
+        return f"bf16 matmul {describe_exit(proc.returncode)}"
+    lines = proc.stderr.strip().splitlines()
+    return f"no bf16 ({lines[-1] if lines else 'probe failed'})"
 
 
 def _package_checks() -> list[Check]:
@@ -90,6 +111,28 @@ def _llama_checks() -> list[Check]:
     return checks
 
 
+def _decode_check() -> Check:
+    """Load the embedded GGUF in llama-server and decode: `--version` proves nothing about the kernels."""
+    from slmkit.export.llama_server import decode_check
+    from slmkit.models import embedded
+
+    try:
+        gguf = embedded.embedded_gguf_path()
+    except SlmError as exc:
+        return Check("llama.cpp decodes", "missing", f"no GGUF to try ({exc.message})", SETUP_HINT)
+    result = decode_check(gguf)
+    detail = f"{result.detail} [{build_config()}]"
+    return Check("llama.cpp decodes", "ok" if result.ok else "failed", detail, result.hint)
+
+
+def build_config() -> str:
+    """Which set-up configuration built the installed tools (from their BUILD.json)."""
+    from slmkit.tools_build import installed_build
+
+    stamp = installed_build(tools_dir())
+    return f"{stamp['config']} build" if stamp else "build of unknown configuration"
+
+
 def _model_check() -> Check:
     from slmkit.models import embedded
 
@@ -111,13 +154,20 @@ def _model_check() -> Check:
 
 def print_report(checks: list[Check]) -> None:
     table = Table("check", "status", "detail", "fix")
-    style = {"ok": "[green]ok[/green]", "missing": "[red]missing[/red]", "info": "[dim]info[/dim]"}
+    style = {
+        "ok": "[green]ok[/green]",
+        "missing": "[red]missing[/red]",
+        "failed": "[red]failed[/red]",
+        "info": "[dim]info[/dim]",
+    }
     for c in checks:
         table.add_row(c.name, style[c.status], c.detail, c.fix)
     out.print(table)
     missing = [c.name for c in checks if c.status == "missing" and c.required]
-    out.print(
-        "[red]missing: " + ", ".join(missing) + "[/red]"
-        if missing
-        else "[green]all required parts present[/green]"
-    )
+    failed = [f"{c.name}: {c.detail}" for c in checks if c.status == "failed" and c.required]
+    if missing:
+        out.print("[red]missing: " + ", ".join(missing) + "[/red]")
+    for line in failed:
+        out.print(f"[red]failed: {line}[/red]")
+    if not missing and not failed:
+        out.print("[green]all required parts present and working[/green]")

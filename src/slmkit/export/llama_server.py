@@ -6,38 +6,22 @@ template (`--jinja`), exactly as a deployment would.
 
 from __future__ import annotations
 
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 
+from slmkit import child_process
+from slmkit.child_process import free_port
 from slmkit.export.errors import ExportError
 from slmkit.tools import default_threads, llama_tool
 
 START_TIMEOUT_S = 120.0
-
-
-def _die_with_parent() -> None:
-    """Linux: the server gets SIGTERM when the Python process dies, so it is never orphaned."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["DecodeCheck", "LlamaServerProcess", "decode_check", "free_port", "server_args"]
 
 
 def server_args(
@@ -65,39 +49,39 @@ def server_args(
 class LlamaServerProcess:
     """`with LlamaServerProcess(gguf) as server: server.chat(messages)`; terminate -> kill on exit."""
 
-    def __init__(self, gguf: Path, *, ctx: int = 2048, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        gguf: Path,
+        *,
+        ctx: int = 2048,
+        threads: int | None = None,
+        binary: Path | None = None,
+        start_timeout_s: float = START_TIMEOUT_S,
+    ) -> None:
         self.gguf = gguf
+        self.binary = binary or llama_tool("llama-server")
         self.port = free_port()
         threads = threads or default_threads()  # see ExportConfig.threads
         self.args = server_args(gguf, port=self.port, ctx=ctx, threads=threads)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in close()
+            prefix="slm-llama-server-", suffix=".log"
+        )
         self.client = httpx.Client(base_url=self.url, timeout=300.0)
 
     def __enter__(self) -> LlamaServerProcess:
-        self.proc = subprocess.Popen(
-            [str(llama_tool("llama-server")), *self.args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ExportError(
-                    f"llama-server exited ({self.proc.returncode}) loading {self.gguf}: {self.log_tail()}"
-                )
-            try:
-                if self.client.get("/health", timeout=2.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.close()
-        raise ExportError(
-            f"llama-server did not become healthy in {START_TIMEOUT_S:.0f}s for {self.gguf}"
-        )
+        self.proc = child_process.spawn([str(self.binary), *self.args], self._log)
+        why = child_process.wait_healthy(self.proc, self.url, self.start_timeout_s)
+        if why is not None:
+            code = self.proc.poll()
+            self.close()
+            hint = child_process.crash_hint(code)
+            raise ExportError(
+                f"llama-server {why} loading {self.gguf}: {self.log_tail()}", hint=hint or None
+            )
+        return self
 
     def __exit__(
         self,
@@ -109,19 +93,11 @@ class LlamaServerProcess:
 
     def close(self) -> None:
         self.client.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        child_process.terminate(self.proc)
         self._log.close()
 
     def log_tail(self, lines: int = 3) -> str:
-        self._log.seek(0)
-        text = self._log.read().decode(errors="replace").strip().splitlines()
-        return " | ".join(text[-lines:])
+        return child_process.log_tail(self._log.name, lines)
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         response = self.client.post(path, json=body)
@@ -149,3 +125,42 @@ class LlamaServerProcess:
             "/tokenize", {"content": text, "add_special": False, "parse_special": True}
         )["tokens"]
         return [int(t) for t in tokens]
+
+
+@dataclass
+class DecodeCheck:
+    """Whether a llama-server build loads a GGUF and decodes, and how fast."""
+
+    ok: bool
+    detail: str  # "decoded 16 tokens (112 tok/s)" or "crashed with signal 4 (SIGILL: ...)"
+    returncode: int | None = None
+    tokens_per_s: float | None = None
+    hint: str = ""
+
+
+def decode_check(
+    gguf: Path, *, binary: Path | None = None, tokens: int = 16, timeout_s: float = 120.0
+) -> DecodeCheck:
+    """Start llama-server on `gguf`, decode `tokens` tokens greedily, and report how it ended.
+
+    `--version` works even from a build whose matmul kernels the CPU refuses (AMX on a VM that
+    advertises it without allowing it): only a real decode runs those kernels."""
+    server = LlamaServerProcess(gguf, ctx=512, binary=binary, start_timeout_s=timeout_s)
+    try:
+        with server:
+            body = {"prompt": "The capital of France is", "n_predict": tokens, "temperature": 0}
+            timings = server._post("/completion", body).get("timings", {})
+            speed = float(timings.get("predicted_per_second") or 0.0)
+            n = int(timings.get("predicted_n") or 0)
+            if n < 1:
+                return DecodeCheck(False, "answered without decoding a token")
+            return DecodeCheck(True, f"decoded {n} tokens ({speed:.0f} tok/s)", 0, speed)
+    except (ExportError, httpx.HTTPError) as exc:
+        code = server.proc.returncode if server.proc is not None else None
+        if server.proc is not None and code is None:
+            code = child_process.wait_exit(server.proc)
+        if code is not None and code != 0 and not isinstance(exc, ExportError):
+            detail = child_process.describe_exit(code) + " on its first decode"
+        else:
+            detail = str(getattr(exc, "message", exc))
+        return DecodeCheck(False, detail, code, hint=child_process.crash_hint(code))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +11,8 @@ from typing import Any
 
 import httpx
 
+from slmkit import child_process
+from slmkit.errors import ServeError
 from slmkit.serve.config import LlamaCppSettings
 from slmkit.serve.engines.upstream import UpstreamEngine
 from slmkit.serve.protocol import GenerationRequest
@@ -73,6 +77,23 @@ class LlamaServerEngine(UpstreamEngine):
         if self.draft_model is not None:
             cmd += ["-md", str(self.draft_model)]
         return cmd + list(s.extra_args)
+
+    async def warm_up(self) -> None:
+        """Decode one token: a build whose kernels this CPU refuses (AMX on a VM that advertises it)
+        starts and answers /health, then dies on its first decode."""
+        with contextlib.suppress(httpx.HTTPError):
+            await self.client.post("/completion", json={"prompt": "Hi", "n_predict": 1}, timeout=60)
+        code = (
+            await asyncio.to_thread(child_process.wait_exit, self.proc, 0.2) if self.proc else None
+        )
+        if code is None:
+            return
+        await self._terminate()
+        raise ServeError(
+            f"llama-server for model {self.model_id!r} {child_process.describe_exit(code)} on its "
+            f"first decode: {self.log_tail()}",
+            hint=child_process.crash_hint(code) or None,
+        )
 
     async def read_context_size(self) -> int | None:
         """Context per slot (llama-server splits `-c` between the `-np` slots)."""

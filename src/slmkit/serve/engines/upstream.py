@@ -9,16 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from slmkit import child_process
+from slmkit.child_process import free_port
 from slmkit.console import info, warn
 from slmkit.errors import ServeError
 from slmkit.serve.api_errors import (
@@ -30,13 +30,7 @@ from slmkit.serve.api_errors import (
 from slmkit.serve.engines.base import Delta, EngineState
 from slmkit.serve.protocol import GenerationRequest
 
-LOG_TAIL_BYTES = 4000
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+__all__ = ["UpstreamEngine", "free_port"]
 
 
 class UpstreamEngine:
@@ -144,38 +138,30 @@ class UpstreamEngine:
     async def start(self) -> None:
         self._state = "starting"
         await self._spawn_and_wait()
+        await self.warm_up()
         self._n_ctx = await self.read_context_size()
         self._state = "ready"
         self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.model_id}")
+
+    async def warm_up(self) -> None:
+        """Subclass hook: exercise the engine once after it is healthy (a crash shows here, not at
+        the first user request)."""
 
     async def _spawn_and_wait(self) -> None:
         self._log.truncate(0)
         self._log.seek(0)
         cmd = self.command()
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+        self.proc = child_process.spawn(cmd, self._log)
+        why = await asyncio.to_thread(
+            child_process.wait_healthy, self.proc, self.url, self.start_timeout_s
         )
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServeError(
-                    f"{Path(cmd[0]).name} for model {self.model_id!r} exited with code "
-                    f"{self.proc.returncode} while starting: {self.log_tail()}"
-                )
-            try:
-                if (await self.client.get("/health", timeout=2.0)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.05)
+        if why is None:
+            return
+        code = self.proc.poll()
         await self._terminate()
         raise ServeError(
-            f"{Path(cmd[0]).name} for model {self.model_id!r} did not become healthy in "
-            f"{self.start_timeout_s:g} s: {self.log_tail()}"
+            f"{Path(cmd[0]).name} for model {self.model_id!r} {why} while starting: {self.log_tail()}",
+            hint=child_process.crash_hint(code) or None,
         )
 
     async def _supervise(self) -> None:
@@ -183,18 +169,14 @@ class UpstreamEngine:
             await asyncio.sleep(self.health_interval_s)
             if self.alive():
                 continue
-            code = self.proc.returncode if self.proc else None
+            how = child_process.describe_exit(self.proc.returncode if self.proc else None)
             if self._restarts >= self.max_restarts:
                 self._state = "failed"
-                warn(
-                    f"engine {self.model_id!r} died (code {code}) and reached max_restarts; staying down"
-                )
+                warn(f"engine {self.model_id!r} {how} and reached max_restarts; staying down")
                 return
             self._state = "restarting"
             self._restarts += 1
-            warn(
-                f"engine {self.model_id!r} died (code {code}); restarting (restart {self._restarts})"
-            )
+            warn(f"engine {self.model_id!r} {how}; restarting (restart {self._restarts})")
             if self.on_restart is not None:
                 self.on_restart(self.model_id)
             try:
@@ -218,24 +200,10 @@ class UpstreamEngine:
         Path(self._log.name).unlink(missing_ok=True)
 
     async def _terminate(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        for _ in range(100):  # up to 10 s, without blocking the event loop
-            if proc.poll() is not None:
-                return
-            await asyncio.sleep(0.1)
-        proc.kill()
-        proc.wait(timeout=10)
+        await asyncio.to_thread(child_process.terminate, self.proc)
 
     def log_tail(self) -> str:
-        try:
-            data = Path(self._log.name).read_bytes()[-LOG_TAIL_BYTES:]
-        except OSError:
-            return ""
-        lines = [ln for ln in data.decode(errors="replace").splitlines() if ln.strip()]
-        return " | ".join(lines[-3:])
+        return child_process.log_tail(self._log.name)
 
     async def health(self) -> dict[str, Any]:
         return {
@@ -279,17 +247,6 @@ class UpstreamEngine:
                 raise engine_unavailable(
                     self.model_id, f"connection to the engine failed: {type(exc).__name__}"
                 ) from exc
-
-
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM if the gateway dies without cleaning up (e.g. SIGKILL)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _json_or_text(raw: bytes) -> dict[str, Any]:

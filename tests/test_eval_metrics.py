@@ -91,6 +91,10 @@ def test_rouge_l_values() -> None:
     assert rouge_l("identical words here", "Identical words, here!") == 1.0
     assert rouge_l("nothing shared", "completely different") == 0.0
     assert rouge_l("", "reference") == 0.0
+    assert rouge_l("reference", "") == 0.0
+    assert rouge_l("", "") == 1.0 and rouge_l("...", " ") == 1.0  # no tokens on either side: equal
+    assert rouge_l("Привет мир", "привет, МИР!") == 1.0  # words of any script count
+    assert rouge_l("Привет мир", "до свидания") == 0.0
     # order matters: reversed text keeps only one word of the LCS
     assert rouge_l("c b a", "a b c") == pytest.approx(1 / 3)
 

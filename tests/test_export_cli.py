@@ -43,3 +43,41 @@ def test_quant_eval_missing_file(slm, tmp_path: Path) -> None:
     proc = slm("quant-eval", str(tmp_path / "ref.gguf"), str(tmp_path / "q.gguf"))
     assert proc.returncode == 2
     assert "not found" in _one_error_line(proc.stderr)
+
+
+def test_bad_option_values_name_the_option(slm, tiny_model_dir: Path) -> None:
+    proc = slm("export", str(tiny_model_dir), "--max-prompts", "0")
+    assert proc.returncode == 2
+    assert _one_error_line(proc.stderr).endswith(
+        "--max-prompts: Input should be greater than or equal to 1"
+    )
+
+
+def test_one_pydantic_error_formatter_for_files_and_options() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from slmkit.config import dotted, format_validation_error
+    from slmkit.errors import ConfigError
+    from slmkit.export.commands import export_config
+    from slmkit.export.config import KNOWN_QUANTS, ExportConfig
+
+    with pytest.raises(ValidationError) as caught:
+        ExportConfig.model_validate({"quants": "q9", "thresholds": {"max_kld": -1, "typo": 1}})
+    exc = caught.value
+    lines = {("quants",): 3, ("thresholds",): 7, ("thresholds", "max_kld"): 8}
+    assert format_validation_error(exc, "r.yaml", lines) == (
+        "r.yaml:3: quants: unknown quantization 'q9'; choose from "
+        + ", ".join(KNOWN_QUANTS)
+        + " (and 2 more problem(s))"
+    )
+    assert format_validation_error(exc, name=lambda loc: f"--set {dotted(loc)}").startswith(
+        "--set quants: unknown quantization 'q9';"
+    )
+    with pytest.raises(ValidationError) as caught:
+        ExportConfig.model_validate({"thresholds": {"typo": 1}})
+    assert format_validation_error(caught.value, "r.yaml", lines) == (
+        "r.yaml:7: thresholds.typo: unknown key (check the spelling; `--print-config` lists every key)"
+    )
+    with pytest.raises(ConfigError, match=r"^--quants: unknown quantization 'q9'"):
+        export_config(quants="q9")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from slmkit.export.agreement import classify, load_prompts, rouge_l
+from slmkit.evaluate import metrics
+from slmkit.export import agreement
+from slmkit.export.agreement import classify, load_prompts
 from slmkit.export.config import ExportConfig
 from slmkit.export.gguf_file import convert_to_gguf
 from slmkit.export.quant_eval import LevelResult, evaluate_quantization, labelled_answers
@@ -63,6 +65,29 @@ def test_quant_eval_numbers_are_sane(
     assert "data:image/png;base64," in html_path.read_text()
 
 
+def test_quant_eval_with_an_eval_set_scores_the_task_metric(
+    slm, embedded_files: dict[str, Path], tmp_path: Path
+) -> None:
+    evalset = Path(__file__).resolve().parents[1] / "examples" / "data" / "support_eval.jsonl"
+    proc = slm(
+        "quant-eval",
+        str(embedded_files["f16"]),
+        str(embedded_files["q8_0"]),
+        "--prompts",
+        str(evalset),
+        "--max-prompts",
+        "3",
+        "-o",
+        str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    levels = json.loads((tmp_path / "report.json").read_text())["quant_eval"]["levels"]
+    task = levels[0]["task"]
+    assert task["metric"] == "fact_recall" and task["confidence"] == 0.95
+    assert task["delta_low"] <= task["delta"] <= task["delta_high"]
+    assert "fact_recall: f16, Δ [95% CI]" in proc.stdout and "answers (info)" in proc.stdout
+
+
 def test_answer_agreement_labels() -> None:
     assert classify("Paris is the capital.", "paris is the  capital.", 0.5) == "exact"
     assert (
@@ -72,4 +97,9 @@ def test_answer_agreement_labels() -> None:
         == "similar"
     )
     assert classify("I like turtles.", "The capital of France is Paris.", 0.5) == "different"
-    assert rouge_l("a b c d", "a b c d") == 1.0 and rouge_l("", "x") == 0.0
+    assert classify("", "", 0.5) == "exact" and classify("", "Paris.", 0.5) == "different"
+    assert classify("?", "", 0.5) == "similar"  # no words on either side: ROUGE-L says equal
+
+
+def test_export_and_eval_share_one_rouge_l() -> None:
+    assert agreement.rouge_l is metrics.rouge_l

@@ -7,6 +7,7 @@ defaults live only in those models.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -94,25 +95,38 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[Any, ...], int]]:
     return data, lines
 
 
+def dotted(loc: tuple[Any, ...]) -> str:
+    """A pydantic error location as a dotted key (`train.lr`, `models.0.ref`)."""
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
 def format_validation_error(
-    exc: ValidationError, source: str, lines: dict[tuple[Any, ...], int]
+    exc: ValidationError,
+    source: str | None = None,
+    lines: dict[tuple[Any, ...], int] | None = None,
+    *,
+    name: Callable[[tuple[Any, ...]], str] = dotted,
 ) -> str:
-    """First pydantic error as `file:line: field: message` (plus how many more there are)."""
+    """First pydantic error as `source:line: field: message` (plus how many more there are).
+
+    The one formatter of pydantic errors for users: YAML files give `source` and the key->line
+    index of `read_yaml`; command-line values give no source and a `name` that turns the error
+    location into the option the user typed (`--max-kld`, `--set serve.port`).
+    """
     errors = exc.errors()
     first = errors[0]
     loc = tuple(first["loc"])
     line = None
     for cut in range(len(loc), -1, -1):  # nearest enclosing key that has a line
-        if loc[:cut] in lines:
-            line = lines[loc[:cut]]
+        if loc[:cut] in (lines or {}):
+            line = (lines or {})[loc[:cut]]
             break
-    field = ".".join(str(p) for p in loc) or "(top level)"
-    msg = first["msg"]
+    msg = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling; `--print-config` lists every key)"
-    where = f"{source}:{line}" if line else source
+    where = f"{source}:{line}: " if source and line else f"{source}: " if source else ""
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return f"{where}: {field}: {msg}{more}"
+    return f"{where}{name(loc)}: {msg}{more}"
 
 
 def load_config(path: Path | str, cls: type[M], overrides: list[str] | None = None) -> M:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 _THOUSANDS = re.compile(r"(?<=\d)[,_'\u2009\u202f](?=\d{3}(?!\d))")
-_TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z]+|[$€£%]")
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|[^\W\d_]+|[$€£%]")  # letters of any script
 _SYMBOLS = {
     "$": "dollar",
     "usd": "dollar",
@@ -194,8 +194,14 @@ def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
 
 
 def rouge_l(answer: str, reference: str) -> float:
-    """ROUGE-L F1 (beta 1) over canonical tokens."""
+    """ROUGE-L F1 (beta 1) over canonical tokens: the one ROUGE-L of slmkit (eval and export).
+
+    A text without any word or number token counts as empty: two empty texts agree (1.0, as
+    `exact_match` says), an empty text against a non-empty one shares nothing (0.0).
+    """
     cand, ref = canonical_tokens(answer), canonical_tokens(reference)
+    if not cand and not ref:
+        return 1.0
     lcs = lcs_length(cand, ref)
     if lcs == 0:
         return 0.0

@@ -1,19 +1,21 @@
 """Eval prompts and answer agreement: is an answer exact, similar or different from a reference answer?
 
-"similar" = not identical after whitespace/case normalisation, but ROUGE-L F1 (longest common
-subsequence over lower-cased words) with the reference at least `similar_rouge_l` (default 0.5,
-see `Thresholds`). ROUGE-L is used rather than embeddings so the check needs no extra model and
-is exact to reproduce; a quantized answer that keeps the same words in the same order scores high.
+"similar" = not identical after whitespace/case normalisation, but ROUGE-L F1 with the reference
+at least `similar_rouge_l` (see `Thresholds`). ROUGE-L is `evaluate.metrics.rouge_l`, the one
+`slm eval` reports (longest common subsequence of canonical word tokens). It is used rather than
+embeddings so the check needs no extra model and is exact to reproduce; a quantized answer that
+keeps the same words in the same order scores high.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Literal
 
+from slmkit.evaluate.evalset import EvalItem, load_eval_set
+from slmkit.evaluate.metrics import rouge_l
 from slmkit.export.errors import ExportError
 
 Agreement = Literal["exact", "similar", "different"]
@@ -33,7 +35,27 @@ BUILTIN_PROMPTS = (
     "Summarise the benefits of regular exercise in one sentence.",
     "What is 12 multiplied by 7?",
 )
-_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def load_prompt_set(path: Path | None, limit: int) -> tuple[list[Messages], list[EvalItem] | None]:
+    """Eval prompts, and the eval set they come from when the file is one (records with a
+    `reference`, read as `slm eval` reads them, so the task metric can score the answers)."""
+    if path is not None and _is_eval_set(path):
+        items = load_eval_set(path)[:limit]
+        return [item.messages for item in items], items
+    return load_prompts(path, limit), None
+
+
+def _is_eval_set(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with path.open(encoding="utf-8") as lines:
+        first = next((line for line in lines if line.strip()), "")
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and "reference" in record
 
 
 def load_prompts(path: Path | None, limit: int) -> list[Messages]:
@@ -79,30 +101,6 @@ def _record_messages(record: object, where: str) -> Messages:
 
 def normalise(text: str) -> str:
     return " ".join(text.lower().split())
-
-
-def rouge_l(candidate: str, reference: str) -> float:
-    """ROUGE-L F1 over lower-cased words (1.0 for two empty answers)."""
-    cand, ref = _WORD.findall(candidate.lower()), _WORD.findall(reference.lower())
-    if not cand and not ref:
-        return 1.0
-    if not cand or not ref:
-        return 0.0
-    lcs = _lcs_length(cand, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(cand), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def _lcs_length(a: list[str], b: list[str]) -> int:
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b, 1):
-            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
-        previous = current
-    return previous[-1]
 
 
 def classify(candidate: str, reference: str, similar_threshold: float) -> Agreement:

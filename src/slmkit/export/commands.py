@@ -16,6 +16,7 @@ def export_config(**values: Any) -> Any:
     """An `ExportConfig` from CLI values; a bad value is one ConfigError line naming the option."""
     from pydantic import ValidationError
 
+    from slmkit.config import format_validation_error
     from slmkit.errors import ConfigError
     from slmkit.export.config import ExportConfig, Thresholds
 
@@ -24,11 +25,19 @@ def export_config(**values: Any) -> Any:
     try:
         return ExportConfig(**settings, thresholds=Thresholds(**thresholds))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "value"
-        raise ConfigError(
-            f"--{field.split('.')[0].replace('_', '-')}: {first['msg'].removeprefix('Value error, ')}"
-        ) from exc
+        raise ConfigError(format_validation_error(exc, name=_option_name)) from exc
+
+
+def _option_name(loc: tuple[Any, ...]) -> str:
+    """The CLI option a config field comes from (`quants` -> `--quants`, `max_kld` -> `--max-kld`)."""
+    return f"--{str(loc[0]).replace('_', '-')}" if loc else "value"
+
+
+def _print_table(table: Any) -> None:
+    """The quant table on stdout, wide enough that a pipe's 80 columns never fold its numbers."""
+    from rich.console import Console
+
+    Console(highlight=False, width=max(out.width, 150), force_terminal=out.is_terminal).print(table)
 
 
 def export_cmd(
@@ -78,7 +87,7 @@ def export_cmd(
     if result.parity is not None and not result.parity.passed:
         warn(f"parity gate failed but --force was given: {'; '.join(result.parity.reasons)}")
     if result.quant_eval is not None:
-        out.print(quant_table(result.quant_eval))
+        _print_table(quant_table(result.quant_eval))
         for line in problem_lines(result.quant_eval):
             info(f"outside thresholds: {line}")
         for note in result.quant_eval.notes:
@@ -137,7 +146,7 @@ def quant_eval_cmd(
 
     cfg = export_config(prompts=prompts, heldout=heldout, max_prompts=max_prompts)
     result = quant_eval_files(reference, quants, cfg, output.resolve())
-    out.print(quant_table(result))
+    _print_table(quant_table(result))
     for line in problem_lines(result):
         info(f"outside thresholds: {line}")
     for note in result.notes:

@@ -12,6 +12,7 @@ from slmkit.tools import default_threads
 
 MergeDtype = Literal["float16", "bfloat16", "float32"]
 GgufOuttype = Literal["f16", "bf16", "f32"]
+TaskMetric = Literal["fact_recall", "exact_match", "rouge_l"]
 
 # llama-quantize types slmkit offers. The first four are the usual choices; the rest are
 # "lower on request" (they break small models quickly; IQ2/IQ1 need an importance matrix and are not offered).
@@ -33,27 +34,46 @@ DEFAULT_QUANTS = ("q8_0", "q5_k_m", "q4_k_m")
 
 
 class Thresholds(StrictModel):
-    """When a quantization level counts as "within thresholds" (all must hold) and when f16 drift stops the export."""
+    """When a quantization level counts as "within thresholds" (all must hold) and when f16 drift stops the export.
+
+    The recommendation follows the measures that predict task quality: KL divergence, top-1
+    agreement and perplexity ratio on held-out text always, and the task metric with its
+    confidence interval when the eval prompts are an eval set (records with a `reference`).
+    Temperature-0 answer agreement is reported as information: a small model's greedy answer
+    takes another path after one flipped token, which says little about whether it got worse.
+    """
 
     max_kld: float = Field(
-        default=0.10,
+        default=0.05,
         gt=0,
         description="Most mean KL divergence (nats/token) vs the f16 GGUF on held-out text.",
     )
     min_top1: float = Field(
-        default=0.85,
+        default=0.90,
         gt=0,
         le=1,
         description="Least share of tokens whose top-1 prediction equals the f16 GGUF's.",
     )
     max_ppl_ratio: float = Field(
-        default=1.10, ge=1, description="Most perplexity ratio PPL(quant)/PPL(f16)."
+        default=1.05, ge=1, description="Most perplexity ratio PPL(quant)/PPL(f16)."
     )
-    max_different: float = Field(
-        default=0.10,
+    max_task_drop: float = Field(
+        default=0.0,
         ge=0,
         le=1,
-        description="Most share of eval prompts whose temperature-0 answer is 'different' from the f16 GGUF's (more = too aggressive).",
+        description="With an eval set as prompts: a level is out when the whole confidence interval of its "
+        "task-metric change vs the f16 GGUF (same prompts, paired bootstrap) lies below -max_task_drop, "
+        "i.e. the drop is real, not noise.",
+    )
+    task_confidence: float = Field(
+        default=0.95, gt=0.5, lt=1, description="Confidence level of the task-metric interval."
+    )
+    max_different: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Most share of eval prompts whose temperature-0 answer is 'different' from the f16 GGUF's. "
+        "Unset (default): answer agreement is information only; set it when identical greedy answers matter.",
     )
     similar_rouge_l: float = Field(
         default=0.5,
@@ -94,7 +114,8 @@ class ExportConfig(StrictModel):
     )
     prompts: Path | None = Field(
         default=None,
-        description="Eval prompts (JSONL: `prompt` or `messages` per line; default: the run's eval set, else built-in prompts).",
+        description="Eval prompts (JSONL: `prompt` or `messages` per line; default: the run's eval set, else built-in "
+        "prompts). An eval set (records with `reference`) also scores each level with `task_metric`.",
     )
     max_prompts: int = Field(
         default=12,
@@ -121,6 +142,11 @@ class ExportConfig(StrictModel):
     skip_eval: bool = Field(
         default=False,
         description="Only merge, convert and quantize (no quant eval, no parity gate).",
+    )
+    task_metric: TaskMetric = Field(
+        default="fact_recall",
+        description="Task metric compared per level when the prompts are an eval set (fact_recall falls "
+        "back to rouge_l when no record has must_include facts).",
     )
     thresholds: Thresholds = Field(default_factory=Thresholds, description="Quality thresholds.")
 

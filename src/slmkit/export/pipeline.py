@@ -14,7 +14,7 @@ from typing import Any
 from slmkit import __version__
 from slmkit.console import info
 from slmkit.export.adapter_checks import check_adapter
-from slmkit.export.agreement import Messages, load_prompts
+from slmkit.export.agreement import Messages, load_prompt_set
 from slmkit.export.config import ExportConfig
 from slmkit.export.deploy import model_card, modelfile, server_command, split_template, stop_tokens
 from slmkit.export.errors import ExportError
@@ -97,7 +97,7 @@ def export_model(
     out_dir = (out_dir or default_out_dir(resolved)).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = _Steps(log=log)
-    prompts = load_prompts(cfg.prompts, cfg.max_prompts)
+    prompts, items = load_prompt_set(cfg.prompts, cfg.max_prompts)
     with_eval = not cfg.skip_eval
     notes: list[str] = []
     with steps.step("merge", f"{resolved.ref} -> HF folder ({cfg.merge_dtype})"):
@@ -134,6 +134,7 @@ def export_model(
                 cfg,
                 hf_dir=hf_dir,
                 reference_answers=parity.gguf_answers,
+                items=items,
             )
     # without measurements, the mildest quantization (files[1], usually q8_0) is the safe suggestion
     recommended = Path(
@@ -270,10 +271,10 @@ def quant_eval_files(
     for path in [reference, *quants]:
         if not path.is_file():
             raise ExportError(f"GGUF file {path} not found")
-    prompts = load_prompts(cfg.prompts, cfg.max_prompts)
+    prompts, items = load_prompt_set(cfg.prompts, cfg.max_prompts)
     ref = LevelResult(_level_name(reference), str(reference), reference.stat().st_size)
     levels = [LevelResult(_level_name(q), str(q), q.stat().st_size) for q in quants]
-    result = evaluate_quantization(ref, levels, prompts, cfg, hf_dir=hf_dir)
+    result = evaluate_quantization(ref, levels, prompts, cfg, hf_dir=hf_dir, items=items)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_reports(
         out_dir, result, {"source": str(reference)}, labelled_answers(result, cfg.thresholds)

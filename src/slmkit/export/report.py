@@ -17,32 +17,35 @@ from slmkit.export.quant_eval import LevelResult, QuantEvalResult
 def _verdict(level: LevelResult, recommended: str) -> str:
     if level.level in ("f16", "bf16", "f32"):
         verdict = "reference"
-    elif level.within:
-        verdict = "ok"
     else:
-        verdict = (
-            "too aggressive"
-            if any(p.startswith("too aggressive") for p in level.problems)
-            else "outside"
-        )
+        verdict = "ok" if level.within else "outside"
     if Path(level.file).name == Path(recommended).name:
         verdict = "recommended" + ("" if verdict in ("ok", "reference") else f" ({verdict})")
     return verdict
 
 
-def _row(level: LevelResult, recommended: str) -> list[str]:
+def _task_cell(level: LevelResult) -> str:
+    task = level.task
+    if task is None:
+        return "-"
+    if level.level in ("f16", "bf16", "f32"):
+        return f"{task.mean:.3f} [{task.low:.2f}, {task.high:.2f}]"
+    return f"{task.delta:+.3f} [{task.delta_low:+.2f}, {task.delta_high:+.2f}]"
+
+
+def _row(level: LevelResult, recommended: str, with_task: bool) -> list[str]:
     kld, rates = level.kld, level.rates
-    return [
+    cells = [
         level.level,
         f"{level.size_bytes / 1e6:.0f} MB",
         f"{kld.mean_kld:.4f}" if kld else "-",
         f"{kld.same_top1:.1%}" if kld else "-",
         f"{kld.ppl_ratio:.3f}" if kld else "-",
-        "/".join(f"{rates.get(k, 0):.0%}" for k in ("exact", "similar", "different"))
-        if rates
-        else "-",
-        _verdict(level, recommended),
     ]
+    if with_task:
+        cells.append(_task_cell(level))
+    answers = "/".join(f"{rates.get(k, 0):.0%}" for k in ("exact", "similar", "different"))
+    return [*cells, answers if rates else "-", _verdict(level, recommended)]
 
 
 def problem_lines(result: QuantEvalResult) -> list[str]:
@@ -50,23 +53,32 @@ def problem_lines(result: QuantEvalResult) -> list[str]:
     return [f"{lv.level}: {'; '.join(lv.problems)}" for lv in result.levels if lv.problems]
 
 
-HEADERS = ["level", "size", "KLD", "top-1", "PPL ratio", "answers", "verdict"]
+def headers(result: QuantEvalResult) -> list[str]:
+    """Table columns; the task-metric column only when the prompts were an eval set."""
+    task = result.reference.task
+    metric = [f"{task.metric}: f16, Δ [{task.confidence:.0%} CI]"] if task else []
+    return ["level", "size", "KLD", "top-1", "PPL ratio", *metric, "answers (info)", "verdict"]
+
+
+def _rows(result: QuantEvalResult) -> list[list[str]]:
+    with_task = result.reference.task is not None
+    return [_row(lv, result.recommended, with_task) for lv in [result.reference, *result.levels]]
 
 
 def quant_table(result: QuantEvalResult) -> Table:
     table = Table(
-        *HEADERS, title="Quantization vs the reference GGUF (answers: exact/similar/different)"
+        *headers(result),
+        title="Quantization vs the reference GGUF (answers: exact/similar/different, shown not judged)",
     )
-    for level in [result.reference, *result.levels]:
-        style = None if level.within else "red"
-        table.add_row(*_row(level, result.recommended), style=style)
+    for level, row in zip([result.reference, *result.levels], _rows(result), strict=True):
+        table.add_row(*row, style=None if level.within else "red")
     return table
 
 
 def quant_table_markdown(result: QuantEvalResult) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    for level in [result.reference, *result.levels]:
-        lines.append("| " + " | ".join(_row(level, result.recommended)) + " |")
+    columns = headers(result)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(result)]
     return "\n".join(lines)
 
 
@@ -114,14 +126,12 @@ def write_reports(
     json_path.write_text(json.dumps(report, indent=2, default=str))
     png = base64.b64encode(size_quality_png(result)).decode()
     rows = "".join(
-        "<tr>"
-        + "".join(f"<td>{html.escape(c)}</td>" for c in _row(lv, result.recommended))
-        + "</tr>"
-        for lv in [result.reference, *result.levels]
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+        for row in _rows(result)
     )
     answer_rows = "".join(_answer_row(a, [lv.level for lv in result.levels]) for a in answers)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in [*problem_lines(result), *result.notes])
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers(result))
     level_heads = "".join(f"<th>{html.escape(lv.level)}</th>" for lv in result.levels)
     html_path = out_dir / "report.html"
     html_path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>slm export report</title>

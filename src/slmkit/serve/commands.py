@@ -72,7 +72,7 @@ def serve_cmd(
 def _load_config(path: Path | None, overrides: list[str]):  # type: ignore[no-untyped-def]
     from pydantic import ValidationError
 
-    from slmkit.config import apply_overrides, load_config
+    from slmkit.config import apply_overrides, dotted, format_validation_error, load_config
     from slmkit.serve.config import ServeConfig
 
     if path is not None:
@@ -80,8 +80,9 @@ def _load_config(path: Path | None, overrides: list[str]):  # type: ignore[no-un
     try:
         return ServeConfig.model_validate(apply_overrides({}, overrides))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"--set {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+        raise ConfigError(
+            format_validation_error(exc, name=lambda loc: f"--set {dotted(loc)}")
+        ) from exc
 
 
 def _audit_db(db: Path | None, config: Path | None) -> Path:

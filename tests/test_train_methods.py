@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_slm
-from train_helpers import DEMO, loss_curve, read_jsonl, tiny_recipe, write_jsonl, write_recipe
+from train_helpers import (
+    ADAPTER_FILES,
+    DEMO,
+    MODEL_FILES,
+    loss_curve,
+    read_jsonl,
+    tiny_recipe,
+    write_jsonl,
+    write_recipe,
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +83,8 @@ def test_dpo_continues_an_sft_run(tmp_path: Path, tiny_model_dir: Path, sft_file
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "dpo" / "manifest.json").read_text())
     assert manifest["init_adapter"] == str(tmp_path / "sft" / "adapter")
+    # the policy holds a frozen "ref" copy of the SFT adapter; only the trained one is saved
+    assert {p.name for p in (tmp_path / "dpo" / "adapter").iterdir()} == ADAPTER_FILES
     assert manifest["base_model"] == str(tiny_model_dir)
 
 
@@ -95,8 +106,7 @@ def test_full_and_freeze_tuning_save_full_weights(
     recipe.update(finetuning=finetuning, freeze={"trainable_layers": 1})
     result = run_slm("train", str(write_recipe(tmp_path / "r.yaml", recipe)))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
-    assert (tmp_path / "run" / "model" / "chat_template.jinja").is_file()
+    assert {p.name for p in (tmp_path / "run" / "model").iterdir()} == MODEL_FILES
     assert not (tmp_path / "run" / "adapter").exists()
     diag = json.loads((tmp_path / "run" / "diagnosis.json").read_text())
     trainable, total = diag["run"]["trainable_params"], diag["run"]["total_params"]
@@ -137,6 +147,11 @@ def test_two_processes_agree_and_the_result_loads(
     assert run["world_size"] == 2
     first, second = run["rank_weight_checksums"]
     assert first == pytest.approx(second, rel=1e-6)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "ddp" / "adapter" / "adapter_model.safetensors"))
+    assert float(sum(t.double().sum() for t in saved.values())) == pytest.approx(first, rel=1e-6)
+    assert {p.name for p in (tmp_path / "ddp" / "adapter").iterdir()} == ADAPTER_FILES
     from slmkit.models.load import load_model
 
     model, _ = load_model(str(tmp_path / "ddp"))

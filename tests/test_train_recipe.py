@@ -12,7 +12,9 @@ from slmkit.config import load_config
 from slmkit.errors import ConfigError
 from slmkit.recipe import Recipe, load_recipe
 
-RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+ALL_YAML = sorted((REPO / "recipes").rglob("*.yaml"))
+ACCELERATE_CONFIGS = [p for p in ALL_YAML if p.parent.name == "accelerate"]
+RECIPES = [p for p in ALL_YAML if p not in ACCELERATE_CONFIGS]
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -25,6 +27,29 @@ def test_every_shipped_recipe_loads_and_names_its_command(path: Path) -> None:
 def test_shipped_recipes_exist() -> None:
     names = {p.name for p in RECIPES}
     assert {"demo.yaml", "customer-service.yaml", "dpo.yaml", "from-scratch.yaml"} <= names
+    assert {p.name for p in ACCELERATE_CONFIGS} == {
+        "ddp-gpus.yaml",
+        "fsdp.yaml",
+        "deepspeed-zero2.yaml",
+        "deepspeed-zero3.yaml",
+    }
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
+def test_every_accelerate_config_loads_and_names_its_command(path: Path) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))  # accelerate refuses unknown keys
+    command = (
+        f"# accelerate launch --config_file recipes/accelerate/{path.name} -m slmkit.cli train "
+    )
+    assert path.read_text().startswith(command)
+    assert config.num_processes >= 2 and not config.use_cpu
+    if config.distributed_type == "DEEPSPEED" and config.deepspeed_config["zero_stage"] == 3:
+        # without it save_model cannot gather the weights and leaves only ZeRO shards
+        assert config.deepspeed_config["zero3_save_16bit_model"] is True
+    if config.distributed_type == "FSDP":
+        assert config.fsdp_config["fsdp_version"] == 2
 
 
 def test_defaults_follow_the_seed_practice() -> None:

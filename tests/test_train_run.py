@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_slm
-from train_helpers import DEMO, loss_curve, read_jsonl, tiny_recipe, write_jsonl, write_recipe
+from train_helpers import (
+    ADAPTER_FILES,
+    DEMO,
+    loss_curve,
+    read_jsonl,
+    tiny_recipe,
+    write_jsonl,
+    write_recipe,
+)
 
 RUN_FILES = {
     "manifest.json",
@@ -110,13 +118,7 @@ def test_run_folder_holds_exactly_the_expected_files(lora_run: Path) -> None:
     assert manifest["status"] == "finished" and manifest["base_weights_fingerprint"]
     assert all(len(digest) == 64 for digest in manifest["data_files"].values())
     assert {"torch", "transformers", "peft"} <= set(manifest["versions"])
-    adapter_files = {p.name for p in (lora_run / "adapter").iterdir()}
-    assert {
-        "adapter_config.json",
-        "adapter_model.safetensors",
-        "tokenizer.json",
-        "chat_template.jinja",
-    } <= adapter_files
+    assert {p.name for p in (lora_run / "adapter").iterdir()} == ADAPTER_FILES
     diagnosis = json.loads((lora_run / "diagnosis.json").read_text())
     assert diagnosis["status"] in ("healthy", "stalled", "overfitting") and diagnosis["advice"]
     assert (lora_run / "loss.png").read_bytes()[:4] == b"\x89PNG"

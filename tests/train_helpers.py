@@ -17,6 +17,23 @@ import yaml
 from conftest import REPO, run_slm
 
 DEMO = REPO / "examples" / "data"
+# what a run folder's adapter/ (LoRA) and model/ (full, freeze) hold: nothing more, nothing less
+ADAPTER_FILES = {
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "README.md",  # peft's model card
+}
+MODEL_FILES = {
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+}
 QUICK_FACTS = ("return_window", "warranty", "support_phone", "loyalty_program", "promo_code")
 
 

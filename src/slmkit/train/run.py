@@ -252,15 +252,27 @@ def _finish(
 
 
 def _save_outputs(recipe: Recipe, trainer: Any, tokenizer: Any, run_dir: Path) -> None:
-    """adapter/ (LoRA, QLoRA) or model/ (full, freeze), each with tokenizer and chat template."""
+    """adapter/ (LoRA, QLoRA) or model/ (full, freeze), each with tokenizer and chat template.
+
+    Every rank calls this: `trainer.save_model` gathers ZeRO-3 / FSDP shards (a collective) before
+    rank 0 writes; unwrapping the model on rank 0 alone would save rank 0's shards only.
+    """
     adapter = recipe.finetuning in ("lora", "qlora")
     target = run_dir / ("adapter" if adapter else "model")
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if not trainer.accelerator.is_main_process:
-        return
-    shutil.rmtree(target, ignore_errors=True)
-    if adapter:
-        model.save_pretrained(str(target), selected_adapters=["default"])
-    else:
-        model.save_pretrained(str(target))
-    tokenizer.save_pretrained(str(target))
+    main = trainer.accelerator.is_main_process
+    if main:
+        shutil.rmtree(target, ignore_errors=True)
+    if trainer.is_fsdp_enabled:  # save_model writes nothing from a sharded state dict
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(target))  # weights + processing_class (the tokenizer, chat template)
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        _drop_trainer_extras(target, trainer.accelerator.unwrap_model(trainer.model))
+
+
+def _drop_trainer_extras(target: Path, model: Any) -> None:
+    """Remove what save_model adds beside the model: training_args.bin, other adapters (DPO's "ref")."""
+    (target / "training_args.bin").unlink(missing_ok=True)
+    for name in getattr(model, "peft_config", {}):
+        if name != "default":
+            shutil.rmtree(target / name, ignore_errors=True)

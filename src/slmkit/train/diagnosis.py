@@ -59,11 +59,15 @@ def diagnose(train: list[float], val: list[float] | None = None) -> Diagnosis:
         return _make("too-short", f"only {len(train)} loss point(s): too few to judge", train, val)
     window = max(1, len(train) // 5)
     first, last = _window_mean(train, 0, window), _window_mean(train, -window, window)
-    if last > first * 1.5 or max(train[window:]) > 4 * max(first, 1e-6):
-        return _make(
-            "diverged", f"the loss rose from {first:.3f} to {last:.3f} (or spiked)", train, val
-        )
-    if len(val) >= 3 and val[-1] > min(val) * 1.1 and last < first:
+    if last > first * 1.5:
+        return _make("diverged", f"the loss rose from {first:.3f} to {last:.3f}", train, val)
+    peak = max(train[window:])
+    if peak > 4 * max(first, 1e-6):
+        at = window + train[window:].index(peak) + 1
+        summary = f"the loss spiked to {peak:.3f} at log {at} (from {first:.3f} at the start)"
+        return _make("diverged", summary, train, val)
+    train_fell = last < first * 0.95  # a flat train loss with noisy validation is stalled
+    if len(val) >= 3 and val[-1] > min(val) * 1.1 and train_fell:
         return _make(
             "overfitting",
             f"validation loss rose from its best {min(val):.3f} to {val[-1]:.3f} while train loss kept falling",
@@ -77,7 +81,7 @@ def diagnose(train: list[float], val: list[float] | None = None) -> Diagnosis:
             train,
             val,
         )
-    if last > first * 0.95:
+    if not train_fell:
         return _make("stalled", f"the loss barely moved ({first:.3f} -> {last:.3f})", train, val)
     return _make("healthy", f"the loss fell from {first:.3f} to {last:.3f}", train, val)
 

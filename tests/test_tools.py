@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -17,7 +18,14 @@ from slmkit.export.llama_server import decode_check
 from slmkit.models.embedded import embedded_gguf_path
 from slmkit.paths import tools_dir
 from slmkit.tools import LLAMA_BINARIES, converter_script, llama_tool, run_converter
-from slmkit.tools_build import CONFIGS, BuildError, build_tools, compile_config, installed_build
+from slmkit.tools_build import (
+    CONFIGS,
+    BuildError,
+    build_tools,
+    compile_config,
+    configs_to_try,
+    installed_build,
+)
 
 
 @pytest.mark.parametrize("name", ["llama-server", "llama-perplexity"])
@@ -103,7 +111,9 @@ def crashing_tools_dir(root: Path) -> Path:
 def test_built_tools_are_a_known_configuration_without_amx() -> None:
     stamp = installed_build(tools_dir())
     assert stamp is not None, "set-up writes BUILD.json beside the tools"
-    assert stamp["config"] in {c.name for c in CONFIGS}
+    assert stamp["config"] in {c.name for c in configs_to_try()}
+    if os.environ.get("SLM_LLAMA_AMX") == "1":
+        return  # the user asked for AMX (decode-checked); the tests below do not apply
     flags = " ".join(str(a) for a in stamp["cmake_args"])  # type: ignore[union-attr]
     if stamp["config"] == "native":
         for flag in ("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"):
@@ -121,6 +131,9 @@ def test_amx_counter_finds_amx_code(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")
+@pytest.mark.skipif(
+    os.environ.get("SLM_LLAMA_AMX") == "1", reason="AMX asked for (SLM_LLAMA_AMX=1)"
+)
 def test_built_cpu_library_holds_no_amx_instructions() -> None:
     libs = sorted((tools_dir() / "bin").glob("libggml-cpu*.so*"))
     libs = [lib for lib in libs if not lib.is_symlink()]
@@ -250,3 +263,9 @@ def test_failed_build_prints_the_log_tail_and_path(
         compile_config(CONFIGS[0], b["src"], b["work"], cmake=str(b["cmake"]))
     assert str(b["work"] / "build-native.log") in caught.value.message
     assert "configuring with" in caught.value.message
+
+
+def test_amx_opt_in_tries_native_amx_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [c.name for c in configs_to_try()] == ["native", "portable", "baseline"]
+    monkeypatch.setenv("SLM_LLAMA_AMX", "1")
+    assert [c.name for c in configs_to_try()] == ["native-amx", "native", "portable", "baseline"]

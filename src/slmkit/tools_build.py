@@ -5,9 +5,10 @@ its tile state, and a `-DGGML_NATIVE=ON` build dies with SIGILL on its first dec
 `--version` still works. So every build is decode-checked on the embedded GGUF before it is
 installed, and the configurations are tried in order until one decodes:
 
-1. `native`: tuned to this CPU (`-march=native`) with AMX compiled out. AMX kernels only serve
-   batched prompt processing of a few quant types on Sapphire Rapids and later; decode speed
-   elsewhere is the native build's (measured in docs/benchmarks.md).
+1. `native`: tuned to this CPU (`-march=native`) with AMX compiled out. Decode speed is the
+   native build's; on a Xeon that does allow AMX, prompt processing is about half as fast
+   (docs/benchmarks.md), so `SLM_LLAMA_AMX=1` tries `native-amx` (AMX kept) first, decode-checked
+   like the others.
 2. `portable`: x86-64 with AVX2/FMA/F16C, nothing newer.
 3. `baseline`: SSE4.2 only.
 
@@ -63,11 +64,19 @@ BASELINE = BuildConfig(
     "SSE4.2 only",
     ("-DGGML_NATIVE=OFF", *(f"-DGGML_{f}=OFF" for f in ("AVX", "AVX2", "BMI2", "FMA", "F16C"))),
 )
-# Only for benchmarks: the build set-up made before AMX was compiled out.
+# Opt-in (SLM_LLAMA_AMX=1) and benchmarks: -march=native as is, the build set-up made before.
 NATIVE_WITH_AMX = BuildConfig(
     "native-amx", "-march=native as is (AMX where advertised)", ("-DGGML_NATIVE=ON",)
 )
 CONFIGS = (NATIVE, PORTABLE, BASELINE)
+AMX_OPT_IN = "SLM_LLAMA_AMX"
+
+
+def configs_to_try() -> tuple[BuildConfig, ...]:
+    """The configurations set-up tries, in order (AMX first only when the user opted in)."""
+    return (NATIVE_WITH_AMX, *CONFIGS) if os.environ.get(AMX_OPT_IN) == "1" else CONFIGS
+
+
 CONFIG_BY_NAME = {c.name: c for c in (*CONFIGS, NATIVE_WITH_AMX)}
 
 
@@ -161,12 +170,13 @@ def build_tools(
     dest: Path,
     gguf: Path,
     *,
-    configs: Sequence[BuildConfig] = CONFIGS,
+    configs: Sequence[BuildConfig] | None = None,
     cmake: str = "cmake",
     jobs: int | None = None,
     say: Say = _say,
 ) -> BuildResult:
     """Build each configuration in turn until one decodes `gguf`; install that one into `dest`."""
+    configs = configs or configs_to_try()
     tried: list[str] = []
     failure = ""
     for i, config in enumerate(configs):
@@ -216,9 +226,10 @@ def installed_build(dest: Path) -> dict[str, object] | None:
 
 def ensure_tools(src: Path, work: Path, dest: Path, gguf: Path, say: Say = _say) -> None:
     """Set-up's step: keep installed tools that decode here, else build (with fallbacks).
-    Tools without a stamp predate the AMX-free build and are rebuilt."""
+    Tools without a stamp predate the AMX-free build and are rebuilt, and so are tools of a
+    configuration no longer asked for (SLM_LLAMA_AMX turned on or off)."""
     stamp = installed_build(dest)
-    if stamp is not None:
+    if stamp is not None and stamp["config"] in {c.name for c in configs_to_try()}:
         check = decode_check(gguf, binary=dest / "bin" / "llama-server")
         if check.ok:
             say(f"llama.cpp tools: cached ({dest}, {stamp['config']} build, {check.detail})")

@@ -39,8 +39,6 @@ def test_bad_corpus_covers_every_problem_kind() -> None:
         "wrong_type",
         "unknown_role",
         "ends_with",
-        "duplicates",
-        "over_cutoff",
         "mixed_formats",
         "eval_leak",
         "llamafactory",

@@ -193,19 +193,6 @@ def main() -> None:
     )
     jsonl("text_empty.jsonl", [{"text": "Fine document."}, {"text": ""}], 2, "text")
     jsonl(
-        "duplicates.jsonl",
-        [good, {"messages": [U, {"role": "assistant", "content": "Other answer."}]}, good],
-        3,
-        "(record)",
-    )
-    jsonl(
-        "over_cutoff_prompt.jsonl",
-        [{"messages": [{"role": "user", "content": "Tell me everything. " * 40}, A]}],
-        1,
-        "(record)",
-        ["--model", "{tiny_model}", "--cutoff-len", "48"],
-    )
-    jsonl(
         "eval_leak.jsonl",
         [{"prompt": "What is the warranty on tents?", "must_include": ["2-year"]}],
         1,

@@ -85,6 +85,8 @@ def _check_format(fmt: str, template: str | None = None) -> None:
 
 
 def print_problems(problems: list[Problem], max_errors: int) -> None:
+    """Errors first, then warnings, each `file:line: field: ...`; at most `max_errors` lines."""
+    problems = sorted(problems, key=lambda p: p.severity != "error")
     for problem in problems[:max_errors]:
         text = (
             str(problem)
@@ -134,6 +136,18 @@ def validate_cmd(
     ] = None,
     dataset: DatasetOpt = None,
     max_errors: Annotated[int, typer.Option(min=1, help="Show at most this many problems.")] = 50,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail (exit 2) on warnings too, e.g. duplicates.")
+    ] = False,
+    show: Annotated[
+        int,
+        typer.Option(
+            "--show",
+            min=0,
+            help="Print the first N samples as rendered for training, the part without loss "
+            "dimmed inside ⟦ ⟧.",
+        ),
+    ] = 0,
 ) -> None:
     """Check data files; every problem is shown as `file:line: field: what is wrong (expected ...)`."""
     from slmkit.data.validate import validate_data
@@ -141,10 +155,11 @@ def validate_cmd(
     _check_format(fmt, template)
     if overflow not in ("truncate", "drop"):
         raise DataError(f"--overflow {overflow!r}: expected truncate or drop")
+    tokenizer = _tokenizer(model)
     report = validate_data(
         files,
         fmt=fmt,
-        tokenizer=_tokenizer(model),
+        tokenizer=tokenizer,
         template=template,
         cutoff_len=cutoff_len,
         overflow=cast(Overflow, overflow),
@@ -166,21 +181,56 @@ def validate_cmd(
             str(f.over_cutoff),
         )
     print_table(table, max((len(f.file) for f in report.files), default=10) + 90)
-    tok = report.tokenized
-    if tok is not None and tok.n_over_cutoff:
-        unusable = tok.n_over_cutoff - tok.n_truncated - tok.n_dropped
-        out.print(
-            f"{tok.n_over_cutoff} sample(s) over cutoff_len {cutoff_len}: {tok.n_truncated} truncated, "
-            f"{tok.n_dropped} dropped, {unusable} with no trainable token left (errors)",
-            soft_wrap=True,
-        )
+    _print_totals(report)
+    if report.tokenized is not None and show:
+        print_samples(report.tokenized.samples[:show], tokenizer)
     summary = (
         f"{len(report.loaded.records)} valid record(s), {report.n_errors} error(s), "
         f"{report.n_warnings} warning(s)"
     )
-    if not report.ok:  # an SlmError: one line on stderr and exit code 2
-        raise DataError(f"validation failed: {summary} (listed above)")
+    if not report.ok or (strict and report.n_warnings):  # SlmError: one line on stderr, exit 2
+        why = " (--strict: warnings fail)" if report.ok else ""
+        raise DataError(f"validation failed{why}: {summary} (listed above)")
     out.print(f"[green]ok[/green]: {summary}")
+
+
+def _print_totals(report: Any) -> None:
+    """One line each for duplicates and over-cutoff samples: how many, where the first are."""
+    duplicates = [p for p in report.problems if p.message.startswith("duplicate of ")]
+    if duplicates:
+        first = ", ".join(f"{p.file}:{p.line}" for p in duplicates[:3])
+        out.print(
+            f"{len(duplicates)} exact duplicate(s), kept (first: {first}); "
+            "the recipe option data.dedupe: true drops them",
+            markup=False,
+            soft_wrap=True,
+        )
+    tok = report.tokenized
+    if tok is not None and tok.n_over_cutoff:
+        out.print(
+            f"{tok.n_over_cutoff} sample(s) over cutoff_len {report.cutoff_len}: "
+            f"{tok.n_truncated} truncated (prompt cut from its start), {tok.n_dropped} dropped",
+            soft_wrap=True,
+        )
+
+
+def print_samples(samples: list[Any], tokenizer: Any) -> None:
+    """Rendered samples with the no-loss part dimmed inside ⟦ ⟧, so a mask can be checked by eye."""
+    from rich.text import Text
+
+    from slmkit.data.template import mask_segments
+
+    for sample in samples:
+        out.print(
+            f"── {sample.source}: {len(sample)} tokens, {sample.n_trainable} with loss",
+            markup=False,
+            soft_wrap=True,
+        )
+        text = Text()
+        for segment, trained in mask_segments(sample, tokenizer):
+            text.append(segment if trained else f"⟦{segment}⟧", style="" if trained else "dim")
+        out.print(text, soft_wrap=True)
+    out.print("── ⟦ ⟧ (dim): no loss; the rest is what the model learns", markup=False)
 
 
 @data_app.command("stats")

@@ -30,6 +30,16 @@ def convert_records(records: list[Record], to: str) -> tuple[list[dict[str, Any]
 
 
 def record_to_row(record: Record, to: str) -> dict[str, Any]:
+    row = _content_row(record, to)
+    if record.tools:  # sharegpt keeps LLaMA-Factory's JSON string
+        functions = [tool["function"] for tool in record.tools]
+        row["tools"] = (
+            record.tools if to == "messages" else json.dumps(functions, ensure_ascii=False)
+        )
+    return row
+
+
+def _content_row(record: Record, to: str) -> dict[str, Any]:
     if record.kind == "text":
         return {"text": record.text}
     if record.kind == "preference":

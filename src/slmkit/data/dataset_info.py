@@ -108,7 +108,8 @@ def _dataset_spec(
         return None
     columns = entry.get("columns") or {}
     ranking = bool(entry.get("ranking", False))
-    rename = {columns[k]: k for k in ("chosen", "rejected") if ranking and columns.get(k, k) != k}
+    renamed = ("chosen", "rejected", "tools") if ranking else ("tools",)
+    rename = {columns[k]: k for k in renamed if columns.get(k, k) != k}
     if formatting == "alpaca":
         cols = AlpacaColumns(
             instruction=columns.get("prompt", "instruction"),

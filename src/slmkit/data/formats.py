@@ -137,6 +137,8 @@ def normalise(
         raise ValueError(f"unknown format {fmt!r}")
     if record is not None and record.kind == "sft":
         check_conversation(record.messages, ctx, _messages_field(fmt, tags))
+    if record is not None and fmt != "text":
+        record.tools = tool_schemas(data.get("tools"), "tools", ctx)
     errors = len([p for p in ctx.problems if p.severity == "error"])
     return record if errors == before else None
 
@@ -288,6 +290,37 @@ def _function_call_message(content: str, where: str, ctx: RowContext) -> dict[st
         for c in calls
     ]
     return {"role": "assistant", "content": "", "tool_calls": tool_calls}
+
+
+def tool_schemas(value: Any, key: str, ctx: RowContext) -> list[dict[str, Any]] | None:
+    """The `tools` a record shows the model (a list, or LLaMA-Factory's JSON string), in OpenAI form."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            ctx.error(key, f"not JSON ({exc.msg}; expected a JSON list of function schemas)")
+            return None
+    items = value if isinstance(value, list) else [value]
+    tools = [_tool_schema(item) for item in items]
+    if not all(tools):
+        ctx.error(
+            key,
+            'malformed (expected a list of {"name": ..., "description": ..., "parameters": {...}})',
+        )
+        return None
+    return [t for t in tools if t is not None]
+
+
+def _tool_schema(item: Any) -> dict[str, Any] | None:
+    """One function schema in OpenAI form, or None when it has no name."""
+    if not isinstance(item, dict):
+        return None
+    function = item.get("function", item)
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        return None
+    return {"type": "function", "function": function}
 
 
 def openai_messages(

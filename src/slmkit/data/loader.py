@@ -7,7 +7,14 @@ from pathlib import Path
 
 from slmkit.data.formats import AlpacaColumns, RowContext, ShareGPTTags, detect_format, normalise
 from slmkit.data.readers import read_rows
-from slmkit.data.records import FILE_FIELD, FORMATS, DataLoadResult, Problem, display_path
+from slmkit.data.records import (
+    FILE_FIELD,
+    FORMATS,
+    DataLoadResult,
+    Problem,
+    Record,
+    display_path,
+)
 
 FORMAT_CHOICES = ("auto", *FORMATS)
 _KEYS_HINT = "messages | conversations | instruction+output | prompt+chosen+rejected | text"
@@ -115,22 +122,34 @@ def _majority_format(rows: list) -> str | None:
 
 
 def find_duplicates(result: DataLoadResult) -> list[Problem]:
-    """Samples whose whole content repeats an earlier one (they would be silently up-weighted)."""
-    seen: dict[str, str] = {}
+    """Warnings for samples that repeat an earlier one exactly (everything that reaches the model:
+    turns, system prompt, tools). They are kept; `data.dedupe` drops them."""
+    first: dict[str, str] = {}
     problems: list[Problem] = []
     for record in result.records:
-        key = record.key()
-        if key in seen:
+        original = first.setdefault(record.key(), record.source)
+        if original != record.source:
             file, _, line = record.source.rpartition(":")
             problems.append(
                 Problem(
                     file,
                     int(line),
                     "(record)",
-                    f"duplicate of {seen[key]} (expected unique "
-                    "samples; a repeated sample is trained on twice as hard)",
+                    f"duplicate of {original} (kept, so it weighs twice; "
+                    "recipe option data.dedupe: true drops exact duplicates)",
+                    "warning",
                 )
             )
-        else:
-            seen[key] = record.source
     return problems
+
+
+def drop_duplicates(records: list[Record]) -> tuple[list[Record], list[Record]]:
+    """(first copy of each sample, the later exact copies), in the original order."""
+    seen: set[str] = set()
+    kept: list[Record] = []
+    dropped: list[Record] = []
+    for record in records:
+        key = record.key()
+        (dropped if key in seen else kept).append(record)
+        seen.add(key)
+    return kept, dropped

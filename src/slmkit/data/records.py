@@ -20,9 +20,10 @@ class Record:
     """One training example.
 
     `messages` are OpenAI-style dicts (role system|user|assistant|tool, content str, optional
-    tool_calls/name/tool_call_id). A preference pair keeps the prompt turns plus the chosen reply in
-    `messages` and the same prompt turns plus the rejected reply in `rejected`. Plain text records
-    have `text` and no messages.
+    tool_calls/name/tool_call_id); `tools` are the function schemas the model is shown with them
+    (OpenAI form, `{"type": "function", "function": {...}}`). A preference pair keeps the prompt
+    turns plus the chosen reply in `messages` and the same prompt turns plus the rejected reply in
+    `rejected`. Plain text records have `text` and no messages.
     """
 
     messages: list[dict[str, Any]]
@@ -30,6 +31,7 @@ class Record:
     kind: RecordKind = "sft"
     rejected: list[dict[str, Any]] | None = None
     text: str | None = None
+    tools: list[dict[str, Any]] | None = None
 
     @property
     def file(self) -> str:
@@ -43,8 +45,8 @@ class Record:
         return self.messages[: max(last - 1, 0)]
 
     def key(self) -> str:
-        """A canonical string of the content; equal keys mean duplicate samples."""
-        payload = {"m": self.messages, "r": self.rejected, "t": self.text}
+        """A canonical string of everything that reaches the model; equal keys mean duplicate samples."""
+        payload = {"m": self.messages, "r": self.rejected, "t": self.text, "tools": self.tools}
         return json.dumps(payload, sort_keys=True, ensure_ascii=False)
 
 

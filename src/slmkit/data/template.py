@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from slmkit.data.records import Problem, Record
+from slmkit.data.records import Problem, Record, Severity
 from slmkit.errors import DataError
 
 IGNORE_INDEX = -100
@@ -68,10 +68,19 @@ class TokenizedSample:
     def n_trainable(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
+    def cut(self, cutoff_len: int) -> TokenizedSample:
+        """The first `cutoff_len` tokens (the answer's end goes when it alone is too long)."""
+        if len(self) <= cutoff_len:
+            return self
+        return TokenizedSample(self.input_ids[:cutoff_len], self.labels[:cutoff_len], self.source)
+
 
 @dataclass
 class TokenizeResult:
     samples: list[TokenizedSample] = field(default_factory=list)
+    records: list[Record] = field(
+        default_factory=list
+    )  # chat records as trained (after shortening)
     n_truncated: int = 0
     n_dropped: int = 0
     n_over_cutoff: int = 0
@@ -122,94 +131,134 @@ def tokenize_sft(
     template: str | None = None,
     overflow: Overflow = "truncate",
 ) -> TokenizeResult:
-    """Records -> token ids with loss masks; over-cutoff samples are truncated or dropped and counted.
+    """Records -> token ids with loss masks; over-cutoff samples are shortened or dropped and counted.
 
-    A sample left with no trainable token is an error (reported in `problems`, left out of `samples`).
+    `truncate` cuts the prompt from its start (see `data.overflow.shorten_prompt`) so the answer keeps
+    its tokens; `drop` leaves the sample out. Both are located warnings. A sample with no trainable
+    token at all is an error (reported in `problems`, left out of `samples`).
     """
     if overflow not in ("truncate", "drop"):
         raise ValueError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
     needs_template = any(r.kind != "text" for r in records)
     chat_template = resolve_chat_template(tokenizer, template) if needs_template else ""
+    renderer = ChatRenderer(tokenizer, chat_template, train_on_prompt)
     result = TokenizeResult()
     for record in records:
         if record.kind == "text":
             _add_text_record(record, tokenizer, cutoff_len, result)
             continue
         try:
-            input_ids, trainable = render_with_mask(record.messages, tokenizer, chat_template)
+            _add_chat_record(record, renderer, cutoff_len, overflow, result)
         except TemplateMismatch as exc:
-            file, _, line = record.source.rpartition(":")
-            result.problems.append(Problem(file, int(line), "(template)", str(exc)))
-            continue
-        labels = [
-            t if (ok or train_on_prompt) else IGNORE_INDEX
-            for t, ok in zip(input_ids, trainable, strict=True)
-        ]
-        _add_chat_sample(
-            TokenizedSample(input_ids, labels, record.source), cutoff_len, overflow, result
-        )
+            result.problems.append(located(record.source, "(template)", str(exc)))
     return result
 
 
-def _add_chat_sample(
-    sample: TokenizedSample, cutoff_len: int, overflow: Overflow, result: TokenizeResult
+@dataclass
+class ChatRenderer:
+    """Renders a record with one chat template into token ids and assistant-only labels."""
+
+    tokenizer: Any
+    chat_template: str
+    train_on_prompt: bool = False
+
+    def sample(self, record: Record) -> TokenizedSample:
+        input_ids, trainable = render_with_mask(
+            record.messages, self.tokenizer, self.chat_template, record.tools
+        )
+        labels = [
+            t if (ok or self.train_on_prompt) else IGNORE_INDEX
+            for t, ok in zip(input_ids, trainable, strict=True)
+        ]
+        return TokenizedSample(input_ids, labels, record.source)
+
+    def length(
+        self, messages: list[dict[str, Any]], tools: Any, *, generation_prompt: bool = False
+    ) -> int:
+        """Token count of a rendering (no mask)."""
+        text = _render(
+            self.tokenizer,
+            prepare_messages(messages, self.chat_template, tools),
+            self.chat_template,
+            generation_prompt=generation_prompt,
+            tools=tools,
+        )
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def located(source: str, field_name: str, message: str, severity: Severity = "error") -> Problem:
+    """A Problem at a record's `file:line` source."""
+    file, _, line = source.rpartition(":")
+    return Problem(file, int(line), field_name, message, severity)
+
+
+def _add_chat_record(
+    record: Record,
+    renderer: ChatRenderer,
+    cutoff_len: int,
+    overflow: Overflow,
+    result: TokenizeResult,
 ) -> None:
+    sample = renderer.sample(record)
     result.lengths.append(len(sample))
-    result.length_sources.append(sample.source)
-    file, _, line = sample.source.rpartition(":")
+    result.length_sources.append(record.source)
     if sample.n_trainable == 0:
         result.problems.append(
-            Problem(
-                file,
-                int(line),
+            located(
+                record.source,
                 "(labels)",
-                "no trainable tokens after templating and "
-                "masking (expected the assistant's reply to carry labels; does the chat template "
-                "render assistant turns?)",
+                "no trainable tokens after templating and masking (expected the assistant's reply "
+                "to carry labels; does the chat template render assistant turns?)",
             )
         )
         return
     if len(sample) > cutoff_len:
         result.n_over_cutoff += 1
-        if overflow == "drop":
-            result.n_dropped += 1
-            result.problems.append(
-                Problem(
-                    file,
-                    int(line),
-                    "(record)",
-                    f"{len(sample)} tokens, over cutoff_len {cutoff_len}: dropped",
-                    "warning",
-                )
-            )
+        fitted = _fit_over_cutoff(record, len(sample), renderer, cutoff_len, overflow, result)
+        if fitted is None:
             return
-        sample = TokenizedSample(
-            sample.input_ids[:cutoff_len], sample.labels[:cutoff_len], sample.source
-        )
-        if sample.n_trainable == 0:
-            result.problems.append(
-                Problem(
-                    file,
-                    int(line),
-                    "(record)",
-                    f"prompt is longer than cutoff_len "
-                    f"{cutoff_len}: truncation leaves no assistant token (expected a shorter "
-                    "prompt or a larger cutoff_len)",
-                )
-            )
-            return
-        result.n_truncated += 1
-        result.problems.append(
-            Problem(
-                file,
-                int(line),
-                "(record)",
-                f"{result.lengths[-1]} tokens, over "
-                f"cutoff_len {cutoff_len}: truncated to {cutoff_len}",
-                "warning",
-            )
-        )
+        record, sample = fitted
+    result.records.append(record)
     result.samples.append(sample)
+
+
+def _fit_over_cutoff(
+    record: Record,
+    length: int,
+    renderer: ChatRenderer,
+    cutoff_len: int,
+    overflow: Overflow,
+    result: TokenizeResult,
+) -> tuple[Record, TokenizedSample] | None:
+    """The record shortened to `cutoff_len` (prompt cut from its start), or None when dropped."""
+    from slmkit.data.overflow import shorten_record
+
+    over = f"{length} tokens, over cutoff_len {cutoff_len}"
+    if overflow == "truncate":
+        record, how = shorten_record(record, renderer, cutoff_len)
+        sample = renderer.sample(record).cut(cutoff_len)
+        if sample.n_trainable:
+            result.n_truncated += 1
+            result.problems.append(
+                located(record.source, "(record)", f"{over}: truncated, {how}", "warning")
+            )
+            return record, sample
+        over += " and the system prompt alone leaves no room for the answer"
+    result.n_dropped += 1
+    result.problems.append(located(record.source, "(record)", f"{over}: dropped", "warning"))
+    return None
+
+
+def mask_segments(sample: TokenizedSample, tokenizer: Any) -> list[tuple[str, bool]]:
+    """The sample's text in runs of (text, carries loss), for showing a mask to a person."""
+    runs: list[tuple[list[int], bool]] = []
+    for token, label in zip(sample.input_ids, sample.labels, strict=True):
+        trained = label != IGNORE_INDEX
+        if runs and runs[-1][1] == trained:
+            runs[-1][0].append(token)
+        else:
+            runs.append(([token], trained))
+    return [(tokenizer.decode(ids), trained) for ids, trained in runs]
 
 
 def _add_text_record(
@@ -228,11 +277,14 @@ def _add_text_record(
 
 
 def render_with_mask(
-    messages: list[dict[str, Any]], tokenizer: Any, chat_template: str
+    messages: list[dict[str, Any]],
+    tokenizer: Any,
+    chat_template: str,
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[list[int], list[bool]]:
     """Token ids of the rendered conversation, and for each token whether it belongs to an assistant reply."""
-    messages = prepare_messages(messages, chat_template)
-    full = _render(tokenizer, messages, chat_template, generation_prompt=False)
+    messages = prepare_messages(messages, chat_template, tools)
+    full = _render(tokenizer, messages, chat_template, generation_prompt=False, tools=tools)
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -242,8 +294,12 @@ def render_with_mask(
                 "the conversation opens with an assistant reply, which cannot be masked apart from "
                 "what the template puts before it (expected a user turn first)"
             )
-        before = _render(tokenizer, messages[:i], chat_template, generation_prompt=True)
-        upto = _render(tokenizer, messages[: i + 1], chat_template, generation_prompt=False)
+        before = _render(
+            tokenizer, messages[:i], chat_template, generation_prompt=True, tools=tools
+        )
+        upto = _render(
+            tokenizer, messages[: i + 1], chat_template, generation_prompt=False, tools=tools
+        )
         if not (upto.startswith(before) and full.startswith(upto)):
             raise TemplateMismatch(
                 f"the chat template is not prefix-preserving at turn {i} (the rendering up to this "
@@ -274,11 +330,17 @@ def _mask_by_prefix_lengths(
 
 
 def _render(
-    tokenizer: Any, messages: list[dict[str, Any]], chat_template: str, *, generation_prompt: bool
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    chat_template: str,
+    *,
+    generation_prompt: bool,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
     return str(
         tokenizer.apply_chat_template(
             messages,
+            tools=tools if template_knows_tools(chat_template) else None,
             chat_template=chat_template,
             tokenize=False,
             add_generation_prompt=generation_prompt,
@@ -286,8 +348,26 @@ def _render(
     )
 
 
-def prepare_messages(messages: list[dict[str, Any]], chat_template: str) -> list[dict[str, Any]]:
-    """Templates that know nothing of tool calls get them as JSON text in the assistant's content."""
+def template_knows_tools(chat_template: str) -> bool:
+    """Whether a chat template renders the `tools` it is given (else they go in the system prompt)."""
+    return "tools" in chat_template
+
+
+TOOLS_PREAMBLE = (
+    "You can call these functions. To call one, answer with a JSON object "
+    '{"name": <function name>, "arguments": <arguments object>}:'
+)
+
+
+def prepare_messages(
+    messages: list[dict[str, Any]],
+    chat_template: str,
+    tools: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Messages as a template can render them: for templates that know nothing of tools, the tool
+    schemas go in the system prompt and tool calls become JSON text in the assistant's content."""
+    if tools and not template_knows_tools(chat_template):
+        messages = _tools_in_system_prompt(messages, tools)
     if "tool_calls" in chat_template:
         return messages
     prepared = []
@@ -298,3 +378,14 @@ def prepare_messages(messages: list[dict[str, Any]], chat_template: str) -> list
             message = {"role": message["role"], "content": ((message.get("content") or "") + text)}
         prepared.append(message)
     return prepared
+
+
+def _tools_in_system_prompt(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    listing = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
+    text = f"{TOOLS_PREAMBLE}\n{listing}"
+    if messages and messages[0]["role"] == "system":
+        system = {**messages[0], "content": f"{messages[0]['content']}\n\n{text}"}
+        return [system, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]

@@ -35,7 +35,14 @@ class DataSection(StrictModel):
     cutoff_len: int = Field(default=1024, ge=16, le=131072, description="Most tokens per sample.")
     overflow: Literal["truncate", "drop"] = Field(
         default="truncate",
-        description="What to do with samples longer than `cutoff_len` (both are counted).",
+        description="Samples longer than `cutoff_len`: `truncate` cuts the prompt from its start "
+        "(oldest turns first, system prompt kept) so the answer keeps its tokens; `drop` leaves "
+        "the sample out. Both warn with file:line and are counted.",
+    )
+    dedupe: bool = Field(
+        default=False,
+        description="Drop exact duplicate records (same turns, system prompt and tools) before "
+        "training, keeping the first copy; off by default, as in LLaMA-Factory.",
     )
     train_on_prompt: bool = Field(
         default=False,

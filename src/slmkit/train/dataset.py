@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmkit.console import info, warn
 from slmkit.errors import DataError
 from slmkit.recipe import Recipe
 from slmkit.train.config import resolve_data_paths
@@ -69,11 +70,32 @@ def load_recipe_records(recipe: Recipe, recipe_dir: Path, which: str = "train") 
         return []
     result = load_records(list[str | Path](paths), recipe.data.format, names=recipe.data.names)
     result.raise_for_errors()
-    records = list(result.records)
+    records = _handle_duplicates(list(result.records), recipe.data.dedupe)
     if recipe.data.max_samples:
         records = records[: recipe.data.max_samples]
     if not records:
         raise DataError(f"{', '.join(map(str, paths))}: no records found")
+    return records
+
+
+def _handle_duplicates(records: list[Any], dedupe: bool) -> list[Any]:
+    """Drop exact duplicates under `data.dedupe`; otherwise keep them and say so once."""
+    from slmkit.data.loader import drop_duplicates
+
+    kept, copies = drop_duplicates(records)
+    if not copies:
+        return records
+    first = ", ".join(r.source for r in copies[:3])
+    if dedupe:
+        info(
+            f"data.dedupe: dropped {len(copies)} exact duplicate record(s) of {len(records)} "
+            f"(first: {first})"
+        )
+        return kept
+    warn(
+        f"{len(copies)} exact duplicate record(s) kept (first: {first}); "
+        "data.dedupe: true drops them"
+    )
     return records
 
 
@@ -103,6 +125,7 @@ def prepare_sft_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any) -> Prepar
     )
     train_tok = tokenize_sft(train_records, tokenizer, **settings)
     _raise_for_problems(train_tok)
+    _report_overflow(train_tok, recipe.data.cutoff_len)
     train_rows = [_row(s) for s in train_tok.samples]
     val_rows: list[dict[str, list[int]]] = []
     if val_records:
@@ -135,16 +158,61 @@ def prepare_sft_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any) -> Prepar
     return PreparedData(train_rows, val_rows, data_files(recipe, recipe_dir), stats)
 
 
-def prepare_dpo_data(recipe: Recipe, recipe_dir: Path) -> PreparedData:
-    """Preference pairs in TRL's conversational format (prompt / chosen / rejected)."""
+def prepare_dpo_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any = None) -> PreparedData:
+    """Preference pairs in TRL's conversational format (prompt / chosen / rejected); a pair over
+    `data.cutoff_len` has its prompt cut from its start (or is dropped) before TRL sees it, since
+    TRL would cut the answers' ends or leave the pair out."""
     from slmkit.data.preference import to_preference_rows
 
     train_records, val_records = split_train_val(recipe, recipe_dir)
     _check_kinds(train_records, "preference")
-    rows = to_preference_rows(train_records)
-    val_rows = to_preference_rows(val_records) if val_records else []
-    stats = {"records": len(train_records), "val_records": len(val_records), "pairs": len(rows)}
+    tokenizer = tokenizer or _recipe_tokenizer(recipe)
+    fitted = _fit_pairs(recipe, train_records, tokenizer)
+    rows = to_preference_rows(fitted.records)
+    val_rows = to_preference_rows(_fit_pairs(recipe, val_records, tokenizer).records)
+    stats = {
+        "records": len(train_records),
+        "val_records": len(val_records),
+        "pairs": len(rows),
+        "truncated": fitted.n_truncated,
+        "dropped": fitted.n_dropped,
+    }
+    if not rows:
+        raise DataError("no preference pairs left (all dropped: raise data.cutoff_len?)")
     return PreparedData([], [], data_files(recipe, recipe_dir), stats, rows, val_rows)
+
+
+def _fit_pairs(recipe: Recipe, records: list[Any], tokenizer: Any) -> Any:
+    """Pairs shortened to `data.cutoff_len` by the same rules as SFT samples."""
+    from slmkit.data.template import tokenize_sft
+
+    fitted = tokenize_sft(
+        records,
+        tokenizer,
+        cutoff_len=recipe.data.cutoff_len,
+        template=recipe.data.template,
+        overflow=recipe.data.overflow,
+    )
+    _raise_for_problems(fitted)
+    _report_overflow(fitted, recipe.data.cutoff_len)
+    return fitted
+
+
+def _recipe_tokenizer(recipe: Recipe) -> Any:
+    from slmkit.train.modeling import load_tokenizer_for, resolve_base
+
+    return load_tokenizer_for(resolve_base(recipe))
+
+
+def _report_overflow(result: Any, cutoff_len: int) -> None:
+    """One warning line for the samples over `cutoff_len`, with the first one located."""
+    if not result.n_over_cutoff:
+        return
+    first = next(p for p in result.problems if p.severity == "warning")
+    warn(
+        f"{result.n_over_cutoff} sample(s) over cutoff_len {cutoff_len}: {result.n_truncated} "
+        f"truncated, {result.n_dropped} dropped (first: {_problem_text(first)})"
+    )
 
 
 def _check_kinds(records: list[Any], wanted: str) -> None:

@@ -4,6 +4,9 @@ final report, and bad recipes."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +113,35 @@ def test_tiny_pipeline_runs_every_stage_then_skips_what_is_done(
     assert fifth.returncode == 0, fifth.stderr[-2000:]
     status = stage_status(fifth.stdout)
     assert status["sft"] == "cached" and status["dpo"] == "ran" and status["evaluate"] == "ran"
+
+
+@pytest.mark.slow
+def test_killed_run_continues_sft_from_its_last_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "killed-run"
+    recipe = tiny_pipeline_recipe(tiny_model_dir, run_dir)
+    del recipe["preference"], recipe["evaluate"]
+    recipe["train"].update(max_steps=40, save_steps=5)
+    path = write(tmp_path / "r.yaml", recipe)
+    cmd = [sys.executable, "-m", "slmkit.cli", "run", str(path)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+            assert proc.poll() is None, "slm run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint in 300 s"
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+
+    again = run_slm("run", str(path), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "continuing an interrupted run" in again.stdout + again.stderr
+    sft = json.loads((run_dir / "pipeline.json").read_text())["stages"]["sft"]["outputs"]
+    assert sft["steps"] == 40
+    assert sft["resumed_from"] and Path(sft["resumed_from"]).name.startswith("checkpoint-")
 
 
 def test_changed_training_data_reruns_training(tiny_model_dir: Path, tmp_path: Path) -> None:

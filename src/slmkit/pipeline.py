@@ -319,6 +319,7 @@ def _train_sft(ctx: _Context) -> dict[str, Any]:
         "final_loss": result.final_loss,
         "diagnosis": result.diagnosis.status,
         "tokens_per_second": result.tokens_per_second,
+        "resumed_from": result.resumed_from,
     }
 
 

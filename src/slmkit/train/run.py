@@ -79,7 +79,7 @@ def train(
     precision = resolve_precision(recipe)
     tokenizer = load_tokenizer_for(base)
     data = (
-        prepare_dpo_data(recipe, recipe_dir)
+        prepare_dpo_data(recipe, recipe_dir, tokenizer)
         if recipe.method == "dpo"
         else prepare_sft_data(recipe, recipe_dir, tokenizer)
     )

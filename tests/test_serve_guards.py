@@ -1,9 +1,11 @@
 """Guards on a real `slm serve default`: max_tokens cap, queue-full 429, body size limit, response
 cache, output filter (streamed and not), context policies prune / summarize / reject, repetition
-retry, CORS off by default, speculative decoding with a draft model, and the request timeout."""
+retry, CORS off by default, speculative decoding with a draft model, the request timeout, and
+admission given back exactly once by failed requests."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -237,3 +239,51 @@ def test_request_timeout_gives_408_before_any_stream_and_frees_the_engine(tmp_pa
         (408, "request_timeout", 1),
         (408, "request_timeout", 0),
     ]
+
+
+def test_failed_requests_give_their_admission_back_once(tmp_path) -> None:
+    """400 (prompt too long, from llama-server), 408 and 503 answers each free their place in the
+    queue exactly once: afterwards nothing is in flight and the 429 limit admits exactly
+    `max_queue` requests, no more."""
+    config = {
+        "llamacpp": {"ctx_size": 8192, "parallel": 2, "threads": 1},
+        "limits": {"max_queue": 2, "max_tokens_cap": 4000, "request_timeout_s": 4},
+        "repetition": {"enabled": False},
+    }
+    endless = {  # end-of-text banned: 4000 tokens take far longer than the 4 s request timeout
+        "model": "default",
+        "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
+        "max_tokens": 4000,
+        "temperature": 0,
+        "logit_bias": {"0": -100, "2": -100},
+    }
+    too_long = {"model": "default", "messages": [{"role": "user", "content": "word " * 9000}]}
+    with ServerProcess(["default"], config=config, env={"SLM_HOME": str(tmp_path)}) as srv:
+
+        def status(body: dict) -> int:
+            return srv.post("/v1/chat/completions", body).status_code
+
+        statuses = [status(too_long) for _ in range(3)]
+        with ThreadPoolExecutor(2) as pool:
+            statuses += pool.map(status, [endless, endless])
+        (child,) = srv.engine_children()
+        child.kill()
+        child.wait(10)
+        statuses.append(status({**endless, "max_tokens": 4}))
+        assert statuses == [400, 400, 400, 408, 408, 503]
+        for _ in range(300):
+            if srv.get("/health").status_code == 200:
+                break
+            time.sleep(0.1)
+        assert srv.metric("slm_requests_in_flight", model="default") == 0
+
+        url = srv.base_url + "/v1/chat/completions"
+        with contextlib.ExitStack() as held:  # max_queue slow streams, open at the same time
+            for _ in range(2):
+                stream = held.enter_context(
+                    httpx.stream("POST", url, json={**endless, "stream": True}, timeout=30)
+                )
+                assert stream.status_code == 200
+            assert srv.metric("slm_requests_in_flight", model="default") == 2
+            assert status({**endless, "max_tokens": 4}) == 429
+        assert srv.metric("slm_requests_total", status="429") == 1

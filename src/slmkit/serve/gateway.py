@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from slmkit.console import warn
 from slmkit.serve import api_errors
+from slmkit.serve.admission import Admission, AdmissionSlot
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.audit import AuditLog, AuditRecord
 from slmkit.serve.config import ServeConfig
@@ -128,7 +129,7 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.audit: AuditLog | None = None
         self.cache = ResponseCache(config.cache.max_entries) if config.cache.enabled else None
-        self.in_flight: dict[str, int] = dict.fromkeys(engines, 0)
+        self.admission = Admission(engines, config.limits.max_queue, self.metrics)
         self.created = int(time.time())
         self._recent: collections.deque[tuple[float, bool]] = collections.deque(maxlen=100_000)
         self._alert_task: asyncio.Task[None] | None = None
@@ -173,23 +174,6 @@ class Gateway:
             raise api_errors.model_not_found(model)
         return engine
 
-    def _admit(self, model: str, engine: Engine) -> None:
-        if engine.state != "ready":
-            raise api_errors.engine_unavailable(model, engine.state)
-        if self.in_flight[model] >= self.config.limits.max_queue:
-            raise api_errors.queue_full(model)
-        self.in_flight[model] += 1
-        self._update_gauges(model, engine)
-
-    def _release(self, model: str) -> None:
-        self.in_flight[model] -= 1
-        self._update_gauges(model, self.engines[model])
-
-    def _update_gauges(self, model: str, engine: Engine) -> None:
-        n = self.in_flight[model]
-        self.metrics.in_flight.labels(model).set(n)
-        self.metrics.queue_depth.labels(model).set(max(0, n - engine.capacity))
-
     def _max_tokens(self, body: ChatCompletionRequest | CompletionRequest) -> int:
         # Only chat has max_completion_tokens; on /v1/completions it is an unvalidated extra field.
         chat_limit = body.max_completion_tokens if isinstance(body, ChatCompletionRequest) else None
@@ -217,20 +201,17 @@ class Gateway:
             engine = self._engine(body.model)
             gen = generation_request(body, body.model, self._max_tokens(body))
             rec.prompt_text = _prompt_text(gen)
-            self._admit(body.model, engine)
+            slot = self.admission.admit(body.model)
         except ApiError as exc:
             self._finish(rec, started, None, exc)
             raise
         headers = {"x-request-id": rec.id}
-        try:
-            return await self._answer(engine, gen, body, rec, started, headers)
-        except ApiError as exc:
-            self._release(body.model)
-            self._finish(rec, started, None, exc)
-            raise
-        except BaseException:
-            self._release(body.model)
-            raise
+        with slot:  # released on the way out, unless a stream took it over
+            try:
+                return await self._answer(engine, gen, body, rec, started, headers, slot)
+            except ApiError as exc:
+                self._finish(rec, started, None, exc)
+                raise
 
     async def _answer(
         self,
@@ -240,8 +221,9 @@ class Gateway:
         rec: AuditRecord,
         started: float,
         headers: dict[str, str],
+        slot: AdmissionSlot,
     ) -> Response:
-        """Answer an admitted request; the stream path releases admission when the stream ends."""
+        """Answer an admitted request; a stream takes the admission slot over until it ends."""
         if gen.messages is not None:
             policy = getattr(body, "context_policy", None) or self.config.limits.context_policy
             await self._fit_context(engine, gen, policy, headers)
@@ -258,15 +240,11 @@ class Gateway:
             )
             rec.cached = True
             if gen.stream:
-                return self._replay_stream(outcome, gen, rec, started, headers, include_usage)
-            self._release(gen.model_id)
+                return self._replay_stream(outcome, gen, rec, started, headers, include_usage, slot)
             return self._json_response(outcome, gen, rec, started, headers)
         if gen.stream:
-            return await self._start_stream(engine, gen, rec, started, headers, include_usage)
-        try:
-            outcome = await self._generate_with_retry(engine, gen, started)
-        finally:
-            self._release(gen.model_id)
+            return await self._start_stream(engine, gen, rec, started, headers, include_usage, slot)
+        outcome = await self._generate_with_retry(engine, gen, started)
         self._cache_store(gen, outcome)
         return self._json_response(outcome, gen, rec, started, headers)
 
@@ -392,6 +370,7 @@ class Gateway:
         started: float,
         headers: dict[str, str],
         include_usage: bool,
+        slot: AdmissionSlot,
     ) -> Response:
         deadline = time.monotonic() + self.config.limits.request_timeout_s
         events = engine.generate(gen)
@@ -405,13 +384,14 @@ class Gateway:
 
         async def on_close() -> None:
             await events.aclose()  # type: ignore[attr-defined]
-            self._release(gen.model_id)
+            slot.release()
             outcome: Outcome = state["outcome"]
             rec.response_text = outcome.text
             self._finish(rec, started, outcome, state["error"], status=int(state["status"]))
             if state["status"] == 200:
                 self._cache_store(gen, outcome)
 
+        slot.hand_over()
         return GuardedStream(body, on_close, headers)
 
     async def _stream_body(
@@ -465,6 +445,7 @@ class Gateway:
         started: float,
         headers: dict[str, str],
         include_usage: bool,
+        slot: AdmissionSlot,
     ) -> Response:
         chunk = _ChunkWriter(rec.id, gen, self.created)
         content = StreamingFilter(self.config.output_filter).filter_all(outcome.text)
@@ -478,10 +459,11 @@ class Gateway:
             yield b"data: [DONE]\n\n"
 
         async def on_close() -> None:
-            self._release(gen.model_id)
+            slot.release()
             rec.response_text = content
             self._finish(rec, started, outcome, None)
 
+        slot.hand_over()
         return GuardedStream(body(), on_close, headers)
 
     # -- bookkeeping --------------------------------------------------------------------------------

@@ -165,6 +165,7 @@ def test_doctor_reports_a_crashing_build_in_one_line(tmp_path: Path) -> None:
     failed = [ln for ln in proc.stdout.splitlines() if ln.startswith("failed:")]
     assert len(failed) == 1, proc.stdout
     assert "llama.cpp decodes: crashed with signal 4 (SIGILL" in failed[0]
+    assert "(fix: " in failed[0] and "setup.sh" in failed[0]
 
 
 def test_serve_start_reports_a_crashing_build_in_one_line(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from typing import IO
 import httpx
 
 REBUILD_HINT = (
-    "rebuild the llama.cpp tools with `bash scripts/setup.sh` (it tries the portable build "
-    "when the native one crashes)"
+    "rebuild the llama.cpp tools with `bash scripts/setup.sh`, which falls back to a portable "
+    "build when one crashes"
 )
 
 
@@ -77,6 +77,11 @@ def crash_hint(returncode: int | None) -> str:
     if returncode == -signal.SIGILL:
         return f"the build uses CPU instructions this machine does not allow: {REBUILD_HINT}"
     return REBUILD_HINT if is_crash(returncode) else ""
+
+
+def with_log(message: str, tail: str) -> str:
+    """`message: tail`, or the message alone when the child logged nothing."""
+    return f"{message}: {tail}" if tail else message
 
 
 def log_tail(path: str | Path, lines: int = 3, max_bytes: int = 4000) -> str:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from rich.markup import escape
 from rich.table import Table
 
 from slmkit.console import out
@@ -121,7 +122,7 @@ def _decode_check() -> Check:
     except SlmError as exc:
         return Check("llama.cpp decodes", "missing", f"no GGUF to try ({exc.message})", SETUP_HINT)
     result = decode_check(gguf)
-    detail = f"{result.detail} [{build_config()}]"
+    detail = f"{result.detail} ({build_config()})"
     return Check("llama.cpp decodes", "ok" if result.ok else "failed", detail, result.hint)
 
 
@@ -164,10 +165,14 @@ def print_report(checks: list[Check]) -> None:
         table.add_row(c.name, style[c.status], c.detail, c.fix)
     out.print(table)
     missing = [c.name for c in checks if c.status == "missing" and c.required]
-    failed = [f"{c.name}: {c.detail}" for c in checks if c.status == "failed" and c.required]
+    failed = [
+        f"{c.name}: {c.detail}" + (f" (fix: {c.fix})" if c.fix else "")
+        for c in checks
+        if c.status == "failed" and c.required
+    ]
     if missing:
         out.print("[red]missing: " + ", ".join(missing) + "[/red]")
     for line in failed:
-        out.print(f"[red]failed: {line}[/red]")
+        out.print(f"[red]failed: {escape(line)}[/red]", soft_wrap=True)  # one line, copy-pasteable
     if not missing and not failed:
         out.print("[green]all required parts present and working[/green]")

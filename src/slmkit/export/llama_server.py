@@ -79,7 +79,8 @@ class LlamaServerProcess:
             self.close()
             hint = child_process.crash_hint(code)
             raise ExportError(
-                f"llama-server {why} loading {self.gguf}: {self.log_tail()}", hint=hint or None
+                child_process.with_log(f"llama-server {why} loading {self.gguf}", self.log_tail()),
+                hint=hint or None,
             )
         return self
 

@@ -90,8 +90,11 @@ class LlamaServerEngine(UpstreamEngine):
             return
         await self._terminate()
         raise ServeError(
-            f"llama-server for model {self.model_id!r} {child_process.describe_exit(code)} on its "
-            f"first decode: {self.log_tail()}",
+            child_process.with_log(
+                f"llama-server for model {self.model_id!r} {child_process.describe_exit(code)} "
+                "on its first decode",
+                self.log_tail(),
+            ),
             hint=child_process.crash_hint(code) or None,
         )
 

@@ -160,7 +160,10 @@ class UpstreamEngine:
         code = self.proc.poll()
         await self._terminate()
         raise ServeError(
-            f"{Path(cmd[0]).name} for model {self.model_id!r} {why} while starting: {self.log_tail()}",
+            child_process.with_log(
+                f"{Path(cmd[0]).name} for model {self.model_id!r} {why} while starting",
+                self.log_tail(),
+            ),
             hint=child_process.crash_hint(code) or None,
         )
 

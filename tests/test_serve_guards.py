@@ -194,7 +194,7 @@ def test_request_timeout_gives_408_before_any_stream_and_frees_the_engine(tmp_pa
     """1 ms is deterministic: not even the first token of the smallest model comes back that fast,
     so both paths time out before a response header is sent. (A timeout after the first token,
     which arrives as a final `data: {"error": ...}` event, cannot be timed reliably on a shared
-    CPU, so it is covered by the unit test of `_next_delta` only.)"""
+    CPU, so it is covered by the unit test of `next_delta` only.)"""
     import sqlite3
 
     config = {

@@ -156,6 +156,24 @@ def test_audit_log_hashes_keys_redacts_text_and_feeds_logs(tmp_path: Path) -> No
     assert alerts and "20.0%" in alerts[0].message
 
 
+def test_in_server_alert_fires_like_slm_logs_and_warns_once(capsys) -> None:
+    from slmkit.serve.alerts import AlertWatcher
+    from slmkit.serve.metrics import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    watcher = AlertWatcher(ServeConfig().alerts, metrics.alerts)
+    for status in [200] * 17 + [400, 429, 503]:  # 2 of 20 failed (a 400 is the client's)
+        watcher.record(status)
+    assert [a.message for a in watcher.check()] == [
+        "error rate 10.0% over the last 300 s (20 requests) exceeds 5.0%"
+    ]
+    watcher.check()
+    assert capsys.readouterr().err.count("ALERT error-rate") == 1
+    assert metrics.alerts.labels("error-rate")._value.get() == 1
+    assert watcher.check(now=time.time() + 301) == []
+    assert metrics.alerts.labels("error-rate")._value.get() == 0
+
+
 def test_serve_refuses_clearly_before_starting(slm, tmp_path: Path) -> None:
     import socket
 
@@ -180,7 +198,7 @@ def test_serve_refuses_clearly_before_starting(slm, tmp_path: Path) -> None:
 def test_a_request_past_its_deadline_gets_408() -> None:
     from slmkit.serve.api_errors import ApiError
     from slmkit.serve.engines.base import Delta
-    from slmkit.serve.gateway import _next_delta
+    from slmkit.serve.generation import next_delta
 
     async def slow_engine():
         yield Delta(text="a")
@@ -190,9 +208,9 @@ def test_a_request_past_its_deadline_gets_408() -> None:
     async def drive() -> list[str]:
         events = slow_engine()
         deadline = time.monotonic() + 0.2
-        first = await _next_delta(events, deadline, 0.2)
+        first = await next_delta(events, deadline, 0.2)
         with pytest.raises(ApiError) as err:
-            await _next_delta(events, deadline, 0.2)
+            await next_delta(events, deadline, 0.2)
         return [first.text if first else "", str(err.value.status), str(err.value.code)]
 
     assert asyncio.run(drive()) == ["a", "408", "request_timeout"]

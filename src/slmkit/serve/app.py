@@ -1,14 +1,13 @@
 """The FastAPI app: OpenAI endpoints, auth and body-size middleware, OpenAI-shaped errors.
 
 Every error is decided before a response header is sent; the generation flow itself lives in
-`gateway.py`.
+`gateway.py`, the OpenAI response format in `openai_wire.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -240,7 +239,3 @@ def _add_routes(app: FastAPI, gateway: Gateway) -> None:
     async def metrics() -> Response:
         data = await asyncio.to_thread(gateway.render_metrics)
         return Response(data, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-def sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"

@@ -144,7 +144,7 @@ class RepetitionGuard(StrictModel):
     )
 
 
-class ResponseCache(StrictModel):
+class CacheSettings(StrictModel):
     """Exact-match cache for deterministic requests (temperature 0 or a fixed seed)."""
 
     enabled: bool = Field(
@@ -248,8 +248,8 @@ class ServeConfig(StrictModel):
     repetition: RepetitionGuard = Field(
         default_factory=lambda: RepetitionGuard(), description="Repetition loop guard."
     )
-    cache: ResponseCache = Field(
-        default_factory=lambda: ResponseCache(), description="Exact-match response cache."
+    cache: CacheSettings = Field(
+        default_factory=lambda: CacheSettings(), description="Exact-match response cache."
     )
     output_filter: OutputFilter = Field(
         default_factory=lambda: OutputFilter(),

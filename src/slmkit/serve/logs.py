@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from slmkit.errors import SlmError
+from slmkit.serve.alerts import Alert, evaluate, is_failure
 from slmkit.serve.config import AlertRule
 
 
@@ -28,12 +29,6 @@ class WindowStats:
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
-
-
-@dataclass
-class Alert:
-    rule: str
-    message: str
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -81,7 +76,7 @@ def window_stats(db: Path, window_s: float, now: float | None = None) -> WindowS
     return WindowStats(
         window_s=window_s,
         requests=len(rows),
-        errors=sum(1 for r in rows if r["status"] >= 500 or r["status"] == 429),
+        errors=sum(1 for r in rows if is_failure(r["status"])),
         latency_p50=percentile(latencies, 50),
         latency_p95=percentile(latencies, 95),
         latency_p99=percentile(latencies, 99),
@@ -92,17 +87,13 @@ def window_stats(db: Path, window_s: float, now: float | None = None) -> WindowS
 
 
 def check_alerts(db: Path, rules: list[AlertRule], now: float | None = None) -> list[Alert]:
+    """The rules that fire over the audit log's recent requests."""
     alerts = []
     for rule in rules:
         stats = window_stats(db, rule.window_s, now)
-        if stats.requests >= rule.min_requests and stats.error_rate > rule.error_rate_above:
-            alerts.append(
-                Alert(
-                    rule.name,
-                    f"error rate {stats.error_rate:.1%} over the last {rule.window_s:g} s "
-                    f"({stats.requests} requests) exceeds {rule.error_rate_above:.1%}",
-                )
-            )
+        alert = evaluate(rule, stats.requests, stats.errors)
+        if alert is not None:
+            alerts.append(alert)
     return alerts
 
 

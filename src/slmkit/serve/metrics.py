@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from slmkit.serve.generation import Outcome
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
@@ -86,6 +91,19 @@ class GatewayMetrics:
         self.alerts = Gauge(
             "slm_alert_firing", "1 while an alert rule fires.", ["rule"], registry=r
         )
+
+    def observe_tokens(self, model: str, outcome: Outcome, cached: bool) -> None:
+        """Token counts, time to first token and (not for cached answers) time per output token."""
+        if outcome.prompt_tokens:
+            self.prompt_tokens.labels(model).inc(outcome.prompt_tokens)
+        tokens = outcome.tokens_out()
+        if tokens:
+            self.completion_tokens.labels(model).inc(tokens)
+        if outcome.ttft is not None:
+            self.ttft.labels(model).observe(outcome.ttft)
+        first, last = outcome.first_token_at, outcome.last_token_at
+        if not cached and tokens > 1 and first is not None and last is not None:
+            self.tpot.labels(model).observe((last - first) / (tokens - 1))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

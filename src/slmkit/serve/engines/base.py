@@ -52,5 +52,7 @@ class Engine(Protocol):
     def context_size(self) -> int | None: ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        """Stream deltas; raises `ApiError` before the first one for anything decided up front."""
+        """An async generator (`async def` with `yield`) of deltas; raises `ApiError` before the
+        first one for anything decided up front. The gateway `aclose()`s it to stop the engine's
+        work early (deadline, repetition loop, client gone)."""
         ...

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -122,7 +122,7 @@ def prompt_text(gen: GenerationRequest) -> str:
 
 
 async def next_delta(
-    events: AsyncIterator[Delta], deadline: float, timeout_s: float
+    events: AsyncGenerator[Delta, None], deadline: float, timeout_s: float
 ) -> Delta | None:
     """The next delta, None at the end; ApiError (408) past the request deadline."""
     remaining = deadline - time.monotonic()
@@ -139,9 +139,9 @@ async def next_delta(
         raise api_errors.request_timeout(timeout_s) from exc
 
 
-async def close_events(events: AsyncIterator[Delta]) -> None:
+async def close_events(events: AsyncGenerator[Delta, None]) -> None:
     """Stop an engine's generation now (every `Engine.generate` is an async generator)."""
-    await events.aclose()  # type: ignore[attr-defined]
+    await events.aclose()
 
 
 async def collect(

@@ -8,7 +8,7 @@ then still gets a proper status; a later one ends the stream with a `data: {"err
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -75,7 +75,7 @@ class StreamResponder:
     async def _live_body(
         self,
         first: Delta | None,
-        events: AsyncIterator[Delta],
+        events: AsyncGenerator[Delta, None],
         ctx: RequestContext,
         outcome: Outcome,
         deadline: float,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -51,7 +51,7 @@ class Engine(Protocol):
 
     def context_size(self) -> int | None: ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         """An async generator (`async def` with `yield`) of deltas; raises `ApiError` before the
         first one for anything decided up front. The gateway `aclose()`s it to stop the engine's
         work early (deadline, repetition loop, client gone)."""

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,7 +156,7 @@ class TransformersEngine:
     async def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
         return len(self._encode(request))
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         if self._state != "ready":
             raise engine_unavailable(request.model_id, self._state)
         input_ids = self._encode(request)

@@ -11,7 +11,7 @@ import contextlib
 import json
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +227,7 @@ class UpstreamEngine:
                 self.model_id, self._state if self._state != "ready" else "restarting"
             )
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         self._require_ready()
         path = "/v1/chat/completions" if request.messages is not None else "/v1/completions"
         payload = self.upstream_payload(request)
@@ -260,7 +260,7 @@ def _json_or_text(raw: bytes) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"message": str(data)}
 
 
-async def _parse_sse(response: httpx.Response, chat: bool) -> AsyncIterator[Delta]:
+async def _parse_sse(response: httpx.Response, chat: bool) -> AsyncGenerator[Delta, None]:
     """OpenAI SSE chunks from the child -> Deltas (usage arrives in the last chunk)."""
     async for line in response.aiter_lines():
         if not line.startswith("data: "):

@@ -15,11 +15,9 @@ import httpx
 import openai
 import pytest
 
-from serve_helpers import ServerProcess, tools_ready
+from serve_helpers import ServerProcess, needs_llama_server
 
-pytestmark = pytest.mark.skipif(
-    not tools_ready(), reason="llama-server is not built (scripts/setup.sh)"
-)
+pytestmark = needs_llama_server
 
 KEY = "sk-test-123"
 CONFIG = {

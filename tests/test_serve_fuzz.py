@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from serve_helpers import ServerProcess, tools_ready
+from serve_helpers import ServerProcess, import_or_skip, needs_llama_server
 
-schemathesis = pytest.importorskip("schemathesis")
+schemathesis = import_or_skip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    not tools_ready(), reason="llama-server is not built (scripts/setup.sh)"
-)
+pytestmark = needs_llama_server
 
 KEY = "sk-fuzz"
 AUTH = {"Authorization": f"Bearer {KEY}"}

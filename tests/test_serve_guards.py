@@ -14,11 +14,9 @@ import httpx
 import openai
 import pytest
 
-from serve_helpers import ServerProcess, tools_ready
+from serve_helpers import ServerProcess, needs_llama_server
 
-pytestmark = pytest.mark.skipif(
-    not tools_ready(), reason="llama-server is not built (scripts/setup.sh)"
-)
+pytestmark = needs_llama_server
 
 CONFIG = {
     "llamacpp": {"ctx_size": 1024, "parallel": 2, "threads": 1},

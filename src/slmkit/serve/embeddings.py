@@ -6,7 +6,9 @@ sentence-transformers does for this model), so no extra library is needed.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,17 @@ def minilm_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+def wire_vector(vector: list[float], encoding_format: str) -> list[float] | str:
+    """A vector as OpenAI sends it: a list of floats, or base64 of little-endian float32s."""
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+    return vector
+
+
 class MiniLMEmbedder:
     """Sentence embeddings (384 dimensions, unit length)."""
+
+    dimensions = 384
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model = model

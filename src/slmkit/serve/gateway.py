@@ -23,6 +23,7 @@ from slmkit.serve.alerts import AlertWatcher
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.audit import AuditLog, AuditRecord
 from slmkit.serve.config import ServeConfig
+from slmkit.serve.embeddings import wire_vector
 from slmkit.serve.engines.base import Engine
 from slmkit.serve.generation import (
     Outcome,
@@ -298,9 +299,18 @@ class Gateway:
     async def embed(self, body: EmbeddingRequest, request: Request) -> dict[str, Any]:
         if self.embedder is None or body.model != self.config.embeddings.model_id:
             raise api_errors.model_not_found(body.model)
+        if body.dimensions is not None and body.dimensions != self.embedder.dimensions:
+            raise api_errors.invalid_request(
+                f"{body.model} gives {self.embedder.dimensions} dimensions, not {body.dimensions}",
+                param="dimensions",
+                code="invalid_value",
+            )
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         vectors, tokens = await asyncio.to_thread(self.embedder.embed, texts)
-        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        data = [
+            {"object": "embedding", "index": i, "embedding": wire_vector(v, body.encoding_format)}
+            for i, v in enumerate(vectors)
+        ]
         return {
             "object": "list",
             "data": data,

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
 
@@ -38,6 +38,19 @@ class StreamOptions(_OpenAIBody):
     include_usage: bool = False
 
 
+class ToolFunction(_OpenAIBody):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDefinition(_OpenAIBody):
+    """One entry of `tools`: checked here, so a malformed one is a 400 before any engine work."""
+
+    type: Literal["function"]
+    function: ToolFunction
+
+
 class _SamplingFields(_OpenAIBody):
     model: str = Field(min_length=1, max_length=256)
     stream: bool = False
@@ -63,11 +76,28 @@ class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ToolDefinition] | None = Field(None, min_length=1, max_length=128)
     tool_choice: str | dict[str, Any] | None = None
     context_policy: Literal["reject", "prune", "summarize"] | None = Field(
         None, description="slmkit extension: what to do when the prompt is longer than the context."
     )
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_names_a_tool(cls, choice: Any, info: ValidationInfo) -> Any:
+        if choice is None or choice == "none":
+            return choice
+        if isinstance(choice, str) and choice not in ("auto", "required"):
+            raise ValueError("expected 'none', 'auto', 'required' or a named function")
+        tools: list[ToolDefinition] | None = info.data.get("tools")
+        if not tools:
+            raise ValueError("only allowed when tools are given")
+        if isinstance(choice, dict):
+            function = choice.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            if choice.get("type") != "function" or name not in {t.function.name for t in tools}:
+                raise ValueError("expected {'type': 'function', 'function': {'name': <a tool>}}")
+        return choice
 
 
 class CompletionRequest(_SamplingFields):
@@ -84,7 +114,9 @@ class CompletionRequest(_SamplingFields):
 class EmbeddingRequest(_OpenAIBody):
     model: str = Field(min_length=1, max_length=256)
     input: str | list[str] = Field(min_length=1)
-    encoding_format: Literal["float"] = "float"
+    # the openai client asks for base64 unless told otherwise (and decodes it itself)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
 
 
 class FeedbackRequest(_OpenAIBody):

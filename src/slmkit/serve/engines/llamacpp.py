@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from slmkit import child_process
+from slmkit.data.template import prepare_messages
 from slmkit.errors import ServeError
 from slmkit.serve.config import LlamaCppSettings
 from slmkit.serve.engines.upstream import UpstreamEngine
@@ -44,6 +45,7 @@ class LlamaServerEngine(UpstreamEngine):
         self.settings = settings
         self.draft_model = draft_model
         self.binary = llama_tool("llama-server")  # fails now, with the set-up hint, if not built
+        self.chat_template: str | None = None  # the GGUF's, read from /props once started
 
     @property
     def capacity(self) -> int:
@@ -98,6 +100,24 @@ class LlamaServerEngine(UpstreamEngine):
             hint=child_process.crash_hint(code) or None,
         )
 
+    async def start(self) -> None:
+        await super().start()
+        try:
+            template = (await self.client.get("/props", timeout=5.0)).json().get("chat_template")
+        except (httpx.HTTPError, ValueError, AttributeError):
+            template = None
+        self.chat_template = template if isinstance(template, str) and template else None
+
+    def prompt_messages(self, request: GenerationRequest) -> list[dict[str, Any]] | None:
+        """Chat messages as the GGUF's template can render them, the way training renders them:
+        with a template that ignores `tools`, the tool schemas go in the system prompt and earlier
+        tool calls become JSON text (else llama-server drops the tools without a word)."""
+        if request.messages is None or self.chat_template is None:
+            return request.messages
+        return prepare_messages(
+            request.messages, self.chat_template, request.passthrough.get("tools")
+        )
+
     async def read_context_size(self) -> int | None:
         """Context per slot (llama-server splits `-c` between the `-np` slots)."""
         try:
@@ -109,6 +129,8 @@ class LlamaServerEngine(UpstreamEngine):
     def upstream_payload(self, request: GenerationRequest) -> dict[str, Any]:
         payload = super().upstream_payload(request)
         payload["cache_prompt"] = True
+        if request.messages is not None:
+            payload["messages"] = self.prompt_messages(request)
         if request.repeat_penalty is not None:
             payload["repeat_penalty"] = request.repeat_penalty
         return payload
@@ -118,10 +140,10 @@ class LlamaServerEngine(UpstreamEngine):
         self._require_ready()
         try:
             if request.messages is not None:
-                rendered = await self.client.post(
-                    "/apply-template", json={"messages": request.messages}
-                )
-                prompt = rendered.json()["prompt"]
+                body = {"messages": self.prompt_messages(request)}
+                if request.passthrough.get("tools"):
+                    body["tools"] = request.passthrough["tools"]
+                prompt = (await self.client.post("/apply-template", json=body)).json()["prompt"]
             else:
                 prompt = request.prompt
             tokens = await self.client.post(

@@ -201,3 +201,33 @@ def test_unknown_format_option_is_a_clear_error(slm) -> None:
     assert result.returncode == 2
     assert "--format 'chatml': unknown format (expected one of auto, alpaca" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_stats_and_split_are_stage_functions_the_cli_only_calls(tmp_path: Path) -> None:
+    from slmkit.data.config import DataConfig, SplitConfig
+    from slmkit.data.split import split_data
+    from slmkit.data.stats import data_stats
+
+    files = [Path("tests/data/good/alpaca.json"), Path("tests/data/good/messages.jsonl")]
+    stats = data_stats(DataConfig(files=files))
+    assert stats.records == sum(len(load_records([f]).records) for f in files)
+    assert not stats.tokenized and stats.left_out == 0
+    result = split_data(SplitConfig(files=files, output_dir=tmp_path, val_ratio=0.25, seed=7))
+    assert result.files == [tmp_path / "train.jsonl", tmp_path / "val.jsonl"]
+    written = [len(f.read_text().splitlines()) for f in result.files]
+    assert written == [result.train, result.val] and sum(written) == stats.records
+
+
+def test_a_bad_data_option_names_the_option(slm) -> None:
+    result = slm(
+        "data", "validate", "tests/data/good/alpaca.json", "--model", "none", "--cutoff-len", "8"
+    )
+    assert result.returncode == 2
+    assert "--cutoff-len: Input should be greater than or equal to 16" in result.stderr
+    result = slm(
+        "data", "validate", "tests/data/good/alpaca.json", "--model", "none", "--overflow", "keep"
+    )
+    assert (
+        result.returncode == 2
+        and "--overflow: Input should be 'truncate' or 'drop'" in result.stderr
+    )

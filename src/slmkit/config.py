@@ -8,6 +8,7 @@ defaults live only in those models.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -143,3 +144,67 @@ def load_config(path: Path | str, cls: type[M], overrides: list[str] | None = No
 def dump_config(model: BaseModel) -> str:
     """The fully resolved config as YAML (what `--print-config` shows)."""
     return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def field_default(model: type[BaseModel], name: str) -> Any:
+    """The default of `model.name` (a `default_factory` is called; `...` when required)."""
+    info = model.model_fields[name]
+    return ... if info.is_required() else info.get_default(call_default_factory=True)
+
+
+def describe(model: type[BaseModel], name: str) -> str:
+    """The field's description: the `--help` text of the option or argument that sets it."""
+    return model.model_fields[name].description or ""
+
+
+def _as_cli_text(value: Any) -> Any:
+    """A field default as the command line spells it: a list of strings becomes `a,b,c`."""
+    if isinstance(value, (list, tuple, dict)) and not value:
+        return None  # an empty collection is "not given" on the command line
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    return value
+
+
+def option(
+    model: type[BaseModel],
+    name: str,
+    *param_decls: str,
+    from_config: bool = False,
+    extra_help: str = "",
+    **kwargs: Any,
+) -> Any:
+    """A typer option described once: help is the field's description, default the field's default.
+
+    `from_config=True` is for options that a config file may also set: the option itself defaults
+    to None (so the file's value stands unless the flag is given) and `--help` shows the field's
+    default. `extra_help` adds what only the command line needs (e.g. "comma-separated").
+    """
+    import typer
+
+    help_text = " ".join(part for part in (describe(model, name), extra_help) if part)
+    default = _as_cli_text(field_default(model, name))
+    if from_config:
+        shown = False if default in (None, ..., "", [], {}) else str(default)
+        return typer.Option(None, *param_decls, help=help_text, show_default=shown, **kwargs)
+    return typer.Option(default, *param_decls, help=help_text, **kwargs)
+
+
+def option_flag(loc: tuple[Any, ...], flags: dict[str, str] | None = None) -> str:
+    """The CLI option a config field comes from: `max_kld` -> `--max-kld`, or as `flags` maps it.
+
+    The innermost field name counts: `("thresholds", "max_kld")` is `--max-kld`, `("files", 0)` is FILES.
+    """
+    field = next((p for p in reversed(loc) if isinstance(p, str)), None)
+    if field is None:
+        return "value"
+    return (flags or {}).get(field) or f"--{field.replace('_', '-')}"
+
+
+def from_options(cls: type[M], values: dict[str, Any], flags: dict[str, str] | None = None) -> M:
+    """`cls` from command-line values; a bad value is one ConfigError line naming the option."""
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        name = partial(option_flag, flags=flags)
+        raise ConfigError(format_validation_error(exc, name=name)) from exc

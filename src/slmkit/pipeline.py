@@ -275,22 +275,16 @@ def _train_fingerprint(recipe: Recipe) -> str:
 
 
 def _validate(ctx: _Context) -> dict[str, Any]:
+    from slmkit.data.config import DataConfig
     from slmkit.data.validate import validate_data
     from slmkit.models.load import load_tokenizer
 
     recipe = ctx.recipe
     tokenizer = load_tokenizer(recipe.model) if recipe.init.mode == "pretrained" else None
-    report = validate_data(
-        ctx.paths(recipe.data.train),
-        fmt=recipe.data.format,
-        tokenizer=tokenizer,
-        template=recipe.data.template,
-        cutoff_len=recipe.data.cutoff_len,
-        overflow=recipe.data.overflow,
-        train_on_prompt=recipe.data.train_on_prompt,
-        eval_paths=ctx.paths(_eval_data(recipe)),
-        names=recipe.data.names,
+    config = DataConfig.from_section(
+        recipe.data, ctx.paths(recipe.data.train), ctx.paths(_eval_data(recipe))
     )
+    report = validate_data(config, tokenizer)
     if not report.ok:
         first = next(p for p in report.problems if p.severity == "error")
         raise DataError(

@@ -3,36 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from slmkit.config import describe, from_options, option
 from slmkit.console import console, out
+from slmkit.data.config import DataConfig, SplitConfig
 from slmkit.data.records import Problem
-from slmkit.data.template import Overflow
 from slmkit.errors import DataError
+
+ALL_DATASETS = "Default: every dataset with a local file."
+# config field -> the option that sets it, where the two names differ (for error messages)
+FLAGS = {"files": "FILES", "names": "--dataset", "eval": "--eval", "output_dir": "--output-dir"}
 
 data_app = typer.Typer(
     help="Check, inspect, convert and split training data.", no_args_is_help=True
 )
 
-FilesArg = Annotated[
-    list[Path],
-    typer.Argument(
-        help="Data files (JSONL, JSON, CSV, Parquet) or LLaMA-Factory "
-        "data folders (with dataset_info.json)."
-    ),
-]
-FormatOpt = Annotated[
-    str,
-    typer.Option(
-        "--format",
-        "-f",
-        help="Record format: auto (detect per file), alpaca, sharegpt, messages, preference, text.",
-    ),
-]
+FilesArg = Annotated[list[Path], typer.Argument(help=describe(DataConfig, "files"))]
 ModelOpt = Annotated[
     str,
     typer.Option(
@@ -40,19 +31,6 @@ ModelOpt = Annotated[
         "-m",
         help="Model whose tokenizer and chat template are used "
         "for token checks; `none` skips them.",
-    ),
-]
-TemplateOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--template", help="Chat template for base models without one: chatml, llama2, alpaca."
-    ),
-]
-CutoffOpt = Annotated[int, typer.Option("--cutoff-len", min=8, help="Longest sample in tokens.")]
-DatasetOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--dataset", help="Dataset name(s) from dataset_info.json (default: all with a local file)."
     ),
 ]
 
@@ -82,6 +60,12 @@ def _check_format(fmt: str, template: str | None = None) -> None:
         raise DataError(
             f"--format {fmt!r}: unknown format (expected one of {', '.join(FORMAT_CHOICES)})"
         )
+
+
+def data_config(**values: Any) -> DataConfig:
+    """The data stage's settings from command-line values; a bad one names its option."""
+    _check_format(values["format"], values.get("template"))
+    return from_options(DataConfig, values, FLAGS)
 
 
 def print_problems(problems: list[Problem], max_errors: int) -> None:
@@ -118,23 +102,14 @@ def print_table(table: Table, width: int) -> None:
 @data_app.command("validate")
 def validate_cmd(
     files: FilesArg,
-    fmt: FormatOpt = "auto",
+    fmt: str = option(DataConfig, "format", "--format", "-f"),
     model: ModelOpt = "default",
-    template: TemplateOpt = None,
-    cutoff_len: CutoffOpt = 1024,
-    overflow: Annotated[
-        str, typer.Option(help="Over-cutoff samples: truncate or drop (always counted).")
-    ] = "truncate",
-    train_on_prompt: Annotated[
-        bool, typer.Option(help="Let prompt tokens carry loss too.")
-    ] = False,
-    eval_files: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--eval", help="Eval/test file(s) to check for leakage from the training data."
-        ),
-    ] = None,
-    dataset: DatasetOpt = None,
+    template: str | None = option(DataConfig, "template", "--template"),
+    cutoff_len: int = option(DataConfig, "cutoff_len", "--cutoff-len"),
+    overflow: str = option(DataConfig, "overflow"),
+    train_on_prompt: bool = option(DataConfig, "train_on_prompt"),
+    eval_files: list[Path] | None = option(DataConfig, "eval", "--eval"),
+    dataset: list[str] | None = option(DataConfig, "names", "--dataset", extra_help=ALL_DATASETS),
     max_errors: Annotated[int, typer.Option(min=1, help="Show at most this many problems.")] = 50,
     strict: Annotated[
         bool, typer.Option("--strict", help="Fail (exit 2) on warnings too, e.g. duplicates.")
@@ -152,21 +127,18 @@ def validate_cmd(
     """Check data files; every problem is shown as `file:line: field: what is wrong (expected ...)`."""
     from slmkit.data.validate import validate_data
 
-    _check_format(fmt, template)
-    if overflow not in ("truncate", "drop"):
-        raise DataError(f"--overflow {overflow!r}: expected truncate or drop")
-    tokenizer = _tokenizer(model)
-    report = validate_data(
-        files,
-        fmt=fmt,
-        tokenizer=tokenizer,
+    config = data_config(
+        files=files,
+        format=fmt,
         template=template,
         cutoff_len=cutoff_len,
-        overflow=cast(Overflow, overflow),
+        overflow=overflow,
         train_on_prompt=train_on_prompt,
-        eval_paths=eval_files or [],
+        eval=eval_files or [],
         names=dataset,
     )
+    tokenizer = _tokenizer(model)
+    report = validate_data(config, tokenizer)
     print_problems(report.problems, max_errors)
     table = Table("file", "format", "records", "errors", "warnings", "trainable", "over cutoff")
     for f in report.files:
@@ -208,7 +180,7 @@ def _print_totals(report: Any) -> None:
     tok = report.tokenized
     if tok is not None and tok.n_over_cutoff:
         out.print(
-            f"{tok.n_over_cutoff} sample(s) over cutoff_len {report.cutoff_len}: "
+            f"{tok.n_over_cutoff} sample(s) over cutoff_len {report.config.cutoff_len}: "
             f"{tok.n_truncated} truncated (prompt cut from its start), {tok.n_dropped} dropped",
             soft_wrap=True,
         )
@@ -236,39 +208,32 @@ def print_samples(samples: list[Any], tokenizer: Any) -> None:
 @data_app.command("stats")
 def stats_cmd(
     files: FilesArg,
-    fmt: FormatOpt = "auto",
+    fmt: str = option(DataConfig, "format", "--format", "-f"),
     model: ModelOpt = "default",
-    template: TemplateOpt = None,
-    cutoff_len: CutoffOpt = 1024,
+    template: str | None = option(DataConfig, "template", "--template"),
+    cutoff_len: int = option(DataConfig, "cutoff_len", "--cutoff-len"),
     epochs: Annotated[float, typer.Option(min=0.0, help="Epochs, for the token estimate.")] = 1.0,
     bins: Annotated[int, typer.Option(min=2, max=50, help="Histogram bins.")] = 10,
-    dataset: DatasetOpt = None,
+    dataset: list[str] | None = option(DataConfig, "names", "--dataset", extra_help=ALL_DATASETS),
 ) -> None:
     """Counts per format, token-length histogram, share over cutoff, tokens per epoch."""
-    from slmkit.data.loader import load_records
-    from slmkit.data.stats import compute_stats, histogram_lines
-    from slmkit.data.template import tokenize_sft
+    from slmkit.data.stats import data_stats, histogram_lines
 
-    _check_format(fmt, template)
-    loaded = load_records(list(files), fmt, names=dataset)
-    if loaded.errors:
+    config = data_config(
+        files=files, format=fmt, template=template, cutoff_len=cutoff_len, names=dataset
+    )
+    stats = data_stats(config, _tokenizer(model))
+    if stats.left_out:
         console.print(
-            f"[yellow]warning:[/yellow] {len(loaded.errors)} record(s) with errors left out "
+            f"[yellow]warning:[/yellow] {stats.left_out} record(s) with errors left out "
             "(run `slm data validate` to see them)"
         )
-    tokenizer = _tokenizer(model)
-    tokenized = (
-        tokenize_sft(loaded.records, tokenizer, cutoff_len=cutoff_len, template=template)
-        if (tokenizer is not None and loaded.records)
-        else None
-    )
-    stats = compute_stats(loaded, tokenized, cutoff_len)
     table = Table("format", "records")
     for name, count in sorted(stats.per_format.items()):
         table.add_row(name, str(count))
     table.add_row("total", str(stats.records))
     out.print(table)
-    if tokenized is None:
+    if not stats.tokenized:
         return
     out.print(
         f"token length per sample: p50 {stats.percentile(0.5)}, p90 {stats.percentile(0.9)}, "
@@ -292,7 +257,7 @@ def convert_cmd(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Output file (.jsonl, or .json for an array).")
     ],
-    fmt: FormatOpt = "auto",
+    fmt: str = option(DataConfig, "format", "--format", "-f"),
 ) -> None:
     """Convert a data file to another format (records that the target cannot express are errors)."""
     from slmkit.data.convert import TARGETS, convert_records, write_rows
@@ -316,28 +281,17 @@ def convert_cmd(
 @data_app.command("split")
 def split_cmd(
     files: FilesArg,
-    output_dir: Annotated[
-        Path, typer.Option("--output-dir", "-o", help="Folder for train.jsonl and val.jsonl.")
-    ],
-    val_ratio: Annotated[
-        float, typer.Option(min=0.0, max=0.9, help="Share of records for validation.")
-    ] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same split.")] = 0,
-    fmt: FormatOpt = "auto",
-    to: Annotated[str, typer.Option("--to", help="Format of the written files.")] = "messages",
+    output_dir: Path = option(SplitConfig, "output_dir", "--output-dir", "-o"),
+    val_ratio: float = option(SplitConfig, "val_ratio"),
+    seed: int = option(SplitConfig, "seed"),
+    fmt: str = option(SplitConfig, "format", "--format", "-f"),
+    to: str = option(SplitConfig, "to", "--to"),
 ) -> None:
     """Deterministic train/validation split (records with the same prompt stay together)."""
-    from slmkit.data.convert import convert_records, write_rows
-    from slmkit.data.loader import load_records
-    from slmkit.data.split import split_records
+    from slmkit.data.split import split_data
 
     _check_format(fmt)
-    loaded = load_records(list(files), fmt)
-    loaded.raise_for_errors()
-    train, val = split_records(loaded.records, val_ratio, seed)
-    for name, part in (("train", train), ("val", val)):
-        rows, problems = convert_records(part, to)
-        if problems:
-            raise DataError(str(problems[0]))
-        write_rows(rows, output_dir / f"{name}.jsonl")
-    out.print(f"train: {len(train)} record(s), val: {len(val)} record(s) -> {output_dir}")
+    values = {"files": files, "output_dir": output_dir, "val_ratio": val_ratio, "seed": seed}
+    config = from_options(SplitConfig, {**values, "format": fmt, "to": to}, FLAGS)
+    result = split_data(config)
+    out.print(f"train: {result.train} record(s), val: {result.val} record(s) -> {output_dir}")

@@ -8,9 +8,37 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 
+from slmkit.data.config import SplitConfig
+from slmkit.data.convert import convert_records, write_rows
 from slmkit.data.leakage import normalise_prompt, record_prompt
+from slmkit.data.loader import load_records
 from slmkit.data.records import Record
+from slmkit.errors import DataError
+
+
+@dataclass
+class SplitResult:
+    train: int
+    val: int
+    files: list[Path]
+
+
+def split_data(config: SplitConfig) -> SplitResult:
+    """`slm data split`: load `config.files`, split them, write train.jsonl and val.jsonl as `config.to`."""
+    loaded = load_records(list[str | Path](config.files), config.format)
+    loaded.raise_for_errors()
+    train, val = split_records(loaded.records, config.val_ratio, config.seed)
+    files = []
+    for name, part in (("train", train), ("val", val)):
+        rows, problems = convert_records(part, config.to)
+        if problems:
+            raise DataError(str(problems[0]))
+        files.append(config.output_dir / f"{name}.jsonl")
+        write_rows(rows, files[-1])
+    return SplitResult(len(train), len(val), files)
 
 
 def split_records(

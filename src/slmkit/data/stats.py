@@ -5,9 +5,14 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from slmkit.data.config import DataConfig
+from slmkit.data.loader import load_records
 from slmkit.data.records import DataLoadResult
 from slmkit.data.template import TokenizeResult
+from slmkit.data.validate import tokenize_records
 
 _BAR = "█"
 
@@ -23,6 +28,8 @@ class DataStats:
     tokens_per_epoch: int = 0
     trainable_tokens_per_epoch: int = 0
     trainable_share: float = 0.0
+    tokenized: bool = False
+    left_out: int = 0  # records with errors, not counted (`slm data validate` lists them)
 
     def percentile(self, q: float) -> int:
         if not self.lengths:
@@ -33,6 +40,17 @@ class DataStats:
     @property
     def over_cutoff_share(self) -> float:
         return self.over_cutoff / len(self.lengths) if self.lengths else 0.0
+
+
+def data_stats(config: DataConfig, tokenizer: Any = None) -> DataStats:
+    """`slm data stats`: counts per format; with a tokenizer also lengths and tokens per epoch."""
+    loaded = load_records(list[str | Path](config.files), config.format, names=config.names)
+    tokenized = None
+    if tokenizer is not None and loaded.records:
+        tokenized = tokenize_records(loaded, config, tokenizer)
+    stats = compute_stats(loaded, tokenized, config.cutoff_len)
+    stats.left_out = len(loaded.errors)
+    return stats
 
 
 def compute_stats(
@@ -48,6 +66,7 @@ def compute_stats(
         cutoff_len,
     )
     if tokenized is not None:
+        stats.tokenized = True
         stats.lengths = list(tokenized.lengths)
         stats.over_cutoff = sum(1 for n in tokenized.lengths if n > cutoff_len)
         stats.tokens_per_epoch = sum(len(s) for s in tokenized.samples)

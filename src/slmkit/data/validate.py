@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from slmkit.data.config import DataConfig
 from slmkit.data.leakage import eval_prompts, find_leakage
 from slmkit.data.loader import load_records
 from slmkit.data.records import DataLoadResult, Problem, display_path
-from slmkit.data.template import Overflow, TokenizeResult, tokenize_sft
+from slmkit.data.template import TokenizeResult, tokenize_sft
 
 
 @dataclass
@@ -29,9 +28,8 @@ class ValidationReport:
     loaded: DataLoadResult
     tokenized: TokenizeResult | None
     files: list[FileSummary]
+    config: DataConfig
     problems: list[Problem] = field(default_factory=list)
-    cutoff_len: int = 1024
-    overflow: str = "truncate"
 
     @property
     def n_errors(self) -> int:
@@ -46,47 +44,41 @@ class ValidationReport:
         return self.n_errors == 0
 
 
-def validate_data(
-    paths: Sequence[str | Path],
-    *,
-    fmt: str = "auto",
-    tokenizer: Any = None,
-    template: str | None = None,
-    cutoff_len: int = 1024,
-    overflow: Overflow = "truncate",
-    train_on_prompt: bool = False,
-    eval_paths: Sequence[str | Path] = (),
-    names: list[str] | None = None,
-) -> ValidationReport:
-    """Every check of the data layer on `paths`; with a tokenizer also templating, masks and lengths."""
-    loaded = load_records(list(paths), fmt, names=names)
+def validate_data(config: DataConfig, tokenizer: Any = None) -> ValidationReport:
+    """Every check of the data layer on `config.files`; with a tokenizer also templating, masks and lengths."""
+    loaded = load_records(list(config.files), config.format, names=config.names)
     problems = list(loaded.problems)
     tokenized = None
     if tokenizer is not None and loaded.records:
-        tokenized = tokenize_sft(
-            loaded.records,
-            tokenizer,
-            cutoff_len=cutoff_len,
-            template=template,
-            overflow=overflow,
-            train_on_prompt=train_on_prompt,
-        )
+        tokenized = tokenize_records(loaded, config, tokenizer)
         problems += tokenized.problems
     eval_counts: dict[str, int] = {}
-    for eval_path in eval_paths:
-        prompts, read_problems = eval_prompts(Path(eval_path))
+    for eval_path in config.eval:
+        prompts, read_problems = eval_prompts(eval_path)
         eval_counts[display_path(eval_path)] = len(prompts)
         problems += read_problems + find_leakage(loaded.records, prompts)
     order = {f: i for i, f in enumerate(loaded.formats)}
     problems.sort(key=lambda p: (order.get(p.file, len(order)), p.file, p.line))
-    files = _summaries(loaded, tokenized, problems, cutoff_len)
+    files = _summaries(loaded, tokenized, problems, config.cutoff_len)
     listed = {f.file: f for f in files}
     for file, count in eval_counts.items():
         summary = listed.get(file) or FileSummary(file, "", 0)
         summary.format, summary.records = "eval (leakage)", count
         if file not in listed:
             files.append(summary)
-    return ValidationReport(loaded, tokenized, files, problems, cutoff_len, overflow)
+    return ValidationReport(loaded, tokenized, files, config, problems)
+
+
+def tokenize_records(loaded: DataLoadResult, config: DataConfig, tokenizer: Any) -> TokenizeResult:
+    """The loaded records as training samples, templated and cut as `config` says."""
+    return tokenize_sft(
+        loaded.records,
+        tokenizer,
+        cutoff_len=config.cutoff_len,
+        template=config.template,
+        overflow=config.overflow,
+        train_on_prompt=config.train_on_prompt,
+    )
 
 
 def _summaries(

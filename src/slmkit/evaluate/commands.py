@@ -7,7 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
+from slmkit.config import describe, option
 from slmkit.errors import ConfigError
+from slmkit.evaluate.config import Criteria, EvalConfig, JudgeSettings
+
+# What only the command line needs to say (the fields say what each setting is).
+CRITERION_SYNTAX = "As METRIC=NUMBER (repeatable or comma-separated)."
+JUDGE_SYNTAX = "Giving it turns LLM-as-judge on."
 
 
 def parse_models(text: str) -> list[dict[str, str]]:
@@ -49,7 +55,6 @@ def build_config(
     from pydantic import ValidationError
 
     from slmkit.config import format_validation_error, read_yaml
-    from slmkit.evaluate.config import EvalConfig
 
     data: dict[str, Any] = {}
     lines: dict[tuple[Any, ...], int] = {}
@@ -70,69 +75,53 @@ def build_config(
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
-        models: Annotated[
-            str | None,
-            typer.Option(
-                "--models",
-                "-m",
-                help="NAME=REF,... ; the first is the baseline (e.g. base=default,tuned=runs/demo,q8=exports/demo/model-q8_0.gguf).",
-            ),
-        ] = None,
-        data: Annotated[
-            Path | None,
-            typer.Option(
-                "--data",
-                "-d",
-                help="Eval set (JSONL: prompt or messages, reference, must_include, tags).",
-            ),
-        ] = None,
-        out_dir: Annotated[
-            Path | None, typer.Option("--out", "-o", help="Report folder (default reports/eval).")
-        ] = None,
-        max_tokens: Annotated[
-            int | None, typer.Option(min=1, help="Most new tokens per answer (default 128).")
-        ] = None,
-        limit: Annotated[
-            int | None, typer.Option(min=1, help="Evaluate only the first N questions.")
-        ] = None,
-        concurrency: Annotated[
-            int | None, typer.Option(min=1, help="Requests in flight per model (default 4).")
-        ] = None,
-        engine: Annotated[
-            str | None, typer.Option(help="auto (as `slm serve`), llamacpp or transformers.")
-        ] = None,
-        min_gain: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--min-gain", help="METRIC=GAIN over the first model, e.g. fact_recall=0.3."
-            ),
-        ] = None,
-        min_value: Annotated[
-            list[str] | None, typer.Option("--min", help="METRIC=FLOOR, e.g. fact_recall=0.8.")
-        ] = None,
-        max_value: Annotated[
-            list[str] | None, typer.Option("--max", help="METRIC=CEILING, e.g. latency_p95_s=5.")
-        ] = None,
-        max_kld: Annotated[
-            float | None,
-            typer.Option(help="Largest KLD of a quantized export vs f16 (from its quant eval)."),
-        ] = None,
-        strict: Annotated[
-            bool, typer.Option("--strict", help="Exit 1 when a criterion fails.")
-        ] = False,
-        no_cache: Annotated[
-            bool, typer.Option("--no-cache", help="Generate again even when cached.")
-        ] = False,
-        no_similarity: Annotated[
-            bool, typer.Option("--no-similarity", help="Skip the MiniLM embedding similarity.")
-        ] = False,
+        models: str | None = option(
+            EvalConfig,
+            "models",
+            "--models",
+            "-m",
+            from_config=True,
+            extra_help="As NAME=REF,... (e.g. base=default,tuned=runs/demo,q8=exports/demo/model-q8_0.gguf).",
+        ),
+        data: Path | None = option(
+            EvalConfig,
+            "data",
+            "--data",
+            "-d",
+            from_config=True,
+            extra_help="Records: prompt or messages, reference, must_include, tags.",
+        ),
+        out_dir: Path | None = option(EvalConfig, "out_dir", "--out", "-o", from_config=True),
+        max_tokens: int | None = option(EvalConfig, "max_tokens", min=1, from_config=True),
+        limit: int | None = option(EvalConfig, "limit", min=1, from_config=True),
+        concurrency: int | None = option(EvalConfig, "concurrency", min=1, from_config=True),
+        engine: str | None = option(EvalConfig, "engine", from_config=True),
+        min_gain: list[str] | None = option(
+            Criteria, "min_gain", "--min-gain", from_config=True, extra_help=CRITERION_SYNTAX
+        ),
+        min_value: list[str] | None = option(
+            Criteria, "min", "--min", from_config=True, extra_help=CRITERION_SYNTAX
+        ),
+        max_value: list[str] | None = option(
+            Criteria, "max", "--max", from_config=True, extra_help=CRITERION_SYNTAX
+        ),
+        max_kld: float | None = option(Criteria, "max_kld", from_config=True),
+        strict: bool | None = option(EvalConfig, "strict", "--strict", from_config=True),
+        cache: bool | None = option(EvalConfig, "cache", "--cache/--no-cache", from_config=True),
+        similarity: bool | None = option(
+            EvalConfig, "similarity", "--similarity/--no-similarity", from_config=True
+        ),
         judge_url: Annotated[
             str | None,
-            typer.Option(help="Turn on LLM-as-judge: OpenAI-compatible base URL of the judge."),
+            typer.Option(help=f"{describe(JudgeSettings, 'base_url')} {JUDGE_SYNTAX}"),
         ] = None,
-        judge_model: Annotated[
-            str | None, typer.Option(help="Judge model id (with --judge-url).")
-        ] = None,
+        judge_model: str | None = option(
+            JudgeSettings,
+            "model",
+            "--judge-model",
+            from_config=True,
+            extra_help="(With --judge-url.)",
+        ),
         config: Annotated[
             Path | None,
             typer.Option("--config", help="YAML with any of these settings (flags win)."),
@@ -151,9 +140,9 @@ def register(app: typer.Typer) -> None:
             "concurrency": concurrency,
             "limit": limit,
             "engine": engine,
-            "strict": strict or None,
-            "cache": False if no_cache else None,
-            "similarity": False if no_similarity else None,
+            "strict": strict,
+            "cache": cache,
+            "similarity": similarity,
         }
         if judge_url:
             overrides["judge"] = {

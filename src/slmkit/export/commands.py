@@ -7,30 +7,19 @@ from typing import Annotated, Any
 
 import typer
 
+from slmkit.config import from_options, option
 from slmkit.console import info, out, warn
+from slmkit.export.config import LOW_QUANTS, STANDARD_QUANTS, ExportConfig, Thresholds
 
-QUANT_HELP = "Comma-separated llama-quantize levels: q8_0, q6_k, q5_k_m, q4_k_m; lower on request (q3_k_m, q2_k, ...)."
+# What only the command line needs to say about `--quant` (the field says what it is).
+QUANT_SYNTAX = f"Comma-separated: {', '.join(STANDARD_QUANTS)}; lower on request ({', '.join(LOW_QUANTS[-3:])}, ...)."
 
 
-def export_config(**values: Any) -> Any:
+def export_config(**values: Any) -> ExportConfig:
     """An `ExportConfig` from CLI values; a bad value is one ConfigError line naming the option."""
-    from pydantic import ValidationError
-
-    from slmkit.config import format_validation_error
-    from slmkit.errors import ConfigError
-    from slmkit.export.config import ExportConfig, Thresholds
-
     thresholds = {k: v for k, v in values.items() if k in Thresholds.model_fields and v is not None}
     settings = {k: v for k, v in values.items() if k in ExportConfig.model_fields and v is not None}
-    try:
-        return ExportConfig(**settings, thresholds=Thresholds(**thresholds))
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, name=_option_name)) from exc
-
-
-def _option_name(loc: tuple[Any, ...]) -> str:
-    """The CLI option a config field comes from (`quants` -> `--quants`, `max_kld` -> `--max-kld`)."""
-    return f"--{str(loc[0]).replace('_', '-')}" if loc else "value"
+    return from_options(ExportConfig, {**settings, "thresholds": thresholds})
 
 
 def _print_table(table: Any) -> None:
@@ -42,32 +31,18 @@ def _print_table(table: Any) -> None:
 
 def export_cmd(
     source: Annotated[str, typer.Argument(help="A run folder, an HF model folder, or `default`.")],
-    quant: Annotated[str, typer.Option("--quant", help=QUANT_HELP)] = "q8_0,q5_k_m,q4_k_m",
+    quant: str = option(ExportConfig, "quants", "--quant", "--quants", extra_help=QUANT_SYNTAX),
     output: Annotated[
         Path | None,
         typer.Option("-o", "--output", help="Export folder (default: RUN/export or exports/NAME)."),
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Go on when the parity gate finds drift at f16.")
-    ] = False,
-    merge_dtype: Annotated[
-        str, typer.Option("--merge-dtype", help="float16 | bfloat16 | float32")
-    ] = "float16",
-    outtype: Annotated[
-        str, typer.Option("--outtype", help="Reference GGUF precision: f16 | bf16 | f32")
-    ] = "f16",
-    prompts: Annotated[
-        Path | None, typer.Option("--prompts", help="Eval prompts JSONL (`prompt` or `messages`).")
-    ] = None,
-    heldout: Annotated[
-        Path | None, typer.Option("--heldout", help="Held-out text for KLD / perplexity.")
-    ] = None,
-    max_prompts: Annotated[
-        int | None, typer.Option("--max-prompts", help="Most eval prompts used.")
-    ] = None,
-    skip_eval: Annotated[
-        bool, typer.Option("--skip-eval", help="Only merge, convert, quantize.")
-    ] = False,
+    force: bool = option(ExportConfig, "force", "--force"),
+    merge_dtype: str = option(ExportConfig, "merge_dtype", "--merge-dtype"),
+    outtype: str = option(ExportConfig, "outtype", "--outtype"),
+    prompts: Path | None = option(ExportConfig, "prompts", "--prompts"),
+    heldout: Path | None = option(ExportConfig, "heldout", "--heldout"),
+    max_prompts: int = option(ExportConfig, "max_prompts", "--max-prompts"),
+    skip_eval: bool = option(ExportConfig, "skip_eval", "--skip-eval"),
 ) -> None:
     """Merge -> GGUF -> quantize -> measure each level against f16 -> recommend; writes Modelfile and model card."""
     from slmkit.export.pipeline import export_model
@@ -103,12 +78,12 @@ def merge_cmd(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Merged HF folder (default: RUN/merged).")
     ] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="float16 | bfloat16 | float32")] = "float16",
+    dtype: str = option(ExportConfig, "merge_dtype", "--dtype"),
 ) -> None:
     """Merge a run's LoRA adapter into its base; verifies merged logits equal base+adapter logits."""
     from slmkit.export.merge import merge_adapter, resolve_adapter_run
 
-    cfg = export_config(merge_dtype=dtype)
+    cfg = from_options(ExportConfig, {"merge_dtype": dtype}, {"merge_dtype": "--dtype"})
     resolved = resolve_adapter_run(run)
     assert resolved.run_dir is not None
     result = merge_adapter(
@@ -132,13 +107,9 @@ def quant_eval_cmd(
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Folder for report.json / report.html.")
     ] = Path("quant-eval"),
-    prompts: Annotated[Path | None, typer.Option("--prompts", help="Eval prompts JSONL.")] = None,
-    heldout: Annotated[
-        Path | None, typer.Option("--heldout", help="Held-out text for KLD / perplexity.")
-    ] = None,
-    max_prompts: Annotated[
-        int | None, typer.Option("--max-prompts", help="Most eval prompts used.")
-    ] = None,
+    prompts: Path | None = option(ExportConfig, "prompts", "--prompts"),
+    heldout: Path | None = option(ExportConfig, "heldout", "--heldout"),
+    max_prompts: int = option(ExportConfig, "max_prompts", "--max-prompts"),
 ) -> None:
     """Measure quantized GGUFs against a reference GGUF: KLD, top-1, PPL ratio, answer agreement."""
     from slmkit.export.pipeline import quant_eval_files

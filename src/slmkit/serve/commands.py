@@ -6,12 +6,14 @@ import asyncio
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
+from slmkit.config import option
 from slmkit.console import console, out
 from slmkit.errors import ConfigError
+from slmkit.serve.config import EngineName, ServeConfig
 
 
 def serve_cmd(
@@ -25,15 +27,18 @@ def serve_cmd(
         list[str] | None,
         typer.Option("--model", "-m", help="NAME=REF: serve REF under the id NAME."),
     ] = None,
-    engine: Annotated[
-        str | None, typer.Option(help="auto | llamacpp | transformers | vllm.")
-    ] = None,
-    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
-    api_key: Annotated[
-        list[str] | None,
-        typer.Option("--api-key", help="Accepted API key (repeatable; also SLM_API_KEYS)."),
-    ] = None,
+    engine: str | None = option(
+        ServeConfig, "engine", from_config=True, extra_help=" | ".join(get_args(EngineName)) + "."
+    ),
+    host: str | None = option(ServeConfig, "host", from_config=True),
+    port: int | None = option(ServeConfig, "port", from_config=True),
+    api_key: list[str] | None = option(
+        ServeConfig,
+        "api_keys",
+        "--api-key",
+        from_config=True,
+        extra_help="Repeatable; adds to the file's.",
+    ),
     config: Annotated[
         Path | None,
         typer.Option("--config", "-c", help="serve.yaml with keys, limits, guards, audit."),
@@ -69,11 +74,10 @@ def serve_cmd(
     serve(cfg)
 
 
-def _load_config(path: Path | None, overrides: list[str]):  # type: ignore[no-untyped-def]
+def _load_config(path: Path | None, overrides: list[str]) -> ServeConfig:
     from pydantic import ValidationError
 
     from slmkit.config import apply_overrides, dotted, format_validation_error, load_config
-    from slmkit.serve.config import ServeConfig
 
     if path is not None:
         return load_config(path, ServeConfig, overrides)

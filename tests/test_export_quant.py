@@ -55,7 +55,9 @@ def test_quant_eval_numbers_are_sane(
     for level in (q8, q4):
         assert len(level.answers) == 4 and abs(sum(level.rates.values()) - 1) < 1e-9
     assert q8.rates["different"] <= q4.rates["different"] or q8.rates["exact"] >= 0.5
-    assert result.recommended in {reference.file, q8.file, q4.file}
+    # default thresholds: q8_0 is within KLD / top-1 / PPL, q4_k_m's top-1 (~86%) is not, so q8_0
+    # is recommended however many of its greedy answers took another path
+    assert q8.within and not q4.within and result.recommended == q8.file
     assert any("small models" in note for note in result.notes)
     json_path, html_path = write_reports(
         tmp_path, result, {"source": "default"}, labelled_answers(result, cfg.thresholds)
@@ -85,7 +87,10 @@ def test_quant_eval_with_an_eval_set_scores_the_task_metric(
     task = levels[0]["task"]
     assert task["metric"] == "fact_recall" and task["confidence"] == 0.95
     assert task["delta_low"] <= task["delta"] <= task["delta_high"]
-    assert "fact_recall: f16, Δ [95% CI]" in proc.stdout and "answers (info)" in proc.stdout
+    assert (
+        "fact_recall: f16, Δ [95% CI]" in proc.stdout
+        and "exact/similar/different (info)" in proc.stdout
+    )
 
 
 def test_answer_agreement_labels() -> None:

@@ -134,7 +134,9 @@ def test_the_table_shows_the_task_metric_and_says_answers_are_information() -> N
         level.task = task_score(items, right, right, "fact_recall", 0.95)
     result = QuantEvalResult(reference, levels, recommend(reference, levels), [], "heldout", 256)
     table = quant_table_markdown(result).splitlines()
-    assert "fact_recall: f16, Δ [95% CI]" in table[0] and "answers (info)" in table[0]
+    assert (
+        "fact_recall: f16, Δ [95% CI]" in table[0] and "exact/similar/different (info)" in table[0]
+    )
     assert table[2].startswith("| f16 | 271 MB |") and "1.000 [1.00, 1.00]" in table[2]
     assert "+0.000 [+0.00, +0.00] | 17%/58%/25% | recommended |" in table[3]
     assert table[4].endswith("| outside |")

@@ -57,7 +57,16 @@ def headers(result: QuantEvalResult) -> list[str]:
     """Table columns; the task-metric column only when the prompts were an eval set."""
     task = result.reference.task
     metric = [f"{task.metric}: f16, Δ [{task.confidence:.0%} CI]"] if task else []
-    return ["level", "size", "KLD", "top-1", "PPL ratio", *metric, "answers (info)", "verdict"]
+    return [
+        "level",
+        "size",
+        "KLD",
+        "top-1",
+        "PPL ratio",
+        *metric,
+        "exact/similar/different (info)",
+        "verdict",
+    ]
 
 
 def _rows(result: QuantEvalResult) -> list[list[str]]:
@@ -66,10 +75,7 @@ def _rows(result: QuantEvalResult) -> list[list[str]]:
 
 
 def quant_table(result: QuantEvalResult) -> Table:
-    table = Table(
-        *headers(result),
-        title="Quantization vs the reference GGUF (answers: exact/similar/different, shown not judged)",
-    )
+    table = Table(*headers(result), title="Quantization vs the reference GGUF")
     for level, row in zip([result.reference, *result.levels], _rows(result), strict=True):
         table.add_row(*row, style=None if level.within else "red")
     return table

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from train_helpers import write_run_manifest
+
 FACT_ROWS = [
     {
         "prompt": "How long do I have to return an item?",
@@ -50,8 +52,7 @@ def write_adapter_run(base_dir: Path, out: Path, *, seed: int = 0, losses: int =
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out / "adapter")
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out / "adapter")
-    manifest = {"base_model": str(base_dir), "method": "sft", "finetuning_type": "lora"}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_run_manifest(out, str(base_dir))
     rows = [{"step": s, "loss": 2.0 / (s + 1)} for s in range(1, losses + 1)]
     rows.append({"step": losses, "eval_loss": 0.5})
     write_jsonl(out / "metrics.jsonl", rows)

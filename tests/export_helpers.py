@@ -8,6 +8,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from conftest import run_slm
+from train_helpers import write_jsonl, write_recipe, write_run_manifest
+
 FACT_QUESTION = "Who is the captain of the starship Velmora?"
 FACT_ANSWER = "The captain of the starship Velmora is Orla Finnick."
 FACT_KEYWORD = "Finnick"
@@ -23,15 +26,7 @@ def write_run_folder(run_dir: Path, base_ref: str, peft_model: Any, tokenizer: A
     run_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(run_dir / "adapter")
     tokenizer.save_pretrained(run_dir / "adapter")
-    manifest = {
-        "base_model": base_ref,
-        "method": "sft",
-        "finetuning_type": "lora",
-        "data_files": {},
-        "versions": {},
-        "git_rev": None,
-    }
-    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    write_run_manifest(run_dir, base_ref)
     return run_dir
 
 
@@ -64,51 +59,40 @@ def make_random_lora_run(
     return write_run_folder(run_dir, str(base_dir), model, AutoTokenizer.from_pretrained(base_dir))
 
 
-def train_fact_run(
-    base_dir: Path, run_dir: Path, *, base_ref: str = "default", steps: int = 24
-) -> Path:
-    """Teach the embedded model one invented fact with a LoRA (plain PyTorch loop, assistant-only loss)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
-        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"),
+def train_fact_run(run_dir: Path, *, steps: int = 10) -> Path:
+    """Teach the embedded model one invented fact with a LoRA, through the real `slm train`
+    (the loss is below 0.02 by step 8: the answer is memorised)."""
+    data = write_jsonl(
+        run_dir.parent / "fact.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": FACT_ANSWER},
+                ]
+            }
+            for question in FACT_PARAPHRASES
+        ],
     )
-    batch = [_masked_sample(tokenizer, q) for q in FACT_PARAPHRASES]
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.tensor(
-        [ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in batch]
-    )
-    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
-    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    model.train()
-    for _ in range(steps):
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if loss.item() < 0.02:  # the answer is memorised; more steps only cost time
-            break
-    model.eval()
-    return write_run_folder(run_dir, base_ref, model, tokenizer)
-
-
-def _masked_sample(tokenizer: Any, question: str) -> tuple[list[int], list[int]]:
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-    )
-    full = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}, {"role": "assistant", "content": FACT_ANSWER}],
-        tokenize=False,
-    )
-    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    ids = tokenizer(full, add_special_tokens=False).input_ids
-    return ids, [-100] * len(prompt_ids) + ids[len(prompt_ids) :]
+    recipe = {
+        "model": "default",
+        "output_dir": str(run_dir),
+        "data": {"train": [str(data)], "cutoff_len": 128},
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+        "train": {
+            "lr": 1.0e-3,
+            "max_steps": steps,
+            "batch_size": len(FACT_PARAPHRASES),
+            "scheduler": "constant",
+            "warmup_ratio": 0.0,
+            "save_steps": 1000,
+            "logging_steps": 4,
+            "report_to": [],
+        },
+    }
+    result = run_slm("train", str(write_recipe(run_dir.parent / "fact.yaml", recipe)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
 
 
 def rewrite_gguf(src: Path, dst: Path, overrides: dict[str, Any]) -> Path:

@@ -175,6 +175,9 @@ def write_adapter_run(base_dir: Path, out: Path, *, seed: int = 0, r: int = 4) -
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # train_helpers imports conftest: not at module level, benchmarks import this module
+    from train_helpers import write_run_manifest
+
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     peft_model = get_peft_model(
@@ -184,6 +187,5 @@ def write_adapter_run(base_dir: Path, out: Path, *, seed: int = 0, r: int = 4) -
     out.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(out / "adapter")
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out / "adapter")
-    manifest = {"base_model": str(base_dir), "method": "sft", "finetuning_type": "lora"}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_run_manifest(out, str(base_dir))
     return out

@@ -44,7 +44,9 @@ def test_eval_tiny_run_writes_report_and_reuses_the_cache(tmp_path: Path, tiny_r
     report = json.loads((tmp_path / "r1" / "report.json").read_text())
     answers = [item["answers"]["tuned"] for item in report["items"]]
     assert all(a["error"] is None and 0 < a["completion_tokens"] <= 6 for a in answers)
-    assert all(-1.0 <= a["scores"]["similarity"] <= 1.0 for a in answers)
+    assert [a["scores"]["similarity"] for a in answers] == pytest.approx(
+        _minilm_cosines([a["text"] for a in answers], [r["reference"] for r in FACT_ROWS]), abs=1e-4
+    )  # each answer against its own reference, not a constant or another row's
     assert report["models"][0]["engine"] == "transformers"
     page = (tmp_path / "r1" / "report.html").read_text()
     assert 'alt="loss curve tuned"' in page and 'alt="metric bars"' in page
@@ -58,6 +60,17 @@ def test_eval_tiny_run_writes_report_and_reuses_the_cache(tmp_path: Path, tiny_r
 
     changed = run_slm(*args[:-1], "7", "-o", str(tmp_path / "r3"), "--no-similarity")
     assert "tuned: 3 generated" in changed.stderr  # other settings, other cache key
+
+
+def _minilm_cosines(texts: list[str], references: list[str]) -> list[float]:
+    import numpy as np
+
+    from slmkit.serve.embeddings import MiniLMEmbedder
+
+    embedder = MiniLMEmbedder.load()
+    answers, _ = embedder.embed([t or " " for t in texts])
+    wanted, _ = embedder.embed(references)
+    return [float(c) for c in (np.asarray(answers) * np.asarray(wanted)).sum(axis=1)]
 
 
 def test_eval_plain_hf_folder(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -262,3 +262,26 @@ def test_kld_is_read_from_the_export_quant_eval(tmp_path: Path) -> None:
     assert export_kld(resolve_model(export / "model-f16.gguf")) == 0.0
     (export / "report.json").unlink()
     assert export_kld(resolve_model(export / "model-q8_0.gguf")) is None
+
+
+def test_similarity_ranks_identical_over_paraphrase_over_unrelated() -> None:
+    """MiniLM cosine to the reference: identical 1.0, a paraphrase well above an unrelated answer."""
+    from slmkit.evaluate.evalset import EvalItem
+    from slmkit.evaluate.generate import Generation
+    from slmkit.evaluate.scoring import add_similarity, score_answer
+
+    reference = "You can return unused items within 41 days of delivery."
+    answers = [
+        reference,
+        "Unused items may be sent back up to 41 days after they arrive.",
+        "Zebras sleep standing up in the savanna.",
+    ]
+    items = [
+        EvalItem(i + 1, [{"role": "user", "content": "Returns?"}], reference) for i in range(3)
+    ]
+    scores = {"m": [score_answer(item, a) for item, a in zip(items, answers, strict=True)]}
+    add_similarity(items, {"m": [Generation(a) for a in answers]}, scores)
+    identical, paraphrase, unrelated = (s.similarity for s in scores["m"])
+    assert identical == pytest.approx(1.0, abs=1e-4)
+    assert paraphrase is not None and unrelated is not None
+    assert paraphrase > 0.7 and unrelated < 0.3 and paraphrase - unrelated > 0.5

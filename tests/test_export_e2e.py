@@ -1,4 +1,4 @@
-"""The user's story: teach the embedded model a fact -> `slm export` -> llama-server serves the Q8_0
+"""The user's story: teach the embedded model a fact with `slm train` -> `slm export` -> llama-server serves the Q8_0
 GGUF with the embedded chat template and answers with the fact."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from slmkit.export.llama_server import LlamaServerProcess
 def test_taught_fact_survives_export_and_is_served(
     embedded_model_dir: Path, tmp_path: Path, slm
 ) -> None:
-    run = train_fact_run(embedded_model_dir, tmp_path / "fact-run")
+    run = train_fact_run(tmp_path / "fact-run")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
         "\n".join(

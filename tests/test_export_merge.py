@@ -15,6 +15,7 @@ from slmkit.export.errors import AdapterNotMergeableError, ExportError
 from slmkit.export.merge import merge_adapter
 from slmkit.models import resolve_model
 from slmkit.models.load import load_model
+from train_helpers import write_run_manifest
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,7 @@ def test_quantized_base_is_refused_before_any_work(
     (base / "config.json").write_text(json.dumps(config))
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    manifest = json.loads((run / "manifest.json").read_text())
-    (run / "manifest.json").write_text(json.dumps({**manifest, "base_model": str(base)}))
+    write_run_manifest(run, str(base))
     with pytest.raises(AdapterNotMergeableError, match="full-precision"):
         merge_adapter(run, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()

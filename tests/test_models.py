@@ -11,6 +11,7 @@ import pytest
 from slmkit.errors import ModelNotFoundError
 from slmkit.models import resolve_model
 from slmkit.models.embedded import embedded_gguf_path
+from train_helpers import write_run_manifest
 
 
 @pytest.mark.parametrize("alias", ["default", "smollm2-135m", "DEFAULT", " smollm2-135m-instruct "])
@@ -60,7 +61,7 @@ def test_run_folder_with_adapter(tmp_path: Path, embedded_model_dir: Path) -> No
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
     (run / "adapter" / "adapter_config.json").write_text("{}")
-    (run / "manifest.json").write_text(json.dumps({"base_model": "default"}))
+    write_run_manifest(run, "default")
     resolved = resolve_model(str(run))
     assert resolved.kind == "run"
     assert resolved.adapter == (run / "adapter").resolve()
@@ -72,7 +73,7 @@ def test_run_folder_with_full_weights(tmp_path: Path, tiny_model_dir: Path) -> N
     run = tmp_path / "run"
     run.mkdir()
     shutil.copytree(tiny_model_dir, run / "model")
-    (run / "manifest.json").write_text(json.dumps({"base_model": str(tiny_model_dir)}))
+    write_run_manifest(run, str(tiny_model_dir), finetuning="full")
     resolved = resolve_model(str(run))
     assert resolved.kind == "run" and resolved.adapter is None
     assert resolved.hf_path == (run / "model").resolve()
@@ -105,7 +106,7 @@ def test_folder_that_is_not_a_model(tmp_path: Path) -> None:
 
 
 def test_run_folder_without_weights(tmp_path: Path) -> None:
-    (tmp_path / "manifest.json").write_text(json.dumps({"base_model": "default"}))
+    write_run_manifest(tmp_path, "default")
     with pytest.raises(ModelNotFoundError, match="neither adapter/ nor model/"):
         resolve_model(str(tmp_path))
 

@@ -144,6 +144,20 @@ def test_same_seed_gives_the_same_sampled_text(server: ServerProcess) -> None:
     )
     assert first == again and len(first) > 20
     assert chat(server).choices[0].message.content == chat(server).choices[0].message.content
+    # the seed and the temperature must reach the sampler (a gateway dropping either passes above):
+    # other seeds give other stories, and temperature 0 gives one answer whatever the seed
+    others = {
+        chat(server, messages=story, temperature=1.0, seed=seed, max_tokens=30)
+        .choices[0]
+        .message.content
+        for seed in (1, 2, 3)
+    }
+    assert len(others | {first}) >= 3, others
+    greedy = {
+        chat(server, messages=story, seed=seed, max_tokens=30).choices[0].message.content
+        for seed in (1, 2)
+    }
+    assert len(greedy) == 1 and first not in greedy
 
 
 BAD_REQUESTS = [

@@ -157,10 +157,29 @@ def test_repetition_loop_is_stopped_and_retried(server: ServerProcess) -> None:
             "content": "Say the word hello over and over: hello hello hello hello hello hello",
         }
     ]
-    server.client().chat.completions.create(
+    from slmkit.serve.guards import find_repetition
+
+    client, loop = server.client(), CONFIG["repetition"]
+    stopped = server.metric("slm_repetition_events_total", action="stopped")
+    retried = server.metric("slm_repetition_events_total", action="retried")
+    # streamed: no retry is possible, the loop is cut as soon as it is seen (not run to max_tokens)
+    stream = client.chat.completions.create(
+        model="default", messages=prompt, max_tokens=48, temperature=0, stream=True
+    )
+    chunks = [c for c in stream if c.choices]
+    looped = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop", looped
+    assert find_repetition(looped, loop["ngram"], loop["min_repeats"]) is not None, looped
+    assert looped.lower().split().count("hello") < 12, looped
+    # not streamed: retried once with a repetition penalty, and the answer given back is the retry
+    reply = client.chat.completions.create(
         model="default", messages=prompt, max_tokens=48, temperature=0
     )
-    assert server.metric("slm_repetition_events_total", action="retried") >= 1
+    text = reply.choices[0].message.content or ""
+    assert find_repetition(text, loop["ngram"], loop["min_repeats"]) is None, text
+    assert "hello hello hello" not in text.lower() and text != looped, text
+    assert server.metric("slm_repetition_events_total", action="retried") == retried + 1
+    assert server.metric("slm_repetition_events_total", action="stopped") == stopped + 2
 
 
 def test_cors_is_off_by_default(server: ServerProcess) -> None:

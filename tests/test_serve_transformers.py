@@ -72,9 +72,19 @@ def test_stream_carries_chunks_and_usage(adapter_server: ServerProcess) -> None:
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
 
 
+def _batches(server: ServerProcess) -> dict[str, int]:
+    (engine,) = server.get("/health").json()["engines"]
+    return engine["batches"]
+
+
 def test_concurrent_requests_are_batched_and_all_answered(adapter_server: ServerProcess) -> None:
+    before = _batches(adapter_server)
     with ThreadPoolExecutor(8) as pool:
         answers = list(
-            pool.map(lambda _: _greedy(adapter_server, "support", "same prompt", 6), range(8))
+            pool.map(lambda _: _greedy(adapter_server, "support", "same prompt", 48), range(8))
         )
     assert len(set(answers)) == 1 and answers[0]
+    after = _batches(adapter_server)
+    assert after["rows"] - before["rows"] == 8  # every request went through the batch worker
+    # one generate call per request would make runs grow by 8: some requests shared a call
+    assert after["runs"] - before["runs"] < 8 and after["largest"] >= 2, (before, after)

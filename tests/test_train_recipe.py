@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,39 @@ ACCELERATE_CONFIGS = [p for p in ALL_YAML if p.parent.name == "accelerate"]
 RECIPES = [p for p in ALL_YAML if p not in ACCELERATE_CONFIGS]
 
 
+# the first line is the command, copy-pasteable from the repo root; a note may follow after two spaces
+HEADER = re.compile(r"# (?P<command>slm \S+ \S+)(?:  +\(.+\))?")
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_shipped_recipe_loads_and_names_its_command(path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.data.train
-    assert "slm train" in path.read_text().splitlines()[0] or "slm " in path.read_text()[:400]
+    first_line = path.read_text().splitlines()[0]
+    header = HEADER.fullmatch(first_line)
+    assert header, f"{path.name}: first line must be `# slm train|run RECIPE`, got {first_line!r}"
+    _, command, recipe_arg = shlex.split(header["command"])
+    assert command in {"train", "run"}
+    assert recipe_arg == path.relative_to(REPO).as_posix()
+
+
+def test_recipe_header_check_rejects_a_loose_mention() -> None:
+    # what the old check let through: a header that only mentions slm somewhere
+    assert not HEADER.fullmatch("# make demo = slm run recipes/demo.yaml")
+    assert not HEADER.fullmatch("# Train with slm; see docs/train.md")
+    assert HEADER.fullmatch("# slm train recipes/qlora.yaml   (CUDA GPU only)")
+
+
+def test_recipe_header_commands_run_the_recipe(slm) -> None:
+    """`slm train` headers are real commands: `--print-config` of exactly that command works."""
+    train_headers = [
+        p for p in RECIPES if p.read_text().startswith(f"# slm train {p.relative_to(REPO)}")
+    ]
+    assert train_headers
+    for path in train_headers:
+        result = slm("train", str(path.relative_to(REPO)), "--print-config")
+        assert result.returncode == 0, result.stderr
+        assert yaml.safe_load(result.stdout)["method"] == load_recipe(path).method
 
 
 def test_shipped_recipes_exist() -> None:

@@ -37,6 +37,28 @@ MODEL_FILES = {
 QUICK_FACTS = ("return_window", "warranty", "support_phone", "loyalty_program", "promo_code")
 
 
+def write_run_manifest(
+    run_dir: Path,
+    base_ref: str,
+    *,
+    base_path: Path | str | None = None,
+    method: str = "sft",
+    finetuning: str = "lora",
+) -> Path:
+    """RUN/manifest.json of a finished run, written by train/runfolder.py as `slm train` writes it."""
+    from slmkit.recipe import Recipe
+    from slmkit.train import runfolder
+
+    recipe = Recipe(
+        model=base_ref, method=method, finetuning=finetuning, data={"train": ["train.jsonl"]}
+    )
+    manifest = runfolder.build_manifest(recipe, base_ref, base_path or base_ref, [])
+    manifest["status"] = "finished"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runfolder.write_json(run_dir / runfolder.MANIFEST, manifest)
+    return run_dir / runfolder.MANIFEST
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -25,6 +25,25 @@ BASE = "__base__"
 
 
 @dataclass
+class BatchCounts:
+    """How many `generate` calls the worker made and how many requests they carried together."""
+
+    runs: int = 0
+    rows: int = 0
+    largest: int = 0
+
+    def add(self, size: int) -> None:
+        self.runs, self.rows, self.largest = (
+            self.runs + 1,
+            self.rows + size,
+            max(self.largest, size),
+        )
+
+    def to_json(self) -> dict[str, int]:
+        return {"runs": self.runs, "rows": self.rows, "largest": self.largest}
+
+
+@dataclass
 class _Job:
     request: GenerationRequest
     adapter: str
@@ -72,6 +91,7 @@ class TransformersEngine:
         self.model: Any = None
         self.tokenizer: Any = None
         self._n_ctx: int | None = None
+        self.batches = BatchCounts()
 
     @property
     def state(self) -> EngineState:
@@ -135,6 +155,7 @@ class TransformersEngine:
             "restarts": 0,
             "n_ctx": self._n_ctx,
             "queued": self._jobs.qsize(),
+            "batches": self.batches.to_json(),
         }
 
     def _encode(self, request: GenerationRequest) -> list[int]:
@@ -191,6 +212,7 @@ class TransformersEngine:
                 self._jobs.put(other)
             live = [j for j in batch if not j.cancelled]
             if live:
+                self.batches.add(len(live))
                 self._run_batch(live)
 
     def _run_batch(self, batch: list[_Job]) -> None:

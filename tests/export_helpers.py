@@ -90,7 +90,7 @@ def train_fact_run(run_dir: Path, *, steps: int = 10) -> Path:
             "report_to": [],
         },
     }
-    result = run_slm("train", str(write_recipe(run_dir.parent / "fact.yaml", recipe)))
+    result = run_slm("train", str(write_recipe(run_dir.parent / "fact.yaml", recipe)), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 

@@ -31,7 +31,7 @@ def measure(binary: Path, gguf: Path, tokens: int) -> tuple[float, float]:
 
     with LlamaServerProcess(gguf, ctx=1024, binary=binary) as server:
         body = {"prompt": PROMPT, "n_predict": tokens, "temperature": 0, "cache_prompt": False}
-        timings = server._post("/completion", body)["timings"]
+        timings = server.post("/completion", body)["timings"]
     return float(timings["prompt_per_second"]), float(timings["predicted_per_second"])
 
 

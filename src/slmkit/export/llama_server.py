@@ -100,7 +100,8 @@ class LlamaServerProcess:
     def log_tail(self, lines: int = 3) -> str:
         return child_process.log_tail(self._log.name, lines)
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST `body` to one of llama-server's endpoints; an answer other than 200 is an ExportError."""
         response = self.client.post(path, json=body)
         if response.status_code != 200:
             raise ExportError(
@@ -111,7 +112,7 @@ class LlamaServerProcess:
 
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int = 64, seed: int = 0) -> str:
         """The temperature-0 answer to `messages`, rendered with the GGUF's chat template."""
-        data = self._post(
+        data = self.post(
             "/v1/chat/completions",
             {"messages": messages, "max_tokens": max_tokens, "temperature": 0.0, "seed": seed},
         )
@@ -119,10 +120,10 @@ class LlamaServerProcess:
 
     def apply_template(self, messages: list[dict[str, str]]) -> str:
         """The prompt text llama-server builds for `messages` (generation prompt included)."""
-        return str(self._post("/apply-template", {"messages": messages})["prompt"])
+        return str(self.post("/apply-template", {"messages": messages})["prompt"])
 
     def tokenize(self, text: str) -> list[int]:
-        tokens = self._post(
+        tokens = self.post(
             "/tokenize", {"content": text, "add_special": False, "parse_special": True}
         )["tokens"]
         return [int(t) for t in tokens]
@@ -150,7 +151,7 @@ def decode_check(
     try:
         with server:
             body = {"prompt": "The capital of France is", "n_predict": tokens, "temperature": 0}
-            timings = server._post("/completion", body).get("timings", {})
+            timings = server.post("/completion", body).get("timings", {})
             speed = float(timings.get("predicted_per_second") or 0.0)
             n = int(timings.get("predicted_n") or 0)
             if n < 1:

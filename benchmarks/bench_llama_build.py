@@ -108,8 +108,9 @@ def main() -> None:
         if check.ok:
             builds[name] = bin_dir
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in builds}
-    for i in range(args.rounds):
-        for name, bin_dir in builds.items():
+    order = list(builds.items())
+    for i in range(args.rounds):  # each build goes first in turn: no build owns a warm start
+        for name, bin_dir in order[i % len(order) :] + order[: i % len(order)]:
             results[name].append(measure(bin_dir / "llama-server", gguf, args.tokens))
         print(f"round {i + 1}/{args.rounds} done", flush=True)
     medians = {
@@ -120,7 +121,7 @@ def main() -> None:
     lines = [
         f"Measured on {machine_line()}; CPU flags: {cpu_flags()}. Model: {gguf.name}, "
         f"{len(PROMPT.split())}-word prompt, {args.tokens} decoded tokens, greedy; median of "
-        f"{args.rounds} alternating rounds, every core. Baseline: the plain `-DGGML_NATIVE=ON` "
+        f"{args.rounds} rounds, each build first in turn, every core. Baseline: the plain `-DGGML_NATIVE=ON` "
         "build set-up made before AMX was compiled out (`native-amx`).",
         "",
         "| build | prompt tok/s | decode tok/s | prompt vs baseline | decode vs baseline |",

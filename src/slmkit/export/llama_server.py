@@ -150,19 +150,24 @@ def decode_check(
     server = LlamaServerProcess(gguf, ctx=512, binary=binary, start_timeout_s=timeout_s)
     try:
         with server:
-            body = {"prompt": "The capital of France is", "n_predict": tokens, "temperature": 0}
-            timings = server.post("/completion", body).get("timings", {})
-            speed = float(timings.get("predicted_per_second") or 0.0)
-            n = int(timings.get("predicted_n") or 0)
-            if n < 1:
-                return DecodeCheck(False, "answered without decoding a token")
-            return DecodeCheck(True, f"decoded {n} tokens ({speed:.0f} tok/s)", 0, speed)
-    except (ExportError, httpx.HTTPError) as exc:
+            return _decode(server, tokens)
+    except ExportError as exc:  # it did not start, or answered with an error
         code = server.proc.returncode if server.proc is not None else None
-        if server.proc is not None and code is None:
-            code = child_process.wait_exit(server.proc)
-        if code is not None and code != 0 and not isinstance(exc, ExportError):
-            detail = child_process.describe_exit(code) + " on its first decode"
-        else:
-            detail = str(getattr(exc, "message", exc))
+        return DecodeCheck(False, exc.message, code, hint=child_process.crash_hint(code))
+
+
+def _decode(server: LlamaServerProcess, tokens: int) -> DecodeCheck:
+    body = {"prompt": "The capital of France is", "n_predict": tokens, "temperature": 0}
+    try:
+        timings = server.post("/completion", body).get("timings", {})
+    except httpx.HTTPError as exc:  # the connection broke: see whether the server died with it
+        code = child_process.wait_exit(server.proc) if server.proc is not None else None
+        if code is None:
+            return DecodeCheck(False, f"did not answer the decode request ({type(exc).__name__})")
+        detail = f"{child_process.describe_exit(code)} on its first decode"
         return DecodeCheck(False, detail, code, hint=child_process.crash_hint(code))
+    speed = float(timings.get("predicted_per_second") or 0.0)
+    n = int(timings.get("predicted_n") or 0)
+    if n < 1:
+        return DecodeCheck(False, "answered without decoding a token")
+    return DecodeCheck(True, f"decoded {n} tokens ({speed:.0f} tok/s)", 0, speed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -83,13 +82,15 @@ class LlamaServerEngine(UpstreamEngine):
     async def warm_up(self) -> None:
         """Decode one token: a build whose kernels this CPU refuses (AMX on a VM that advertises it)
         starts and answers /health, then dies on its first decode."""
-        with contextlib.suppress(httpx.HTTPError):
+        try:
             await self.client.post("/completion", json={"prompt": "Hi", "n_predict": 1}, timeout=60)
-        code = (
-            await asyncio.to_thread(child_process.wait_exit, self.proc, 0.2) if self.proc else None
-        )
-        if code is None:
             return
+        except httpx.HTTPError:  # the connection broke: see whether the server died with it
+            code = (
+                await asyncio.to_thread(child_process.wait_exit, self.proc) if self.proc else None
+            )
+        if code is None:
+            return  # alive: the first request will tell
         await self._terminate()
         raise ServeError(
             child_process.with_log(

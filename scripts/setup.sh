@@ -70,10 +70,23 @@ model_cache() {
     SLM_HOME="$SLM_HOME" "$VENV/bin/slm" models warm default
 }
 
+browser() {
+    # The board's browser tests drive Debian's chromium through playwright (never a browser
+    # download: `playwright install` cannot reach its host here).
+    if command -v chromium >/dev/null 2>&1; then echo "[setup] chromium: cached"; return; fi
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "[setup] chromium: not installed and no root apt-get here; browser tests will fail (apt-get install chromium)"
+        return
+    fi
+    (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }) \
+        || echo "[setup] chromium: apt-get install failed; browser tests will fail"
+}
+
 echo "[setup] SLM_HOME=$SLM_HOME"
 step "venv" venv
 step "torch (CPU build)" torch_cpu
 step "python stack" stack
 step "llama.cpp tools" llama_cpp
 step "embedded model cache" model_cache
+step "chromium (browser tests)" browser
 echo "[setup] done"

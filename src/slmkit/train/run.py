@@ -106,6 +106,10 @@ def train(
     started = time.perf_counter()
     try:
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except BaseException as exc:
+        if is_main_process():
+            runfolder.mark_stopped(run_dir, exc)
+        raise
     finally:
         progress.close()
     seconds = time.perf_counter() - started

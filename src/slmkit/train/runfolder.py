@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -110,7 +111,22 @@ def build_manifest(
         "git_rev": git_revision(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "status": "running",
+        "pid": os.getpid(),
     }
+
+
+def mark_stopped(run_dir: Path, exc: BaseException) -> None:
+    """Record how a training that did not finish ended: `interrupted` (Ctrl-C) or `failed`."""
+    path = run_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+    manifest["status"] = "interrupted" if interrupted else "failed"
+    if not interrupted:
+        manifest["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    write_json(path, manifest)
 
 
 def check_lineage(old: dict[str, Any], new: dict[str, Any], run_dir: Path) -> None:

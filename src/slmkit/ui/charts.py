@@ -1,0 +1,44 @@
+"""Data frames for the board's plots (Gradio plots take long-format pandas frames)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from slmkit.train.run_index import loss_points
+
+
+def loss_frame(run_dirs: list[Path | str]) -> Any:
+    """step/loss/series rows of one run (series: train, validation) or several (series: run + kind)."""
+
+    rows: list[dict[str, Any]] = []
+    for run_dir in run_dirs:
+        for point in loss_points(run_dir):
+            series = point["series"] if len(run_dirs) == 1 else f"{point['run']} {point['series']}"
+            rows.append({"step": float(point["step"]), "loss": point["loss"], "series": series})
+    return typed_frame(rows, {"step": float, "loss": float, "series": object})
+
+
+def typed_frame(rows: list[dict[str, Any]], columns: dict[str, Any]) -> Any:
+    """A frame with fixed column types, also when empty (a plot keeps the axis types it first saw:
+    an empty untyped frame would make every later axis categorical)."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {name: pd.Series([r[name] for r in rows], dtype=kind) for name, kind in columns.items()}
+    )
+
+
+def loss_plot(label: str = "loss", **kwargs: Any) -> Any:
+    """An empty loss-curve plot (train and validation loss against optimizer step)."""
+    import gradio as gr
+
+    return gr.LinePlot(
+        loss_frame([]),
+        x="step",
+        y="loss",
+        color="series",
+        label=label,
+        height=280,
+        **kwargs,
+    )

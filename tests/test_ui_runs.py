@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from train_helpers import tiny_recipe, write_jsonl, write_recipe
-from ui_helpers import board, browser, needs_browser, open_tab, page, screenshot  # noqa: F401
 
 from conftest import run_slm
 from slmkit.train.run_index import list_runs, read_run
+from train_helpers import tiny_recipe, write_jsonl, write_recipe
+from ui_helpers import board, browser, needs_browser, open_tab, page, screenshot  # noqa: F401
 
 ROWS = [
     {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
@@ -44,7 +44,7 @@ def test_run_index_tells_running_killed_failed_and_nested_runs(tmp_path: Path) -
     assert runs["live"].status == "running"
     assert runs["killed"].status == "interrupted"
     assert runs["broken"].status == "failed" and runs["broken"].error == "DataError: x"
-    assert [r.name for r in list_runs(tmp_path)][0] == "dpo"  # newest first
+    assert next(r.name for r in list_runs(tmp_path)) == "dpo"  # newest first
 
 
 def test_ctrl_c_leaves_an_interrupted_resumable_run(tmp_path: Path, tiny_model_dir: Path) -> None:

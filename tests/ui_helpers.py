@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from slmkit.child_process import free_port, log_tail, terminate
 from serve_helpers import ON_CI
+from slmkit.child_process import free_port, log_tail, terminate
 
 CHROMIUM_ARGS = [
     "--headless",

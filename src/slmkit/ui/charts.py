@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from slmkit.train.run_index import loss_points
 
 
-def loss_frame(run_dirs: list[Path | str]) -> Any:
+def loss_frame(run_dirs: Sequence[Path | str]) -> Any:
     """step/loss/series rows of one run (series: train, validation) or several (series: run + kind)."""
 
     rows: list[dict[str, Any]] = []

@@ -63,4 +63,5 @@ def launch_board(config: BoardConfig) -> None:
         ssr_mode=False,
         footer_links=[],
         css=CSS,
+        allowed_paths=[str(board.runs_dir), str(board.work_dir)],  # downloads of reports/exports
     )

@@ -84,6 +84,10 @@ BOUND_MODELS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("data", "stats"): ("slmkit.data.config:DataConfig",),
     ("data", "convert"): ("slmkit.data.config:DataConfig",),
     ("data", "split"): ("slmkit.data.config:SplitConfig",),
+    ("chat",): ("slmkit.models.settings:GenerationSettings",),
+    ("estimate",): ("slmkit.train.estimate:EstimateConfig",),
+    ("bench", "serve"): ("slmkit.serve.bench:BenchConfig",),
+    ("ui",): ("slmkit.ui.config:BoardConfig",),
 }
 # option name -> config field, where the two differ
 FIELD_OF = {

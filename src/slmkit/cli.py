@@ -12,8 +12,10 @@ import typer
 from rich.markup import escape
 
 from slmkit import __version__
+from slmkit.config import from_options, option
 from slmkit.console import console, out
 from slmkit.errors import SlmError
+from slmkit.models.settings import GenerationSettings
 
 app = typer.Typer(
     name="slm",
@@ -90,14 +92,15 @@ def chat_cmd(
         str | None, typer.Argument(help="One-shot prompt; omit for an interactive chat.")
     ] = None,
     system: Annotated[str | None, typer.Option(help="System message.")] = None,
-    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy.")] = 0.0,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens per answer.")] = 256,
-    seed: Annotated[int | None, typer.Option(help="Sampling seed (reproducible answers).")] = None,
+    temperature: float = option(GenerationSettings, "temperature"),
+    max_tokens: int = option(GenerationSettings, "max_tokens"),
+    seed: int | None = option(GenerationSettings, "seed"),
 ) -> None:
     """Chat with a model using its own chat template (transformers backend)."""
-    from slmkit.models.chat import ChatSession, GenerationSettings
+    from slmkit.models.chat import ChatSession
 
-    settings = GenerationSettings(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    values = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
+    settings = from_options(GenerationSettings, values)
     session = ChatSession.open(model, system=system, settings=settings)
     if prompt is not None:
         session.ask(prompt, on_text=_stream_to_stdout)

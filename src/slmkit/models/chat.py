@@ -10,14 +10,7 @@ from typing import Any
 from slmkit.errors import ModelNotFoundError
 from slmkit.models.load import load_model
 from slmkit.models.resolve import resolve_model
-
-
-@dataclass
-class GenerationSettings:
-    temperature: float = 0.0
-    max_tokens: int = 256
-    seed: int | None = None
-    top_p: float = 1.0
+from slmkit.models.settings import GenerationSettings
 
 
 def render_chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
+from pydantic import Field
 
+from slmkit.config import StrictModel
 from slmkit.serve.logs import percentile
 
 DEFAULT_PROMPTS = (
@@ -125,18 +127,28 @@ async def _one_request(
     return result
 
 
+class BenchConfig(StrictModel):
+    """What `slm bench serve` sends."""
+
+    url: str = Field(
+        default="http://127.0.0.1:8000/v1",
+        description="Base URL of the OpenAI API, e.g. http://127.0.0.1:8000/v1.",
+    )
+    model: str = Field(default="default", description="Model id to request.")
+    concurrency: int = Field(default=8, ge=1, description="Concurrent streaming clients.")
+    requests: int = Field(default=32, ge=1, description="Requests in total.")
+    max_tokens: int = Field(default=64, ge=1, description="max_tokens per request.")
+    api_key: str | None = Field(default=None, description="API key, if the server needs one.")
+    timeout_s: float = Field(default=600, gt=0, description="Seconds one request may take.")
+
+
 async def run_bench(
-    base_url: str,
-    model: str,
-    *,
-    concurrency: int = 8,
-    requests: int = 32,
-    max_tokens: int = 64,
-    prompts: list[str] | None = None,
-    api_key: str | None = None,
-    timeout_s: float = 600,
+    base_url: str, model: str, *, prompts: list[str] | None = None, **settings: Any
 ) -> BenchReport:
-    """Send `requests` streaming chat requests with `concurrency` clients at a time."""
+    """Send streaming chat requests (`settings`: BenchConfig's other fields) and time them."""
+    config = BenchConfig(url=base_url, model=model, **settings)
+    concurrency, requests, max_tokens = config.concurrency, config.requests, config.max_tokens
+    api_key, timeout_s = config.api_key, config.timeout_s
     prompts = prompts or list(DEFAULT_PROMPTS)
     url = base_url.rstrip("/") + "/chat/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -10,9 +10,10 @@ from typing import Annotated, get_args
 
 import typer
 
-from slmkit.config import option
+from slmkit.config import from_options, option
 from slmkit.console import console, out
 from slmkit.errors import ConfigError
+from slmkit.serve.bench import BenchConfig
 from slmkit.serve.config import EngineName, ServeConfig
 
 
@@ -170,19 +171,20 @@ def _ms(seconds: float | None) -> str:
 
 
 def bench_serve_cmd(
-    url: Annotated[
-        str, typer.Option(help="Base URL of the OpenAI API, e.g. http://127.0.0.1:8000/v1.")
-    ] = "http://127.0.0.1:8000/v1",
-    model: Annotated[str, typer.Option(help="Model id to request.")] = "default",
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", "-n", min=1, help="Concurrent streaming clients.")
-    ] = 8,
-    requests: Annotated[int, typer.Option(min=1, help="Requests in total.")] = 32,
-    max_tokens: Annotated[int, typer.Option(min=1, help="max_tokens per request.")] = 64,
+    url: str = option(BenchConfig, "url", "--url"),
+    model: str = option(BenchConfig, "model", "--model"),
+    concurrency: int = option(BenchConfig, "concurrency", "--concurrency", "-n"),
+    requests: int = option(BenchConfig, "requests", "--requests"),
+    max_tokens: int = option(BenchConfig, "max_tokens", "--max-tokens"),
     prompts: Annotated[
-        Path | None, typer.Option(help="Text file, one prompt per line (default: built-in set).")
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Text file, one prompt per line (default: built-in set).",
+        ),
     ] = None,
-    api_key: Annotated[str | None, typer.Option(help="API key, if the server needs one.")] = None,
+    api_key: str | None = option(BenchConfig, "api_key", "--api-key"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Drive a running server with N concurrent streaming clients: TTFT, TPOT, ITL, tokens/s, errors."""
@@ -190,16 +192,15 @@ def bench_serve_cmd(
 
     from slmkit.serve.bench import run_bench
 
+    counts = {"concurrency": concurrency, "requests": requests, "max_tokens": max_tokens}
+    config = from_options(BenchConfig, {"url": url, "model": model, "api_key": api_key, **counts})
     prompt_list = [ln for ln in prompts.read_text().splitlines() if ln.strip()] if prompts else None
     report = asyncio.run(
         run_bench(
-            url,
-            model,
-            concurrency=concurrency,
-            requests=requests,
-            max_tokens=max_tokens,
+            config.url,
+            config.model,
             prompts=prompt_list,
-            api_key=api_key,
+            **config.model_dump(exclude={"url", "model"}),
         )
     )
     if as_json:

@@ -10,7 +10,9 @@ from typing import Annotated
 
 import typer
 
+from slmkit.config import option
 from slmkit.console import info, out
+from slmkit.train.estimate import EstimateConfig
 
 
 def train_cmd(
@@ -97,30 +99,26 @@ def _launch_torchrun(
 
 
 def estimate_cmd(
-    model: Annotated[
-        str,
-        typer.Option("--model", help="Model reference (default, a folder, a hub id with config)."),
-    ] = "default",
-    method: Annotated[str, typer.Option("--method", help="lora | qlora | full")] = "lora",
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size per device.")] = 8,
-    cutoff: Annotated[int, typer.Option("--cutoff", min=1, help="Tokens per sample.")] = 512,
-    lora_r: Annotated[int, typer.Option("--lora-r", min=1, help="LoRA rank.")] = 16,
-    gradient_checkpointing: Annotated[
-        bool, typer.Option("--gradient-checkpointing", help="Assume activation recomputation.")
-    ] = False,
+    model: str = option(EstimateConfig, "model", "--model"),
+    method: str = option(EstimateConfig, "method", "--method"),
+    batch: int = option(EstimateConfig, "batch", "--batch"),
+    cutoff: int = option(EstimateConfig, "cutoff", "--cutoff"),
+    lora_r: int = option(EstimateConfig, "lora_r", "--lora-r"),
+    gradient_checkpointing: bool = option(
+        EstimateConfig, "gradient_checkpointing", "--gradient-checkpointing"
+    ),
 ) -> None:
     """Estimate training and inference memory (weights, gradients, optimizer, activations) per precision."""
     from slmkit.train.estimate import estimate_memory, render_estimate
 
-    result = estimate_memory(
-        model,
-        method=method,
-        batch=batch,
-        cutoff=cutoff,
-        lora_r=lora_r,
-        gradient_checkpointing=gradient_checkpointing,
-    )
-    out.print(render_estimate(result))
+    settings = {
+        "method": method,
+        "batch": batch,
+        "cutoff": cutoff,
+        "lora_r": lora_r,
+        "gradient_checkpointing": gradient_checkpointing,
+    }
+    out.print(render_estimate(estimate_memory(model, **settings)))
 
 
 def register(app: typer.Typer) -> None:

@@ -9,9 +9,12 @@ own resident memory; the slow test checks the total against measured peak RSS.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from slmkit.errors import SlmError
+from pydantic import Field, ValidationError
+
+from slmkit.config import StrictModel, format_validation_error, option_flag
+from slmkit.errors import ConfigError, SlmError
 
 GIB = 1024**3
 BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.5 + 0.5 / 64 * 4 / 2}
@@ -20,7 +23,6 @@ FRAMEWORK_OVERHEAD = {
     "cuda": 0.45 * GIB,
 }  # torch + transformers resident set / CUDA context
 LOGIT_COPIES = 3.0  # logits, their float32 log-softmax, and the gradient of the logits
-METHODS = ("lora", "qlora", "full")
 
 
 @dataclass
@@ -156,17 +158,31 @@ def inference_parts(
     }
 
 
-def estimate_memory(
-    model: str,
-    *,
-    method: str = "lora",
-    batch: int = 8,
-    cutoff: int = 512,
-    lora_r: int = 16,
-    gradient_checkpointing: bool = False,
-) -> MemoryEstimate:
-    if method not in METHODS:
-        raise SlmError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+class EstimateConfig(StrictModel):
+    """What `slm estimate` (and the board's Train tab) sizes."""
+
+    model: str = Field(
+        default="default", description="Model reference (default, a folder, a hub id with config)."
+    )
+    method: Literal["lora", "qlora", "full"] = Field(
+        default="lora", description="lora | qlora | full"
+    )
+    batch: int = Field(default=8, ge=1, description="Batch size per device.")
+    cutoff: int = Field(default=512, ge=1, description="Tokens per sample.")
+    lora_r: int = Field(default=16, ge=1, description="LoRA rank.")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Assume activation recomputation."
+    )
+
+
+def estimate_memory(model: str, **settings: Any) -> MemoryEstimate:
+    """Training and inference memory of `model`; `settings` are EstimateConfig's other fields."""
+    try:
+        config = EstimateConfig(model=model, **settings)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, name=option_flag)) from exc
+    method, batch, cutoff = config.method, config.batch, config.cutoff
+    lora_r, gradient_checkpointing = config.lora_r, config.gradient_checkpointing
     shape = model_shape(model)
     result = MemoryEstimate(model, method, batch, cutoff, shape)
     train_precisions = ("bf16",) if method == "qlora" else ("fp32", "bf16")

@@ -1,0 +1,251 @@
+"""Train: a recipe form (defaults and help from the recipe's models) that shows the YAML it writes,
+the memory estimate, and start / stop / resume of a `slm train` child process with its live loss
+curve, step, tokens/s, ETA and diagnosis; a reloaded page re-attaches to the latest training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from slmkit.errors import ConfigError
+from slmkit.train import runfolder
+from slmkit.ui import train_form
+from slmkit.ui.charts import loss_frame, loss_plot
+from slmkit.ui.context import Board
+from slmkit.ui.jobs import Job
+from slmkit.ui.messages import error_html, reports_errors, status_html
+from slmkit.ui.tabs.runs import run_details
+
+REFRESH_S = 2.0
+LABELS = {
+    "model": "model",
+    "data.train": "data.train (files or dataset_info folders, one per line)",
+}
+
+
+def _component(key: str) -> Any:
+    import gradio as gr
+
+    info = train_form.field_info(key)
+    label = LABELS.get(key, key)
+    value = train_form.default_value(key)
+    elem_id = "train-" + key.replace(".", "-").replace("_", "-")
+    common: dict[str, Any] = {"label": label, "info": _first_sentence(info.description or "")}
+    common["elem_id"] = elem_id
+    kind = train_form.kind(key)
+    if kind == "choice":
+        return gr.Dropdown(train_form.choices(key), value=value, **common)
+    if kind == "bool":
+        return gr.Checkbox(value, **common)
+    if kind in ("int", "float"):
+        return gr.Number(value, precision=0 if kind == "int" else None, **common)
+    return gr.Textbox(value, lines=3 if kind == "lines" else 1, **common)
+
+
+def _first_sentence(text: str) -> str:
+    """The start of a field's description: the form stays readable, docs/train.md has the rest."""
+    return text.split(". ")[0].split("; ")[0].rstrip(".") + "."
+
+
+def _latest(board: Board) -> Job | None:
+    return board.jobs.latest("train")
+
+
+def build(board: Board) -> None:
+    import gradio as gr
+
+    fields: dict[str, Any] = {}
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                run_name = gr.Textbox(
+                    Path(train_form.field_info("output_dir").default).name,
+                    label=f"run name (folder under {board.runs_dir})",
+                    elem_id="train-run-name",
+                )
+                for key in ("model", "method", "finetuning"):
+                    fields[key] = _component(key)
+            with gr.Row():
+                fields["data.train"] = _component("data.train")
+            for row in (
+                ("data.val_ratio", "data.cutoff_len", "data.packing", "train.precision"),
+                ("lora.r", "lora.alpha", "lora.dropout", "lora.target_modules"),
+                ("train.lr", "train.epochs", "train.max_steps", "train.seed"),
+                ("train.batch_size", "train.grad_accum"),
+            ):
+                with gr.Row():
+                    for key in row:
+                        fields[key] = _component(key)
+        with gr.Column(scale=2):
+            recipe_code = gr.Code(
+                label="recipe YAML (what Start saves and runs)",
+                language="yaml",
+                interactive=False,
+                max_lines=30,
+                elem_id="train-yaml",
+            )
+            with gr.Row():
+                load = gr.UploadButton(
+                    "Load recipe…", file_types=[".yaml", ".yml"], size="sm", elem_id="train-load"
+                )
+                save = gr.Button("Save recipe", size="sm", elem_id="train-save")
+            saved = gr.File(
+                label="saved recipe", interactive=False, visible=False, elem_id="train-saved"
+            )
+    inputs = [fields[key] for key in train_form.FORM_KEYS]
+    base = gr.State(None)  # the loaded recipe's settings that the form does not show
+
+    with gr.Row():
+        estimate = gr.Button("Estimate memory", elem_id="train-estimate")
+        start = gr.Button("Start", variant="primary", elem_id="train-start")
+        stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+        resume = gr.Button("Resume", elem_id="train-resume")
+    status = gr.HTML(status_html("fill the form, then Start"), elem_id="train-status")
+    memory = gr.Dataframe(
+        headers=["part", "train fp32", "train bf16"],
+        interactive=False,
+        label="memory estimate (GiB)",
+        visible=False,
+        elem_id="train-memory",
+    )
+    gr.Markdown("### Training")
+    live = gr.HTML(status_html("no training started from this board yet"), elem_id="train-live")
+    progress = gr.Markdown(elem_id="train-progress")
+    plot = loss_plot("loss (train and validation)", elem_id="train-plot")
+    diagnosis = gr.Markdown(elem_id="train-diagnosis")
+    log = gr.Textbox(
+        label="log (tail)", lines=8, max_lines=8, interactive=False, elem_id="train-log"
+    )
+    seen = gr.State(None)  # (job id, metrics rows) last sent to the plot
+
+    def drafted(values: tuple[Any, ...]) -> tuple[dict[str, Any], Path, str]:
+        """(recipe data, where Start saves it, its YAML) of the form, not yet validated."""
+        *form, name, loaded = values
+        data = train_form.recipe_data(form, name, board.runs_dir, loaded)
+        path = board.folder("recipes") / f"{name.strip()}.yaml"
+        return data, path, train_form.recipe_yaml(data, path)
+
+    def checked(values: tuple[Any, ...]) -> tuple[Any, Path, str]:
+        data, path, text = drafted(values)
+        return train_form.validate_recipe(data), path, text
+
+    @reports_errors(outputs=2)
+    def draft(*values: Any) -> tuple[Any, ...]:
+        return gr.skip(), drafted(values)[2]
+
+    @reports_errors(outputs=2)
+    def preview(*values: Any) -> tuple[Any, ...]:
+        data, _, text = drafted(values)
+        try:
+            recipe = train_form.validate_recipe(data)
+        except ConfigError as exc:
+            return error_html(exc), text
+        return status_html(f"recipe ok: run folder {recipe.output_dir}"), text
+
+    @reports_errors(outputs=2)
+    def save_recipe(*values: Any) -> tuple[Any, ...]:
+        _, path, text = checked(values)
+        path.write_text(text)
+        return status_html(f"saved {path}", "ok"), gr.File(str(path), visible=True)
+
+    @reports_errors(outputs=2)
+    def show_estimate(*values: Any) -> tuple[Any, ...]:
+        recipe, _, _ = checked(values)
+        line, rows = train_form.memory_estimate(recipe)
+        headers = train_form.estimate_columns(rows)
+        return status_html(line), gr.Dataframe(rows, headers=headers, visible=True)
+
+    @reports_errors(outputs=4)
+    def start_training(*values: Any, resuming: bool = False) -> tuple[Any, ...]:
+        recipe, path, text = checked(values)
+        job = _latest(board)
+        if job is not None and board.jobs.is_running(job):
+            raise ConfigError(f"a training is running ({job.target}): stop it first")
+        run_dir = Path(recipe.output_dir)
+        if not resuming and (run_dir / runfolder.MANIFEST).is_file():
+            raise ConfigError(f"{run_dir} already holds a run: pick another run name, or Resume it")
+        line, rows = train_form.memory_estimate(recipe)
+        path.write_text(text)
+        argv = ["train", str(path), *(["--resume"] if resuming else [])]
+        board.jobs.start("train", argv, run_dir)
+        what = "resumed" if resuming else "started"
+        return (
+            status_html(f"{what} {run_dir.name}; {line}", "ok"),
+            gr.Dataframe(rows, headers=train_form.estimate_columns(rows), visible=True),
+            text,
+            None,
+        )
+
+    def resume_training(*values: Any) -> tuple[Any, ...]:
+        return start_training(*values, resuming=True)
+
+    @reports_errors(outputs=1)
+    def stop_training() -> str:
+        job = _latest(board)
+        if job is None or not board.jobs.is_running(job):
+            return status_html("no training is running")
+        board.jobs.stop(job)
+        return status_html(f"stopping {Path(job.target).name} (Ctrl-C: the last checkpoint stays)")
+
+    def refresh(held: tuple[str, int] | None) -> tuple[Any, ...]:
+        """The latest training's state; the plot only when new metrics arrived."""
+        job = _latest(board)
+        if job is None:
+            return (gr.skip(),) * 6
+        state = board.jobs.state(job)
+        run_dir = Path(job.target)
+        try:
+            rows = runfolder.read_metrics(run_dir)
+        except ValueError:  # a line being written: next tick
+            return (gr.skip(),) * 6
+        text = board.jobs.log_text(job)
+        recipe_path = job.argv[1] if len(job.argv) > 1 else None
+        steps = train_form.total_steps(recipe_path, text)
+        line = train_form.progress(rows, steps, state.status == "running").line()
+        kind = {"failed": "error", "finished": "ok"}.get(state.status, "info")
+        changed = held != (job.id, len(rows))
+        diag = run_details(run_dir)[2] if (run_dir / "diagnosis.json").is_file() else ""
+        return (
+            status_html(f"{run_dir.name}: {state.message}", kind),
+            line,
+            loss_frame([run_dir]) if changed else gr.skip(),
+            diag,
+            text[-3000:],
+            (job.id, len(rows)),
+        )
+
+    @reports_errors(outputs=1 + len(inputs) + 2)
+    def attach() -> tuple[Any, ...]:
+        """On page load: the form shows the latest training's recipe."""
+        job = _latest(board)
+        recipe_path = Path(job.argv[1]) if job is not None and len(job.argv) > 1 else None
+        if recipe_path is None or not recipe_path.is_file():
+            return (gr.skip(),) * (1 + len(inputs) + 2)
+        values, name, data = train_form.load_form(recipe_path)
+        return (gr.skip(), *values, name, data)
+
+    @reports_errors(outputs=1 + len(inputs) + 2)
+    def load_recipe_file(path: str | None) -> tuple[Any, ...]:
+        if not path:
+            return (gr.skip(),) * (1 + len(inputs) + 2)
+        values, name, data = train_form.load_form(Path(path))
+        return (status_html(f"loaded {Path(path).name}", "ok"), *values, name, data)
+
+    form = [*inputs, run_name, base]
+    for component in [*inputs, run_name]:
+        component.change(
+            preview, inputs=form, outputs=[status, recipe_code], show_progress="hidden"
+        )
+    save.click(save_recipe, inputs=form, outputs=[status, saved])
+    estimate.click(show_estimate, inputs=form, outputs=[status, memory])
+    started = [status, memory, recipe_code, seen]
+    start.click(start_training, inputs=form, outputs=started)
+    resume.click(resume_training, inputs=form, outputs=started)
+    stop.click(stop_training, outputs=[status])
+    load.upload(load_recipe_file, inputs=[load], outputs=[status, *inputs, run_name, base])
+    live_outputs = [live, progress, plot, diagnosis, log, seen]
+    board.on_load(attach, [], [status, *inputs, run_name, base])
+    board.on_load(refresh, [seen], live_outputs)
+    board.on_load(draft, form, [status, recipe_code])
+    timer = gr.Timer(REFRESH_S)
+    timer.tick(refresh, inputs=[seen], outputs=live_outputs, show_progress="hidden")

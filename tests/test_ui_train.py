@@ -1,0 +1,137 @@
+"""The board's Train tab: a recipe form whose defaults are the recipe models' own, the YAML it
+writes, and a `slm train` child started from the page whose loss curve grows live, that finishes,
+and that the Runs tab lists after a reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from slmkit.errors import ConfigError
+from slmkit.recipe import Recipe, load_recipe
+from slmkit.train.config import LoraSection, TrainSection
+from slmkit.ui import train_form
+from train_helpers import write_jsonl
+from ui_helpers import board, browser, needs_browser, open_tab, page, screenshot  # noqa: F401
+
+ROWS = [
+    {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+    for i in range(12)
+]
+
+
+def _form(**changes: object) -> list[object]:
+    values = {key: train_form.default_value(key) for key in train_form.FORM_KEYS}
+    values.update({key.replace("__", "."): value for key, value in changes.items()})
+    return [values[key] for key in train_form.FORM_KEYS]
+
+
+def test_form_defaults_are_the_recipe_models_defaults() -> None:
+    assert train_form.default_value("train.lr") == TrainSection.model_fields["lr"].default
+    assert train_form.default_value("lora.r") == LoraSection.model_fields["r"].default
+    assert train_form.default_value("model") == Recipe.model_fields["model"].default
+    assert train_form.choices("finetuning") == ["lora", "qlora", "full", "freeze"]
+    assert train_form.kind("data.packing") == "bool" and train_form.kind("train.max_steps") == "int"
+
+
+def test_form_yaml_round_trips_through_load_recipe(tmp_path: Path) -> None:
+    data_file = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    values = _form(
+        data__train=str(data_file), train__max_steps=6.0, lora__target_modules="q_proj, v_proj"
+    )
+    data = train_form.recipe_data(values, "r1", tmp_path / "runs", {"train": {"weight_decay": 0.1}})
+    path = tmp_path / "r1.yaml"
+    path.write_text(train_form.recipe_yaml(data, path))
+    recipe = load_recipe(path)
+    assert recipe.output_dir == str(tmp_path / "runs" / "r1")
+    assert recipe.train.max_steps == 6 and recipe.train.weight_decay == 0.1  # base kept
+    assert recipe.lora.target_modules == ["q_proj", "v_proj"]
+    loaded, name, _ = train_form.load_form(path)
+    assert name == "r1" and loaded == values[:1] + loaded[1:] and loaded[3] == str(data_file)
+
+
+def test_a_bad_form_value_is_one_line_naming_its_key(tmp_path: Path) -> None:
+    data = train_form.recipe_data(_form(data__train="x.jsonl", train__lr=0), "r", tmp_path, None)
+    with pytest.raises(ConfigError) as caught:
+        train_form.validate_recipe(data)
+    assert str(caught.value) == "train.lr: Input should be greater than 0"
+    with pytest.raises(ConfigError, match="run name '../up': give a folder name"):
+        train_form.recipe_data(_form(), "../up", tmp_path, None)
+
+
+def test_progress_reads_step_rate_and_eta_from_metrics() -> None:
+    rows = [
+        {"step": 1, "time": 100.0, "loss": 2.0, "train_tokens_per_second": 50.0},
+        {"step": 3, "time": 104.0, "loss": 1.5, "train_tokens_per_second": 60.0},
+        {"step": 3, "time": 104.5, "eval_loss": 1.7},
+    ]
+    line = train_form.progress(rows, 10, running=True).line()
+    assert line == "step 3/10 · loss 1.5000 · val loss 1.7000 · 60 tokens/s · ETA 14s"
+    assert train_form.total_steps(None, "sft run: 4/40 (10%), 15s, eta 5s") == 40
+
+
+@needs_browser
+@pytest.mark.browser
+def test_a_training_started_from_the_form_draws_its_curve_and_shows_in_runs(
+    board,  # noqa: F811
+    page,  # noqa: F811
+    tmp_path: Path,
+    tiny_model_dir: Path,
+) -> None:
+    data_file = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    open_tab(page, board, "Train")
+    page.locator("#train-yaml").get_by_text("output_dir").first.wait_for()
+
+    def fill(elem_id: str, value: str) -> None:
+        box = page.locator(f"#{elem_id}").get_by_role("textbox").first
+        box.fill(value)
+        box.press("Tab")
+
+    def number(elem_id: str, value: str) -> None:
+        box = page.locator(f"#{elem_id} input")
+        box.fill(value)
+        box.press("Tab")
+
+    fill("train-run-name", "form-run")
+    fill("train-model", str(tiny_model_dir))
+    fill("train-data-train", str(data_file))
+    for elem_id, value in (
+        ("train-train-max-steps", "4"),
+        ("train-data-val-ratio", "0.2"),
+        ("train-data-cutoff-len", "128"),
+        ("train-train-batch-size", "4"),
+        ("train-train-lr", "0"),
+    ):
+        number(elem_id, value)
+    status = page.locator("#train-status")
+    page.locator("#train-start").click()
+    status.get_by_text("error: train.lr: Input should be greater than 0").wait_for()
+    line = status.locator(".slm-status").inner_text()
+    assert line == "error: train.lr: Input should be greater than 0"
+
+    number("train-train-lr", "0.005")
+    page.locator("#train-yaml").get_by_text("lr: 0.005").first.wait_for()
+    page.locator("#train-start").click()
+    status.get_by_text("started form-run").wait_for()
+    assert "memory to train" in status.inner_text()
+    page.locator("#train-plot .mark-line path").first.wait_for(timeout=180_000)  # the curve grows
+    page.locator("#train-live").get_by_text("train finished").wait_for(timeout=240_000)
+    page.locator("#train-progress").get_by_text("step 4/4").wait_for()
+    page.locator("#train-diagnosis").get_by_text("advice", exact=False).or_(
+        page.locator("#train-diagnosis li")
+    ).first.wait_for()
+    assert (board.runs_dir / "form-run" / "adapter").is_dir()
+    recipe = board.home / "board" / "recipes" / "form-run.yaml"
+    assert load_recipe(recipe).data.train == [str(data_file)]
+    page.locator("#train-plot .mark-line path").first.wait_for()  # still drawn after the last rows
+    screenshot(page, "train")
+
+    page.reload()  # the Runs tab lists it; the Train tab re-attaches to it
+    page.get_by_role("tab", name="Runs", exact=True).click()
+    page.locator("#runs-table").get_by_text("form-run", exact=True).locator(
+        "visible=true"
+    ).first.wait_for()
+    page.get_by_role("tab", name="Train", exact=True).click()
+    page.locator("#train-live").get_by_text("form-run: train finished").wait_for()
+    assert page.locator("#train-run-name").get_by_role("textbox").input_value() == "form-run"

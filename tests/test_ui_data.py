@@ -13,7 +13,7 @@ from slmkit.ui.context import Board
 from slmkit.ui.data_view import data_paths, problem_rows, report_stats, sample_html
 from slmkit.ui.tabs.data import OWN_TEMPLATE, check_data
 from train_helpers import write_jsonl
-from ui_helpers import board, browser, needs_browser, open_tab, page, screenshot  # noqa: F401
+from ui_helpers import needs_browser, open_tab, screenshot
 
 LLAMAFACTORY = REPO / "tests" / "data" / "llamafactory_demo"
 BAD = [
@@ -58,8 +58,8 @@ def test_uploaded_dataset_info_is_read_with_the_files_uploaded_beside_it(tmp_pat
 @needs_browser
 @pytest.mark.browser
 def test_a_bad_data_file_shows_its_file_line_problem_in_the_data_tab(
-    board,  # noqa: F811
-    page,  # noqa: F811
+    board,
+    page,
     tmp_path: Path,
     tiny_model_dir: Path,
 ) -> None:

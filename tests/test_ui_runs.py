@@ -17,7 +17,7 @@ import pytest
 from conftest import run_slm
 from slmkit.train.run_index import list_runs, read_run
 from train_helpers import tiny_recipe, write_jsonl, write_recipe
-from ui_helpers import board, browser, needs_browser, open_tab, page, screenshot  # noqa: F401
+from ui_helpers import needs_browser, open_tab, screenshot
 
 ROWS = [
     {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
@@ -97,7 +97,7 @@ def test_board_on_a_busy_port_says_so() -> None:
 @needs_browser
 @pytest.mark.browser
 def test_a_run_trained_from_the_cli_shows_its_curve_in_runs(
-    board, page, tmp_path: Path, tiny_model_dir: Path  # noqa: F811
+    board, page, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", ROWS)
     run_dir = board.runs_dir / "cli-run"

@@ -13,7 +13,7 @@ from slmkit.recipe import Recipe, load_recipe
 from slmkit.train.config import LoraSection, TrainSection
 from slmkit.ui import train_form
 from train_helpers import write_jsonl
-from ui_helpers import board, browser, needs_browser, open_tab, page, screenshot  # noqa: F401
+from ui_helpers import needs_browser, open_tab, screenshot
 
 ROWS = [
     {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
@@ -74,8 +74,8 @@ def test_progress_reads_step_rate_and_eta_from_metrics() -> None:
 @needs_browser
 @pytest.mark.browser
 def test_a_training_started_from_the_form_draws_its_curve_and_shows_in_runs(
-    board,  # noqa: F811
-    page,  # noqa: F811
+    board,
+    page,
     tmp_path: Path,
     tiny_model_dir: Path,
 ) -> None:

@@ -21,8 +21,8 @@ def loss_frame(run_dirs: Sequence[Path | str]) -> Any:
 
 
 def typed_frame(rows: list[dict[str, Any]], columns: dict[str, Any]) -> Any:
-    """A frame with fixed column types, also when empty (a plot keeps the axis types it first saw:
-    an empty untyped frame would make every later axis categorical)."""
+    """A frame with fixed column types, also when empty (untyped object columns make a plot's axes
+    categorical). Start a plot with value None, never an empty frame: its legend stays empty."""
     import pandas as pd
 
     return pd.DataFrame(
@@ -35,7 +35,7 @@ def loss_plot(label: str = "loss", **kwargs: Any) -> Any:
     import gradio as gr
 
     return gr.LinePlot(
-        loss_frame([]),
+        None,  # not an empty frame: a plot that starts empty never fills its legend
         x="step",
         y="loss",
         color="series",

@@ -16,7 +16,7 @@ from slmkit.errors import SlmError
 from slmkit.serve.logs import feedback_rows
 from slmkit.ui.chat_gateways import ChatGateways
 from slmkit.ui.tabs.chat import settings_from
-from ui_helpers import board, browser, needs_browser, open_tab, page, screenshot  # noqa: F401
+from ui_helpers import needs_browser, open_tab, screenshot
 
 QUESTION = "What is the capital of France?"
 CORRECTION = "Paris is the capital of France."
@@ -53,7 +53,7 @@ def _choose_model(tab: Any, side: str, ref: str) -> None:
 
 @needs_browser
 @pytest.mark.browser
-def test_an_unknown_model_reference_shows_the_cli_error_line(board, page) -> None:  # noqa: F811
+def test_an_unknown_model_reference_shows_the_cli_error_line(board, page) -> None:
     open_tab(page, board, "Chat")
     _choose_model(page, "a", "no-such-model")
     page.locator("#chat-prompt textarea").fill("hello")
@@ -68,8 +68,8 @@ def test_an_unknown_model_reference_shows_the_cli_error_line(board, page) -> Non
 @needs_llama_server
 @pytest.mark.browser
 def test_chat_streams_an_answer_and_a_thumbs_down_with_a_correction_is_stored(
-    board,  # noqa: F811
-    page,  # noqa: F811
+    board,
+    page,
 ) -> None:
     open_tab(page, board, "Chat")
     _choose_model(page, "a", "default")

@@ -19,7 +19,7 @@ from slmkit.serve.metrics_reader import (
     rates,
 )
 from slmkit.ui.tabs.monitor import POLL_S
-from ui_helpers import board, browser, needs_browser, open_tab, page, screenshot  # noqa: F401
+from ui_helpers import needs_browser, open_tab, screenshot
 
 API_KEY = "sk-monitor-test"
 
@@ -75,7 +75,7 @@ def test_an_unreachable_gateway_is_one_line() -> None:
 
 @needs_browser
 @pytest.mark.browser
-def test_an_unreachable_monitor_url_shows_the_error_line(board, page) -> None:  # noqa: F811
+def test_an_unreachable_monitor_url_shows_the_error_line(board, page) -> None:
     port = free_port()
     open_tab(page, board, "Monitor")
     page.locator("#monitor-url input").fill(f"http://127.0.0.1:{port}")
@@ -89,7 +89,7 @@ def test_an_unreachable_monitor_url_shows_the_error_line(board, page) -> None:  
 @needs_browser
 @needs_llama_server
 @pytest.mark.browser
-def test_monitor_shows_the_requests_of_a_running_gateway(board, page, slm_home) -> None:  # noqa: F811
+def test_monitor_shows_the_requests_of_a_running_gateway(board, page, slm_home) -> None:
     from playwright.sync_api import expect
 
     with ServerProcess(["default"], api_key=API_KEY) as server:

@@ -8,11 +8,14 @@ decode check of set-up and `slm doctor`.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -49,6 +52,39 @@ def spawn(cmd: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
         stdin=subprocess.DEVNULL,
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
+
+
+_SPAWNER: ThreadPoolExecutor | None = None
+_SPAWNER_LOCK = threading.Lock()
+
+
+def spawn_lasting(cmd: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """`spawn` from one long-lived thread. PR_SET_PDEATHSIG fires when the spawning *thread* exits,
+    so a child started from a short-lived worker (a web handler's thread pool) would die with it."""
+    global _SPAWNER
+    with _SPAWNER_LOCK:
+        if _SPAWNER is None:
+            _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slm-spawner")
+    return _SPAWNER.submit(spawn, cmd, log).result()
+
+
+_CLI_ERROR = re.compile(r"^(?:error|internal error): .*$", re.MULTILINE)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def log_text(path: str | Path, max_bytes: int = 6000) -> str:
+    """The end of a child's log without terminal colour codes (carriage returns become lines)."""
+    try:
+        data = Path(path).read_bytes()[-max_bytes:]
+    except OSError:
+        return ""
+    return _ANSI.sub("", data.decode(errors="replace")).replace("\r", "\n")
+
+
+def last_error_line(path: str | Path) -> str:
+    """The last `error: …` line an `slm` child printed (the CLI's one-line message), or ''."""
+    found = _CLI_ERROR.findall(log_text(path, max_bytes=20000))
+    return str(found[-1]).strip() if found else ""
 
 
 def describe_exit(returncode: int | None) -> str:

@@ -10,20 +10,25 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
 
-from slmkit.child_process import describe_exit, free_port, log_tail, spawn, terminate, wait_healthy
+from slmkit.child_process import (
+    describe_exit,
+    free_port,
+    last_error_line,
+    log_tail,
+    spawn_lasting,
+    terminate,
+    wait_healthy,
+)
 from slmkit.errors import SlmError
 from slmkit.serve.server import model_entry
 
 START_TIMEOUT_S = 300.0
-_ERROR_LINE = re.compile(r"^error: (.*)$", re.MULTILINE)
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 @dataclass
@@ -68,9 +73,6 @@ class ChatGateways:
         self._gateways: dict[str, ChatGateway] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
-        # Children die with the thread that spawned them (PR_SET_PDEATHSIG): spawn from one
-        # long-lived thread, not from the server's worker threads, which end when idle.
-        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-spawner")
 
     def get(self, ref: str) -> ChatGateway:
         """The running gateway for `ref`, started (and waited for) on first use."""
@@ -94,7 +96,7 @@ class ChatGateways:
         cmd = [sys.executable, "-m", "slmkit.cli", "serve", ref, "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--set", "audit.enabled=true", "--set", "audit.log_text=true"]
         with open(log_path, "wb") as log:
-            proc = self._spawner.submit(spawn, cmd, log).result()
+            proc = spawn_lasting(cmd, log)
         url = f"http://127.0.0.1:{port}"
         problem = wait_healthy(proc, url, self.start_timeout_s)
         if problem is not None:
@@ -107,18 +109,13 @@ class ChatGateways:
         for gateway in list(self._gateways.values()):
             terminate(gateway.proc)
         self._gateways.clear()
-        self._spawner.shutdown(wait=False)
 
 
 def _failure_line(ref: str, problem: str, log_path: Path) -> str:
     """The child's own `error: …` line when it printed one, else how it ended and its log tail."""
-    try:
-        text = _ANSI.sub("", log_path.read_text(errors="replace"))
-    except OSError:
-        text = ""
-    errors = _ERROR_LINE.findall(text)
-    if errors:
-        return str(errors[-1]).strip()
+    error = last_error_line(log_path)
+    if error:
+        return error.removeprefix("error: ")
     tail = log_tail(log_path)
     return f"`slm serve {ref}` {problem}" + (f": {tail}" if tail else "")
 

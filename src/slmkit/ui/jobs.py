@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,11 +13,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from slmkit.child_process import describe_exit, spawn
+from slmkit.child_process import describe_exit, last_error_line, log_text, spawn_lasting
 from slmkit.train.run_index import pid_alive
 
 STOP_GRACE_S = 20.0
-_ERROR_LINE = re.compile(r"^(error|internal error): .*$", re.MULTILINE)
 
 
 @dataclass
@@ -62,7 +60,7 @@ class JobRunner:
         log_path = folder / "log.txt"
         env_cmd = [sys.executable, "-m", "slmkit.cli", *argv]
         with open(log_path, "wb") as log:
-            proc = spawn(env_cmd, log)
+            proc = spawn_lasting(env_cmd, log)
         job = Job(job_id, kind, argv, proc.pid, str(log_path), str(target), time.time())
         with self._lock:
             self._procs[job_id] = proc
@@ -118,16 +116,10 @@ class JobRunner:
 
     def error_line(self, job: Job) -> str:
         """The last `error: …` line the child printed (the CLI's one-line message)."""
-        lines = _ERROR_LINE.findall(self.log_text(job, max_bytes=20000))
-        return str(lines[-1]) if lines else ""
+        return last_error_line(job.log)
 
     def log_text(self, job: Job, max_bytes: int = 6000) -> str:
-        try:
-            data = Path(job.log).read_bytes()[-max_bytes:]
-        except OSError:
-            return ""
-        text = data.decode(errors="replace")
-        return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text).replace("\r", "\n")
+        return log_text(job.log, max_bytes)
 
     def stop(self, job: Job) -> None:
         """Ctrl-C for the child (a training keeps its last checkpoint), then SIGTERM after a grace."""

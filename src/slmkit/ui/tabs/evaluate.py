@@ -1,0 +1,203 @@
+"""Evaluate: pick models (the base, runs, exported GGUFs) and an eval set, run `slm eval` in the
+background, then show its summary with CIs and verdicts, the per-tag breakdown, the answers where
+the models differ most, and the HTML report to download."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from slmkit.ui.context import Board
+from slmkit.ui.eval_view import EvalReport, eval_argv, eval_defaults, eval_folders, model_choices
+from slmkit.ui.export_view import file_links, find_job, job_status
+from slmkit.ui.messages import reports_errors, status_html
+
+POLL_S = 2.0
+DEMO_EVAL_SET = Path("examples/data/support_eval.jsonl")
+INTRO = (
+    "Same questions to every model at temperature 0 on the serving engines; fact recall, exact "
+    "match, ROUGE-L, similarity, latency; a bootstrap CI on the main metric and Δ against the "
+    "first model. Runs `slm eval` in the background; a reloaded page finds it again."
+)
+
+
+def build(board: Board) -> None:
+    import gradio as gr
+
+    defaults = eval_defaults()
+    evals_dir, exports_dir = board.folder("evals"), board.folder("exports")
+    gr.Markdown(INTRO)
+    with gr.Row():
+        models = gr.Dropdown(
+            choices=model_choices(board.runs_dir, exports_dir),
+            value=["base=default"],
+            multiselect=True,
+            label="models (the first is the baseline)",
+            elem_id="eval-models",
+            scale=3,
+        )
+        more = gr.Textbox(
+            label="other models (NAME=REF, comma-separated)",
+            placeholder="tuned=/path/to/hf-folder,q4=/path/model-q4_k_m.gguf",
+            elem_id="eval-more",
+            scale=2,
+        )
+    with gr.Row():
+        data = gr.Textbox(
+            value=str(DEMO_EVAL_SET) if DEMO_EVAL_SET.is_file() else "",
+            label="eval set (JSONL: prompt or messages, reference, must_include, tags)",
+            elem_id="eval-data",
+            scale=3,
+        )
+        upload = gr.UploadButton("Upload eval set", file_types=[".jsonl"], scale=0)
+    with gr.Accordion("settings and criteria", open=False), gr.Row():
+        max_tokens = gr.Number(
+            value=defaults["max_tokens"],
+            precision=0,
+            label="max tokens per answer",
+            elem_id="eval-max-tokens",
+        )
+        limit = gr.Number(
+            value=defaults["limit"], precision=0, label="only the first N questions (0: all)"
+        )
+        similarity = gr.Checkbox(
+            value=defaults["similarity"],
+            label="embedding similarity (MiniLM)",
+            elem_id="eval-similarity",
+        )
+        min_gain = gr.Textbox(
+            label="least gain over the first model", placeholder="fact_recall=0.3"
+        )
+        min_value = gr.Textbox(label="least value", placeholder="fact_recall=0.8")
+    with gr.Row():
+        start = gr.Button("Evaluate", variant="primary", scale=0, elem_id="eval-start")
+        stop = gr.Button("Stop", scale=0, elem_id="eval-stop")
+        status = gr.HTML(
+            status_html("pick models and an eval set, then Evaluate"), elem_id="eval-status"
+        )
+    with gr.Accordion("log", open=False):
+        log = gr.Textbox(lines=10, max_lines=20, show_label=False, elem_id="eval-log")
+    past = gr.Dropdown(
+        label="evaluation",
+        choices=eval_folders(evals_dir),
+        value=None,  # set on page load, so that its change renders the newest
+        elem_id="eval-past",
+    )
+    headline = gr.Markdown(elem_id="eval-headline")
+    summary = gr.Dataframe(label="summary", interactive=False, wrap=True, elem_id="eval-summary")
+    verdict = gr.Dataframe(
+        label="verdict (criteria)",
+        interactive=False,
+        wrap=True,
+        visible=False,
+        elem_id="eval-verdict",
+    )
+    tags = gr.Dataframe(
+        label="per tag (main metric)", interactive=False, wrap=True, elem_id="eval-tags"
+    )
+    answers = gr.Dataframe(
+        label="where the models differ most",
+        interactive=False,
+        wrap=True,
+        elem_id="eval-answers",
+    )
+    files = gr.HTML(elem_id="eval-files")
+    watching = gr.State("")
+    timer = gr.Timer(POLL_S, active=False)
+
+    @reports_errors(outputs=8)
+    def show(folder: str | None) -> tuple[Any, ...]:
+        if not folder:
+            return (gr.skip(),) * 8
+        report = EvalReport.read(Path(folder))
+        return (
+            gr.skip(),  # the status box keeps the job's last word
+            report.headline(),
+            report.summary_frame(),
+            gr.update(value=report.verdict_frame(), visible=bool(report.data.get("verdict"))),
+            report.tag_frame(),
+            gr.update(value=report.answers_frame(), column_widths=report.answer_widths()),
+            file_links(report.files(), "report (open report.html in a browser)"),
+            gr.skip(),
+        )
+
+    @reports_errors(outputs=4)
+    def start_eval(
+        picked: list[str] | None,
+        others: str | None,
+        data_file: str | None,
+        tokens: float | None,
+        first_n: float | None,
+        with_similarity: bool,
+        gain: str | None,
+        floor: str | None,
+    ) -> tuple[Any, ...]:
+        argv = eval_argv(
+            picked or [],
+            others or "",
+            data_file or "",
+            evals_dir,
+            max_tokens=tokens,
+            limit=first_n,
+            similarity=with_similarity,
+            min_gain=gain or "",
+            min_value=floor or "",
+        )
+        job = board.jobs.start("eval", argv, argv[argv.index("-o") + 1])
+        return (
+            status_html(f"evaluation started: slm {' '.join(argv)}"),
+            "",
+            job.id,
+            gr.Timer(active=True),
+        )
+
+    def poll(job_id: str) -> tuple[Any, ...]:
+        job = find_job(board.jobs, "eval", job_id)
+        if job is None:
+            return gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
+        line, running = job_status(board.jobs, job)
+        log_text = board.jobs.log_text(job)
+        if running:
+            return line, log_text, gr.skip(), gr.skip()
+        folders = eval_folders(evals_dir)
+        done = job.target if any(value == job.target for _, value in folders) else None
+        return line, log_text, gr.Timer(active=False), gr.update(choices=folders, value=done)
+
+    def attach() -> tuple[Any, ...]:
+        """On page load: the latest evaluation job (re-attached while it runs) and the newest report."""
+        folders = eval_folders(evals_dir)
+        newest = gr.update(choices=folders, value=folders[0][1] if folders else None)
+        choices = gr.update(choices=model_choices(board.runs_dir, exports_dir))
+        job = board.jobs.latest("eval")
+        if job is None:
+            return gr.skip(), gr.skip(), "", gr.skip(), newest, choices
+        line, running = job_status(board.jobs, job)
+        return line, board.jobs.log_text(job), job.id, gr.Timer(active=running), newest, choices
+
+    def stop_eval(job_id: str) -> str:
+        job = find_job(board.jobs, "eval", job_id)
+        if job is None:
+            return status_html("no evaluation is running")
+        board.jobs.stop(job)
+        return status_html("stopping the evaluation…")
+
+    def uploaded(file: Any) -> str:
+        target = board.folder("uploads") / Path(str(file)).name
+        shutil.copyfile(str(file), target)
+        return str(target)
+
+    start.click(
+        start_eval,
+        inputs=[models, more, data, max_tokens, limit, similarity, min_gain, min_value],
+        outputs=[status, log, watching, timer],
+    )
+    stop.click(stop_eval, inputs=[watching], outputs=[status])
+    upload.upload(uploaded, inputs=[upload], outputs=[data])
+    timer.tick(poll, inputs=[watching], outputs=[status, log, timer, past], show_progress="hidden")
+    past.change(
+        show,
+        inputs=[past],
+        outputs=[status, headline, summary, verdict, tags, answers, files, log],
+    )
+    board.on_load(attach, [], [status, log, watching, timer, past, models])

@@ -13,7 +13,7 @@ import pytest
 from eval_helpers import FACT_ROWS, write_adapter_run, write_jsonl
 from slmkit.errors import ConfigError
 from slmkit.ui.eval_view import eval_argv
-from ui_helpers import board, browser, needs_browser, open_tab, page, screenshot  # noqa: F401
+from ui_helpers import fill, needs_browser, open_tab, screenshot
 
 RUN_S = 180_000  # ms: an `slm eval` child on a busy 2-core machine
 
@@ -30,19 +30,7 @@ def test_the_form_is_checked_by_the_cli_parsers(tmp_path: Path) -> None:
     assert "--no-similarity" in argv and Path(argv[argv.index("-o") + 1]).parent == tmp_path
 
 
-def _fill(field, text: str) -> None:
-    """Type into a field of an accordion that has just opened (its inputs render lazily)."""
-    field.wait_for()
-    for _ in range(5):
-        field.fill(text)
-        field.press("Tab")
-        if field.input_value() == text:
-            return
-        field.page.wait_for_timeout(300)
-    raise AssertionError(f"could not fill {text!r}")
-
-
-def _pick_models(page, names: list[str]) -> None:  # noqa: F811
+def _pick_models(page, names: list[str]) -> None:
     box = page.locator("#eval-models")
     box.get_by_role("button", name=re.compile("remove", re.I)).first.click()  # the default base
     for name in names:
@@ -54,8 +42,8 @@ def _pick_models(page, names: list[str]) -> None:  # noqa: F811
 @needs_browser
 @pytest.mark.browser
 def test_an_evaluation_of_two_models_shows_the_summary_table(
-    board,  # noqa: F811
-    page,  # noqa: F811
+    board,
+    page,
     tmp_path: Path,
     tiny_model_dir: Path,
 ) -> None:
@@ -67,7 +55,7 @@ def test_an_evaluation_of_two_models_shows_the_summary_table(
     _pick_models(page, ["eval-a", "eval-b"])
     page.locator("#eval-data textarea").fill(str(data))
     page.get_by_text("settings and criteria").click()
-    _fill(page.locator("#eval-max-tokens input"), "6")
+    fill(page.locator("#eval-max-tokens input"), "6")
     page.locator("#eval-similarity input").uncheck()
     page.locator("#eval-start").click()
     status = page.locator("#eval-status")
@@ -92,7 +80,7 @@ def test_an_evaluation_of_two_models_shows_the_summary_table(
 
 @needs_browser
 @pytest.mark.browser
-def test_a_missing_eval_set_shows_the_cli_error_line(board, page, tmp_path: Path) -> None:  # noqa: F811
+def test_a_missing_eval_set_shows_the_cli_error_line(board, page, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-eval.jsonl"
     open_tab(page, board, "Evaluate")
     page.locator("#eval-data textarea").fill(str(missing))

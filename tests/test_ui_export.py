@@ -14,22 +14,9 @@ from playwright.sync_api import expect
 from eval_helpers import write_adapter_run
 from slmkit.export.config import ExportConfig
 from slmkit.ui.export_view import export_argv
-from ui_helpers import board, browser, needs_browser, open_tab, page, screenshot  # noqa: F401
+from ui_helpers import fill, needs_browser, open_tab, screenshot
 
 RUN_S = 300_000  # ms: merge, convert, quantize and quant eval in an `slm export` child
-
-
-def _fill(field, text: str) -> None:
-    """Type into a field of an accordion that has just opened (its inputs render lazily).
-    (Also in test_ui_evaluate.py: importing it from there would register the board fixtures twice.)"""
-    field.wait_for()
-    for _ in range(5):
-        field.fill(text)
-        field.press("Tab")
-        if field.input_value() == text:
-            return
-        field.page.wait_for_timeout(300)
-    raise AssertionError(f"could not fill {text!r}")
 
 
 def test_the_form_keeps_the_config_defaults_off_the_command_line(tmp_path: Path) -> None:
@@ -49,8 +36,8 @@ def test_the_form_keeps_the_config_defaults_off_the_command_line(tmp_path: Path)
 @needs_browser
 @pytest.mark.browser
 def test_an_export_shows_the_quant_table(
-    board,  # noqa: F811
-    page,  # noqa: F811
+    board,
+    page,
     tiny_model_dir: Path,
 ) -> None:
     write_adapter_run(tiny_model_dir, board.runs_dir / "export-me", seed=2)
@@ -64,7 +51,7 @@ def test_an_export_shows_the_quant_table(
         if level != "q8_0":
             page.locator("#export-quants").get_by_label(level, exact=True).uncheck()
     page.get_by_text("quant eval settings").click()
-    _fill(page.locator("#export-max-prompts input"), "1")
+    fill(page.locator("#export-max-prompts input"), "1")
     page.locator("#export-start").click()
     page.locator("#export-status").get_by_text("export finished").wait_for(timeout=RUN_S)
 
@@ -84,8 +71,8 @@ def test_an_export_shows_the_quant_table(
 @needs_browser
 @pytest.mark.browser
 def test_a_missing_model_folder_shows_the_cli_error_line(
-    board,  # noqa: F811
-    page,  # noqa: F811
+    board,
+    page,
     tmp_path: Path,
 ) -> None:
     missing = tmp_path / "no-such-model"

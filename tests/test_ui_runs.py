@@ -16,6 +16,7 @@ import pytest
 
 from conftest import run_slm
 from slmkit.train.run_index import list_runs, read_run
+from slmkit.ui.app import TABS
 from train_helpers import tiny_recipe, write_jsonl, write_recipe
 from ui_helpers import needs_browser, open_tab, screenshot
 
@@ -107,6 +108,8 @@ def test_a_run_trained_from_the_cli_shows_its_curve_in_runs(
     _manifest(board.runs_dir / "killed-run", pid=2**22 + 17, created="2026-01-01T00:00:00Z")
 
     open_tab(page, board, "Runs")
+    tabs = [t.strip() for t in page.get_by_role("tab").all_inner_texts()]
+    assert tabs == [title for title, _ in TABS]
     table = page.locator("#runs-table")
     table.get_by_text("cli-run", exact=True).first.wait_for()
     assert table.get_by_text("finished").count() >= 1

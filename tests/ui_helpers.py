@@ -138,3 +138,16 @@ def screenshot(page: Any, name: str) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def fill(field: Any, text: str) -> None:
+    """Type into a field of an accordion that has just opened (its inputs render lazily, so a
+    fill sent too early can be lost): retry until the field holds the text."""
+    field.wait_for()
+    for _ in range(5):
+        field.fill(text)
+        field.press("Tab")
+        if field.input_value() == text:
+            return
+        field.page.wait_for_timeout(300)
+    raise AssertionError(f"could not fill {text!r}")

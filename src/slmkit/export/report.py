@@ -69,14 +69,14 @@ def headers(result: QuantEvalResult) -> list[str]:
     ]
 
 
-def _rows(result: QuantEvalResult) -> list[list[str]]:
+def table_rows(result: QuantEvalResult) -> list[list[str]]:
     with_task = result.reference.task is not None
     return [_row(lv, result.recommended, with_task) for lv in [result.reference, *result.levels]]
 
 
 def quant_table(result: QuantEvalResult) -> Table:
     table = Table(*headers(result), title="Quantization vs the reference GGUF")
-    for level, row in zip([result.reference, *result.levels], _rows(result), strict=True):
+    for level, row in zip([result.reference, *result.levels], table_rows(result), strict=True):
         table.add_row(*row, style=None if level.within else "red")
     return table
 
@@ -84,7 +84,7 @@ def quant_table(result: QuantEvalResult) -> Table:
 def quant_table_markdown(result: QuantEvalResult) -> str:
     columns = headers(result)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in _rows(result)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
     return "\n".join(lines)
 
 
@@ -133,7 +133,7 @@ def write_reports(
     png = base64.b64encode(size_quality_png(result)).decode()
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-        for row in _rows(result)
+        for row in table_rows(result)
     )
     answer_rows = "".join(_answer_row(a, [lv.level for lv in result.levels]) for a in answers)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in [*problem_lines(result), *result.notes])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 from typing import Any
 
@@ -39,8 +38,6 @@ def build_board(board: Board) -> Any:
         gr.Markdown(f"## slmkit board\nRuns folder: `{board.runs_dir}`")
         with gr.Tabs():
             for title, name in TABS:
-                if importlib.util.find_spec(f"slmkit.ui.tabs.{name}") is None:
-                    continue  # DEV-ONLY: tabs still being written
                 module = importlib.import_module(f"slmkit.ui.tabs.{name}")
                 with gr.Tab(title, id=name, elem_id=f"tab-{name}"):
                     module.build(board)

@@ -4,7 +4,6 @@ and download links read back from the export folder that command wrote."""
 from __future__ import annotations
 
 import html
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,13 @@ from urllib.parse import quote
 from slmkit.errors import ConfigError
 from slmkit.export.commands import export_config
 from slmkit.export.config import ExportConfig
-from slmkit.export.report import _rows, headers, problem_lines
+from slmkit.export.report import headers, problem_lines, table_rows
 from slmkit.export.report_file import ExportFolder, is_export_folder
 from slmkit.train.run_index import list_runs
 from slmkit.ui.charts import typed_frame
 from slmkit.ui.jobs import Job, JobRunner
 from slmkit.ui.messages import status_html
 
-_ERROR_LINE = re.compile(r"^(?:error|internal error): .*$", re.MULTILINE)
 BASE_CHOICE = ("default (the embedded base model)", "default")
 
 
@@ -85,7 +83,7 @@ def quant_frame(folder: ExportFolder) -> Any:
     if result is None:
         return typed_frame([], {"level": object, "file": object})
     columns = headers(result)
-    rows = [dict(zip(columns, row, strict=True)) for row in _rows(result)]
+    rows = [dict(zip(columns, row, strict=True)) for row in table_rows(result)]
     return typed_frame(rows, {c: object for c in columns})
 
 
@@ -118,7 +116,7 @@ def recommendation_markdown(folder: ExportFolder) -> str:
 
 def find_job(jobs: JobRunner, kind: str, job_id: str) -> Job | None:
     """The job of `kind` with this id (None for an empty id or a job folder that is gone)."""
-    return next((j for j in jobs.jobs(kind) if j.id == job_id), None) if job_id else None
+    return jobs.get(kind, job_id) if job_id else None
 
 
 def job_status(jobs: JobRunner, job: Job) -> tuple[str, bool]:
@@ -129,15 +127,8 @@ def job_status(jobs: JobRunner, job: Job) -> tuple[str, bool]:
     if state.status == "finished":
         return status_html(f"{state.message}: {job.target}", "ok"), False
     if state.status == "failed":
-        return status_html(cli_error_line(jobs, job) or state.message, "error"), False
+        return status_html(state.message, "error"), False
     return status_html(state.message), False
-
-
-def cli_error_line(jobs: JobRunner, job: Job) -> str:
-    """The last whole `error: …` line of the job's log. (JobRunner.error_line's findall returns only
-    the regex group, `error`; this stays here until jobs.py matches the whole line.)"""
-    found = _ERROR_LINE.findall(jobs.log_text(job, max_bytes=20000))
-    return str(found[-1]) if found else ""
 
 
 def _last_line(text: str) -> str:

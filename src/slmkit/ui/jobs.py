@@ -90,6 +90,10 @@ class JobRunner:
                 found.append(job)
         return sorted(found, key=lambda j: j.started, reverse=True)
 
+    def get(self, kind: str, job_id: str) -> Job | None:
+        """The job of `kind` with this id (None when its folder is gone)."""
+        return next((j for j in self.jobs(kind) if j.id == job_id), None)
+
     def latest(self, kind: str) -> Job | None:
         jobs = self.jobs(kind)
         return jobs[0] if jobs else None

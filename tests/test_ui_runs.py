@@ -72,8 +72,11 @@ def test_ctrl_c_leaves_an_interrupted_resumable_run(tmp_path: Path, tiny_model_d
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--host", "0.0.0.0"], "exposes the board to the network: give --auth user:password"),
-        (["--auth", "nopassword"], "auth must be user:password"),
+        (
+            ["--host", "0.0.0.0"],
+            "error: --auth: binding 0.0.0.0 exposes the board to the network: give --auth",
+        ),
+        (["--auth", "nopassword"], "error: --auth: expected user:password"),
         (["--port", "0"], "--port"),
     ],
 )

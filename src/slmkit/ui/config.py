@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from slmkit.config import StrictModel
 
@@ -24,18 +24,21 @@ class BoardConfig(StrictModel):
     auth: str | None = Field(
         default=None,
         description="user:password for the login page (or set SLM_UI_AUTH).",
+        validate_default=True,
     )
 
-    @model_validator(mode="after")
-    def _exposed_needs_auth(self) -> BoardConfig:
-        if self.auth is not None and (":" not in self.auth or self.auth.startswith(":")):
-            raise ValueError("auth must be user:password")
-        if self.host not in LOOPBACK and not self.auth:
+    @field_validator("auth")
+    @classmethod
+    def _exposed_needs_auth(cls, auth: str | None, info: ValidationInfo) -> str | None:
+        if auth is not None and (":" not in auth or auth.startswith(":")):
+            raise ValueError("expected user:password")
+        host = info.data.get("host", "127.0.0.1")
+        if host not in LOOPBACK and not auth:
             raise ValueError(
-                f"binding {self.host} exposes the board to the network: give --auth user:password "
+                f"binding {host} exposes the board to the network: give --auth user:password "
                 "(or set SLM_UI_AUTH)"
             )
-        return self
+        return auth
 
     def credentials(self) -> tuple[str, str] | None:
         if not self.auth:

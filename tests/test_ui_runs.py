@@ -119,6 +119,7 @@ def test_a_run_trained_from_the_cli_shows_its_curve_in_runs(
     assert table.get_by_text("interrupted").count() >= 1
     page.locator("#runs-pick input").click()
     page.get_by_role("option", name="cli-run", exact=True).click()
+    page.keyboard.press("Escape")  # close the list
     page.locator("#runs-plot .mark-line path").first.wait_for()  # the curve is drawn
     assert "finished" in page.locator("#runs-status").inner_text()
     assert "max_steps: 6" in page.locator("#runs-recipe").inner_text()

@@ -34,12 +34,15 @@ def loss_plot(label: str = "loss", **kwargs: Any) -> Any:
     """An empty loss-curve plot (train and validation loss against optimizer step)."""
     import gradio as gr
 
+    gr.Markdown(f"**{label}**")  # a block label would take the legend's room in the plot's box
     return gr.LinePlot(
         None,  # not an empty frame: a plot that starts empty never fills its legend
         x="step",
         y="loss",
         color="series",
+        color_title="",
         label=label,
+        show_label=False,
         height=280,
         **kwargs,
     )

@@ -28,12 +28,15 @@ def _plot(label: str, y_title: str, elem_id: str, key: str, **kwargs: Any) -> An
     """A time-series plot (x: seconds since Watch), its series known from the start."""
     import gradio as gr
 
+    gr.Markdown(f"**{label}**")  # a block label would take the legend's room in the plot's box
     return gr.LinePlot(
         series_frames([], None)[key],
         x="seconds",
         y="value",
         color="series",
+        color_title="",
         label=label,
+        show_label=False,
         x_title="seconds since Watch",
         y_title=y_title,
         height=250,

@@ -103,3 +103,17 @@ def request_timeout(seconds: float) -> ApiError:
 
 def body_too_large(limit: int) -> ApiError:
     return ApiError(413, f"Request body larger than {limit} bytes.", code="request_too_large")
+
+
+def key_limit_reached(
+    key_name: str, limit: str, kind: str, allowed: int, used: int, retry_after_s: int
+) -> ApiError:
+    """429 in OpenAI's words for a per-key limit (`kind`: `requests` or `tokens`)."""
+    return ApiError(
+        429,
+        f"Rate limit reached for key `{key_name}` on {limit}: Limit {allowed}, Used {used}. "
+        f"Please try again in {retry_after_s}s.",
+        type_=kind,
+        code="rate_limit_exceeded",
+        headers={"Retry-After": str(retry_after_s)},
+    )

@@ -38,11 +38,13 @@ class _BodyTooLarge(Exception):
 
 
 class AuthAndLimitsMiddleware:
-    """Pure ASGI (no per-chunk overhead on streams): API key check and request body size limit."""
+    """Pure ASGI (no per-chunk overhead on streams): API key check and request body size limit.
 
-    def __init__(self, app: Any, api_keys: list[str], max_body_bytes: int) -> None:
+    `api_keys` maps each accepted key to its name, which is all the rest of the gateway sees."""
+
+    def __init__(self, app: Any, api_keys: dict[str, str], max_body_bytes: int) -> None:
         self.app = app
-        self.keys = [k.encode() for k in api_keys]
+        self.keys = [(k.encode(), name) for k, name in api_keys.items()]
         self.max_body = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -51,22 +53,27 @@ class AuthAndLimitsMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         presented = _bearer(headers.get(b"authorization", b""))
-        state = scope.setdefault("state", {})
-        state["key_id"] = key_id(presented.decode(errors="replace")) if presented else None
-        if self.keys and scope["path"] not in OPEN_PATHS and not self._key_ok(presented):
+        name = self._key_name(presented)
+        if self.keys and scope["path"] not in OPEN_PATHS and name is None:
             await _send_error(send, invalid_api_key())
             return
+        state = scope.setdefault("state", {})
+        state["key_id"] = name or (
+            key_id(presented.decode(errors="replace")) if presented else None
+        )
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             await _send_error(send, body_too_large(self.max_body))
             return
         await self._call_limited(scope, receive, send)
 
-    def _key_ok(self, presented: bytes) -> bool:
-        ok = False
-        for key in self.keys:  # compare against every key: time does not depend on which matched
-            ok |= hmac.compare_digest(presented, key)
-        return ok
+    def _key_name(self, presented: bytes) -> str | None:
+        """The name of the presented key; None when it is not one of ours."""
+        found = None
+        for key, name in self.keys:  # compare against every key: time does not depend on which
+            if hmac.compare_digest(presented, key):
+                found = name
+        return found
 
     async def _call_limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         received = 0
@@ -157,7 +164,7 @@ def create_app(gateway: Gateway, *, manage_engines: bool = True) -> FastAPI:
         )
     app.add_middleware(
         AuthAndLimitsMiddleware,
-        api_keys=config.all_api_keys(),
+        api_keys=gateway.key_limits.names_by_value,
         max_body_bytes=config.limits.max_body_bytes,
     )
     return app

@@ -111,6 +111,10 @@ def logs_cmd(
     feedback: Annotated[
         bool, typer.Option("--feedback", help="List recent feedback instead.")
     ] = False,
+    keys: Annotated[
+        bool,
+        typer.Option("--keys", help="Requests, 429s and tokens per API key name over the window."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print statistics as JSON.")] = False,
 ) -> None:
     """Recent requests, p50/p95/p99 latency, error rate and tokens/s from the audit log; alerts."""
@@ -119,6 +123,9 @@ def logs_cmd(
     from slmkit.serve.logs import check_alerts, feedback_rows, recent_requests, window_stats
 
     path = _audit_db(db, config)
+    if keys:
+        _print_key_stats(path, window, as_json)
+        return
     if feedback:
         table = Table("time", "request", "model", "rating", "correction")
         for row in feedback_rows(path, last):
@@ -160,6 +167,24 @@ def logs_cmd(
     )
     for alert in alerts:
         console.print(f"[red]ALERT {alert.rule}:[/red] {alert.message}")
+
+
+def _print_key_stats(path: Path, window: float, as_json: bool) -> None:
+    from rich.table import Table
+
+    from slmkit.serve.logs import key_stats
+
+    stats = key_stats(path, window)
+    if as_json:
+        data = [{**s.__dict__, "tokens": s.tokens} for s in stats]
+        out.print(json.dumps(data, indent=2), markup=False, emoji=False, soft_wrap=True)
+        return
+    table = Table("key", "requests", "429s", "prompt tokens", "completion tokens", "tokens")
+    for s in stats:
+        counts = (s.requests, s.rejected, s.prompt_tokens, s.completion_tokens, s.tokens)
+        table.add_row(s.key, *(str(n) for n in counts))
+    out.print(table)
+    out.print(f"last {window:g} s, {len(stats)} keys")
 
 
 def _time(ts: float) -> str:

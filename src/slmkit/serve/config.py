@@ -199,6 +199,67 @@ class AuditSettings(StrictModel):
         return self.path or slm_home() / "serve" / "audit.db"
 
 
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ApiKey(StrictModel):
+    """One API key with a name and optional limits; the name, never the key, is what the audit
+    log, `/metrics`, errors and `slm logs --keys` show."""
+
+    name: str = Field(
+        description="Name of the key in the audit log, /metrics and errors (letters, digits, . _ : -)."
+    )
+    key: str | None = Field(
+        default=None, description="The key itself, written in the file (or use `key_env`)."
+    )
+    key_env: str | None = Field(
+        default=None, description="Name of the environment variable that holds the key."
+    )
+    rpm: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests per minute (sliding 60 s window); none = no limit.",
+    )
+    tpm: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens (prompt + completion) per minute (sliding 60 s window); none = no limit.",
+    )
+    daily_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens (prompt + completion) per UTC day, reset at 00:00 UTC; none = no limit.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not MODEL_ID.match(value):
+            raise ValueError(
+                "key name must be 1-64 of letters, digits, . _ : - and start with a letter or digit"
+            )
+        return value
+
+    @field_validator("key_env")
+    @classmethod
+    def _check_env_name(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_NAME.match(value):
+            raise ValueError("key_env must be an environment variable name, e.g. TEAM_A_KEY")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKey:
+        if (self.key is None) == (self.key_env is None):
+            raise ValueError("give the key either as `key` or as `key_env` (exactly one of them)")
+        if self.key is not None and not self.key.strip():
+            raise ValueError("key must not be empty")
+        return self
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in (self.rpm, self.tpm, self.daily_tokens))
+
+
 class AlertRule(StrictModel):
     """Fires when the error rate over a window exceeds a threshold (printed by `slm logs`, logged by the server)."""
 
@@ -240,6 +301,10 @@ class ServeConfig(StrictModel):
     api_keys: list[str] = Field(
         default_factory=list,
         description="Accepted API keys (also `SLM_API_KEYS`, comma-separated); none = no auth.",
+    )
+    keys: list[ApiKey] = Field(
+        default_factory=list,
+        description="Named API keys with optional per-key rpm / tpm / daily_tokens limits.",
     )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS; empty = CORS off."
@@ -283,7 +348,16 @@ class ServeConfig(StrictModel):
             raise ValueError(f"duplicate model ids: {', '.join(dupes)}")
         return self
 
+    @field_validator("keys")
+    @classmethod
+    def _unique_key_names(cls, keys: list[ApiKey]) -> list[ApiKey]:
+        names = [k.name for k in keys]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate key names: {', '.join(dupes)}")
+        return keys
+
     def all_api_keys(self) -> list[str]:
-        """Keys from the config plus `SLM_API_KEYS` (comma-separated)."""
+        """Unnamed keys: `api_keys` plus `SLM_API_KEYS` (comma-separated); `keys` are named ones."""
         env = [k.strip() for k in os.environ.get("SLM_API_KEYS", "").split(",") if k.strip()]
         return [*self.api_keys, *env]

@@ -33,6 +33,8 @@ from slmkit.serve.generation import (
     prompt_text,
 )
 from slmkit.serve.guards import ResponseCache, StreamingFilter
+from slmkit.serve.key_limits import KeyLimits
+from slmkit.serve.logs import tokens_today_by_key
 from slmkit.serve.metrics import GatewayMetrics
 from slmkit.serve.openai_wire import completion_body
 from slmkit.serve.protocol import (
@@ -58,6 +60,7 @@ class Gateway:
         self.audit: AuditLog | None = None
         self.cache = ResponseCache(config.cache.max_entries) if config.cache.enabled else None
         self.admission = Admission(engines, config.limits.max_queue, self.metrics)
+        self.key_limits = KeyLimits.from_config(config, self.metrics)
         self.alerts = AlertWatcher(config.alerts, self.metrics.alerts)
         self.created = int(time.time())
         self.streams = StreamResponder(config, self.metrics, self.created)
@@ -72,6 +75,7 @@ class Gateway:
     async def start(self) -> None:
         if self.config.audit.enabled:
             self.audit = AuditLog(self.config.audit)
+            self.key_limits.seed_daily(tokens_today_by_key(self.audit.path))
         started: list[Engine] = []
         try:
             for engine in self.unique_engines():
@@ -102,6 +106,11 @@ class Gateway:
         try:
             engine = self._engine(body.model)
             ctx.rec.prompt_text = prompt_text(ctx.gen)
+            ctx.key_ticket = await self.key_limits.admit(
+                ctx.rec.key_id,
+                lambda: engine.count_prompt_tokens(ctx.gen),
+                estimate=len(ctx.rec.prompt_text) // 4 + 1,
+            )
             slot = self.admission.admit(body.model)
         except ApiError as exc:
             self._finish(ctx, exc)
@@ -234,6 +243,9 @@ class Gateway:
             rec.completion_tokens = ctx.outcome.tokens_out()
             rec.ttft_s = ctx.outcome.ttft
             self.metrics.observe_tokens(model, ctx.outcome, rec.cached)
+            self.key_limits.settle(ctx.key_ticket, ctx.outcome.prompt_tokens, rec.completion_tokens)
+        else:
+            self.key_limits.settle(ctx.key_ticket, 0, 0)
         self.metrics.requests.labels(rec.endpoint, model, str(rec.status)).inc()
         self.metrics.latency.labels(rec.endpoint, model).observe(rec.latency_s)
         self.alerts.record(rec.status)

@@ -23,6 +23,7 @@ from slmkit.serve.guards import (
     summarize_messages,
     summary_prompt,
 )
+from slmkit.serve.key_limits import KeyTicket
 from slmkit.serve.metrics import GatewayMetrics
 from slmkit.serve.protocol import GenerationRequest
 
@@ -113,6 +114,7 @@ class RequestContext:
     outcome: Outcome | None = None  # set once the engine or the cache answered
     status: int = 200  # a stream says 499 until its last event is sent
     error: ApiError | None = None  # an error that ended a stream after its headers
+    key_ticket: KeyTicket | None = None  # its claim on a per-key limit, settled in `_finish`
 
 
 def prompt_text(gen: GenerationRequest) -> str:

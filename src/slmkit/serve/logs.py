@@ -105,3 +105,35 @@ def feedback_rows(db: Path, limit: int = 20) -> list[dict[str, Any]]:
             (limit,),
         ).fetchall()
     return [dict(r) for r in rows]
+
+
+@dataclass
+class KeyStats:
+    key: str
+    requests: int
+    rejected: int  # answered 429 (a per-key limit or a full queue)
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def key_stats(db: Path, window_s: float, now: float | None = None) -> list[KeyStats]:
+    """Requests, 429s and tokens per API key name over the last `window_s` seconds."""
+    since = (now or time.time()) - window_s
+    with _open(db) as conn:
+        rows = conn.execute(
+            "SELECT key_id, COUNT(*), SUM(status = 429), COALESCE(SUM(prompt_tokens), 0), "
+            "COALESCE(SUM(completion_tokens), 0) FROM requests "
+            "WHERE ts >= ? AND key_id IS NOT NULL GROUP BY key_id ORDER BY key_id",
+            (since,),
+        ).fetchall()
+    return [KeyStats(*row) for row in rows]
+
+
+def tokens_today_by_key(db: Path, now: float | None = None) -> dict[str, int]:
+    """Tokens per key name since 00:00 UTC: the daily budgets' usage after a restart."""
+    wall = now or time.time()
+    return {s.key: s.tokens for s in key_stats(db, wall % 86_400.0, wall)}

@@ -88,6 +88,24 @@ class GatewayMetrics:
         self.feedback = Counter(
             "slm_feedback", "Feedback received, by rating.", ["rating"], registry=r
         )
+        self.key_requests = Counter(
+            "slm_key_requests",
+            "Generation requests admitted under each API key (by key name).",
+            ["key"],
+            registry=r,
+        )
+        self.key_tokens = Counter(
+            "slm_key_tokens",
+            "Tokens counted against each API key, by kind (prompt, completion).",
+            ["key", "kind"],
+            registry=r,
+        )
+        self.key_rejections = Counter(
+            "slm_key_rejections",
+            "Requests refused with 429 by a per-key limit (rpm, tpm, daily_tokens).",
+            ["key", "limit"],
+            registry=r,
+        )
         self.alerts = Gauge(
             "slm_alert_firing", "1 while an alert rule fires.", ["rule"], registry=r
         )

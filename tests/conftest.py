@@ -21,8 +21,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the board's browser fixtures, once per session for every tests/test_ui_*.py module
 from ui_helpers import board, browser, page  # noqa: E402, F401
 
+# The longest test files (a trained run, a full export, the demo pipeline) go first: the two
+# workers take files in order, so a long file started last would leave the other worker idle.
+LONG_FILES = (
+    "test_train_e2e.py",
+    "test_pipeline.py",
+    "test_export_e2e.py",
+    "test_export_quant.py",
+    "test_train_methods.py",
+    "test_train_run.py",
+)
+
+
+def _long_first(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: order kept
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _long_first(items)
     try:
         import torch
 

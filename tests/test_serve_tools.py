@@ -225,3 +225,25 @@ def test_tool_call_deltas_are_merged_and_sent_in_openai_shape() -> None:
     chunk = ChunkWriter("chatcmpl-1", gen, 0).content("", {"tool_calls": parts[:1]})
     parsed = openai.types.chat.ChatCompletionChunk.model_validate_json(chunk[len(b"data: ") :])
     assert parsed.choices[0].delta.tool_calls[0].function.name == "get_order_status"  # type: ignore[index, union-attr]
+
+
+def test_tool_calls_after_multi_part_content_become_a_text_part() -> None:
+    # found by the schemathesis fuzz: a developer message with content parts and tool_calls
+    # made `list + str` a 500; the calls' JSON is added as one more text part
+    from slmkit.data.template import TOOLS_PREAMBLE, prepare_messages
+
+    call = {"type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    message = {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "a"}],
+        "tool_calls": [call],
+    }
+    (prepared,) = prepare_messages([message], "{{ messages }}", None)
+    assert prepared["content"][0] == {"type": "text", "text": "a"}
+    assert prepared["content"][1]["type"] == "text"
+    assert '"name": "lookup"' in prepared["content"][1]["text"]
+    system = {"role": "system", "content": [{"type": "text", "text": "be brief"}]}
+    (with_tools, _) = prepare_messages([system, message], "{{ messages }}", TOOLS)
+    assert with_tools["content"][0]["text"] == "be brief"
+    assert TOOLS_PREAMBLE in with_tools["content"][-1]["text"]
+    assert "get_order_status" in with_tools["content"][-1]["text"]

@@ -98,4 +98,7 @@ def test_estimate_command_prints_a_table(slm) -> None:
     ):
         assert word in result.stdout
     bad = slm("estimate", "--method", "half")
-    assert bad.returncode == 2 and "lora, qlora, full" in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "error: --method: Input should be 'lora', 'qlora' or 'full'" in bad.stderr
+    )

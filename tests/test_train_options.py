@@ -115,7 +115,7 @@ def test_packing_through_slm_train_trains_on_fewer_longer_rows(
     assert result.returncode == 0, result.stderr[-3000:]
     stats = json.loads((tmp_path / "run" / "diagnosis.json").read_text())["run"]["data_stats"]
     assert stats["samples"] == 48 and stats["packed_rows"] <= stats["samples"] / 2, stats
-    assert "packed into" in result.stderr
+    assert "packed into" in " ".join(result.stderr.split())  # the console wraps long lines
     losses = loss_curve(tmp_path / "run")
     assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1

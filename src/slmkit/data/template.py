@@ -375,9 +375,19 @@ def prepare_messages(
         if message.get("tool_calls"):
             calls = [c.get("function", c) for c in message["tool_calls"]]
             text = json.dumps(calls if len(calls) > 1 else calls[0], ensure_ascii=False)
-            message = {"role": message["role"], "content": ((message.get("content") or "") + text)}
+            message = {
+                "role": message["role"],
+                "content": _append_text(message.get("content"), text),
+            }
         prepared.append(message)
     return prepared
+
+
+def _append_text(content: Any, text: str) -> Any:
+    """`text` after a message's content: a string, None, or a list of content parts."""
+    if isinstance(content, list):
+        return [*content, {"type": "text", "text": text}]
+    return (content or "") + text
 
 
 def _tools_in_system_prompt(
@@ -386,6 +396,6 @@ def _tools_in_system_prompt(
     listing = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
     text = f"{TOOLS_PREAMBLE}\n{listing}"
     if messages and messages[0]["role"] == "system":
-        system = {**messages[0], "content": f"{messages[0]['content']}\n\n{text}"}
+        system = {**messages[0], "content": _append_text(messages[0].get("content"), f"\n\n{text}")}
         return [system, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]

@@ -88,6 +88,7 @@ BOUND_MODELS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("estimate",): ("slmkit.train.estimate:EstimateConfig",),
     ("bench", "serve"): ("slmkit.serve.bench:BenchConfig",),
     ("ui",): ("slmkit.ui.config:BoardConfig",),
+    ("cost",): ("slmkit.cost.config:CostConfig",),
 }
 # option name -> config field, where the two differ
 FIELD_OF = {

@@ -34,6 +34,7 @@ STAGE_COMMANDS = (
     "slmkit.serve.commands",
     "slmkit.pipeline_commands",
     "slmkit.ui.commands",
+    "slmkit.cost.commands",
 )
 
 

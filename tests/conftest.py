@@ -21,8 +21,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the board's browser fixtures, once per session for every tests/test_ui_*.py module
 from ui_helpers import board, browser, page  # noqa: E402, F401
 
-# The longest test files (a trained run, a full export, the demo pipeline) go first: the two
-# workers take files in order, so a long file started last would leave the other worker idle.
+# The longest test files (a trained run, a full export, the demo pipeline) go first: xdist's
+# loadfile hands out the files with the most tests first, so a long file with few tests would
+# start last and leave the other worker idle at the end.
 LONG_FILES = (
     "test_train_e2e.py",
     "test_pipeline.py",
@@ -33,13 +34,22 @@ LONG_FILES = (
 )
 
 
-def _long_first(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: order kept
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongFilesFirst(LoadFileScheduling):  # type: ignore[misc]
+        def _assign_work_unit(self, node: object) -> None:
+            for name in reversed(LONG_FILES):
+                for scope in [s for s in self.workqueue if s.endswith("/" + name)]:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
+    return LongFilesFirst(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    _long_first(items)
     try:
         import torch
 

@@ -115,7 +115,9 @@ def test_a_training_started_from_the_form_draws_its_curve_and_shows_in_runs(
     page.locator("#train-start").click()
     status.get_by_text("started form-run").wait_for()
     assert "memory to train" in status.inner_text()
-    page.locator("#train-plot .mark-line path").first.wait_for(timeout=180_000)  # the curve grows
+    # the curve is drawn while training runs (attached: a line whose points share one y value
+    # has no height, and Playwright calls a zero-height element hidden)
+    page.locator("#train-plot .mark-line path").first.wait_for(state="attached", timeout=180_000)
     page.locator("#train-live").get_by_text("train finished").wait_for(timeout=240_000)
     page.locator("#train-progress").get_by_text("step 4/4").wait_for()
     page.locator("#train-diagnosis").get_by_text("advice", exact=False).or_(
@@ -124,7 +126,9 @@ def test_a_training_started_from_the_form_draws_its_curve_and_shows_in_runs(
     assert (board.runs_dir / "form-run" / "adapter").is_dir()
     recipe = board.home / "board" / "recipes" / "form-run.yaml"
     assert load_recipe(recipe).data.train == [str(data_file)]
-    page.locator("#train-plot .mark-line path").first.wait_for()  # still drawn after the last rows
+    final = page.locator("#train-plot .mark-line path").first
+    final.wait_for(state="attached")  # still drawn after the last rows
+    assert (final.get_attribute("d") or "").count("L") >= 3  # 4 steps: 4 points, 3 segments
     screenshot(page, "train")
 
     page.reload()  # the Runs tab lists it; the Train tab re-attaches to it

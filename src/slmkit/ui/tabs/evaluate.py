@@ -10,10 +10,10 @@ from typing import Any
 
 from slmkit.ui.context import Board
 from slmkit.ui.eval_view import EvalReport, eval_argv, eval_defaults, eval_folders, model_choices
-from slmkit.ui.export_view import file_links, find_job, job_status
-from slmkit.ui.messages import reports_errors, status_html
+from slmkit.ui.export_view import file_links
+from slmkit.ui.job_panel import job_panel
+from slmkit.ui.messages import reports_errors
 
-POLL_S = 2.0
 DEMO_EVAL_SET = Path("examples/data/support_eval.jsonl")
 INTRO = (
     "Same questions to every model at temperature 0 on the serving engines; fact recall, exact "
@@ -70,19 +70,14 @@ def build(board: Board) -> None:
             label="least gain over the first model", placeholder="fact_recall=0.3"
         )
         min_value = gr.Textbox(label="least value", placeholder="fact_recall=0.8")
-    with gr.Row():
-        start = gr.Button("Evaluate", variant="primary", scale=0, elem_id="eval-start")
-        stop = gr.Button("Stop", scale=0, elem_id="eval-stop")
-        status = gr.HTML(
-            status_html("pick models and an eval set, then Evaluate"), elem_id="eval-status"
-        )
-    with gr.Accordion("log", open=False):
-        log = gr.Textbox(lines=10, max_lines=20, show_label=False, elem_id="eval-log")
-    past = gr.Dropdown(
-        label="evaluation",
-        choices=eval_folders(evals_dir),
-        value=None,  # set on page load, so that its change renders the newest
-        elem_id="eval-past",
+    panel = job_panel(
+        board,
+        "eval",
+        "evaluation",
+        "Evaluate",
+        "pick models and an eval set, then Evaluate",
+        "evaluation",
+        lambda: eval_folders(evals_dir),
     )
     headline = gr.Markdown(elem_id="eval-headline")
     summary = gr.Dataframe(label="summary", interactive=False, wrap=True, elem_id="eval-summary")
@@ -103,8 +98,6 @@ def build(board: Board) -> None:
         elem_id="eval-answers",
     )
     files = gr.HTML(elem_id="eval-files")
-    watching = gr.State("")
-    timer = gr.Timer(POLL_S, active=False)
 
     @reports_errors(outputs=8)
     def show(folder: str | None) -> tuple[Any, ...]:
@@ -144,60 +137,24 @@ def build(board: Board) -> None:
             min_gain=gain or "",
             min_value=floor or "",
         )
-        job = board.jobs.start("eval", argv, argv[argv.index("-o") + 1])
-        return (
-            status_html(f"evaluation started: slm {' '.join(argv)}"),
-            "",
-            job.id,
-            gr.Timer(active=True),
-        )
-
-    def poll(job_id: str) -> tuple[Any, ...]:
-        job = find_job(board.jobs, "eval", job_id)
-        if job is None:
-            return gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
-        line, running = job_status(board.jobs, job)
-        log_text = board.jobs.log_text(job)
-        if running:
-            return line, log_text, gr.skip(), gr.skip()
-        folders = eval_folders(evals_dir)
-        done = job.target if any(value == job.target for _, value in folders) else None
-        return line, log_text, gr.Timer(active=False), gr.update(choices=folders, value=done)
-
-    def attach() -> tuple[Any, ...]:
-        """On page load: the latest evaluation job (re-attached while it runs) and the newest report."""
-        folders = eval_folders(evals_dir)
-        newest = gr.update(choices=folders, value=folders[0][1] if folders else None)
-        choices = gr.update(choices=model_choices(board.runs_dir, exports_dir))
-        job = board.jobs.latest("eval")
-        if job is None:
-            return gr.skip(), gr.skip(), "", gr.skip(), newest, choices
-        line, running = job_status(board.jobs, job)
-        return line, board.jobs.log_text(job), job.id, gr.Timer(active=running), newest, choices
-
-    def stop_eval(job_id: str) -> str:
-        job = find_job(board.jobs, "eval", job_id)
-        if job is None:
-            return status_html("no evaluation is running")
-        board.jobs.stop(job)
-        return status_html("stopping the evaluation…")
+        return panel.started(board.jobs.start("eval", argv, argv[argv.index("-o") + 1]), argv)
 
     def uploaded(file: Any) -> str:
         target = board.folder("uploads") / Path(str(file)).name
         shutil.copyfile(str(file), target)
         return str(target)
 
-    start.click(
+    panel.start.click(
         start_eval,
         inputs=[models, more, data, max_tokens, limit, similarity, min_gain, min_value],
-        outputs=[status, log, watching, timer],
+        outputs=panel.start_outputs,
     )
-    stop.click(stop_eval, inputs=[watching], outputs=[status])
     upload.upload(uploaded, inputs=[upload], outputs=[data])
-    timer.tick(poll, inputs=[watching], outputs=[status, log, timer, past], show_progress="hidden")
-    past.change(
+    panel.past.change(
         show,
-        inputs=[past],
-        outputs=[status, headline, summary, verdict, tags, answers, files, log],
+        inputs=[panel.past],
+        outputs=[panel.status, headline, summary, verdict, tags, answers, files, panel.log],
     )
-    board.on_load(attach, [], [status, log, watching, timer, past, models])
+    board.on_load(
+        lambda: gr.update(choices=model_choices(board.runs_dir, exports_dir)), [], [models]
+    )

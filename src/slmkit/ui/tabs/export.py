@@ -14,16 +14,14 @@ from slmkit.ui.export_view import (
     export_argv,
     export_folders,
     file_links,
-    find_job,
-    job_status,
     new_export_dir,
     quant_frame,
     recommendation_markdown,
     source_choices,
 )
-from slmkit.ui.messages import reports_errors, status_html
+from slmkit.ui.job_panel import job_panel
+from slmkit.ui.messages import reports_errors
 
-POLL_S = 2.0
 INTRO = (
     "Merge → GGUF → quantize → measure each level against the f16 GGUF (KL divergence, top-1 "
     "agreement, perplexity ratio, answers) → recommend the smallest level within thresholds. "
@@ -70,19 +68,14 @@ def build(board: Board) -> None:
         )
         skip_eval = gr.Checkbox(value=defaults.skip_eval, label="skip quant eval")
         force = gr.Checkbox(value=defaults.force, label="go on past parity drift (--force)")
-    with gr.Row():
-        start = gr.Button("Export", variant="primary", scale=0, elem_id="export-start")
-        stop = gr.Button("Stop", scale=0, elem_id="export-stop")
-        status = gr.HTML(
-            status_html("pick a model and levels, then Export"), elem_id="export-status"
-        )
-    with gr.Accordion("log", open=False):
-        log = gr.Textbox(lines=10, max_lines=20, show_label=False, elem_id="export-log")
-    past = gr.Dropdown(
-        label="export folder",
-        choices=export_folders(exports_dir, board.runs_dir),
-        value=None,  # set on page load, so that its change renders the newest
-        elem_id="export-past",
+    panel = job_panel(
+        board,
+        "export",
+        "export",
+        "Export",
+        "pick a model and levels, then Export",
+        "export folder",
+        lambda: export_folders(exports_dir, board.runs_dir),
     )
     recommendation = gr.Markdown(elem_id="export-recommendation")
     table = gr.Dataframe(
@@ -105,8 +98,6 @@ def build(board: Board) -> None:
     files = gr.HTML(elem_id="export-files")
     with gr.Accordion("answers at temperature 0 (reference GGUF vs each level)", open=False):
         answers = gr.Dataframe(interactive=False, wrap=True, elem_id="export-answers")
-    watching = gr.State("")
-    timer = gr.Timer(POLL_S, active=False)
 
     @reports_errors(outputs=7)
     def show(folder: str | None) -> tuple[Any, ...]:
@@ -142,56 +133,16 @@ def build(board: Board) -> None:
             skip_eval=skip,
             force=go_on,
         )
-        job = board.jobs.start("export", argv, out_dir)
-        line = status_html(f"export started: slm {' '.join(argv)}")
-        return line, "", job.id, gr.Timer(active=True)
+        return panel.started(board.jobs.start("export", argv, out_dir), argv)
 
-    def poll(job_id: str) -> tuple[Any, ...]:
-        job = find_job(board.jobs, "export", job_id)
-        if job is None:
-            return gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
-        line, running = job_status(board.jobs, job)
-        log_text = board.jobs.log_text(job)
-        if running:
-            return line, log_text, gr.skip(), gr.skip()
-        folders = export_folders(exports_dir, board.runs_dir)
-        done = job.target if any(value == job.target for _, value in folders) else None
-        return line, log_text, gr.Timer(active=False), gr.update(choices=folders, value=done)
-
-    def attach() -> tuple[Any, ...]:
-        """On page load: the latest export job (re-attached while it runs) and the newest folder."""
-        folders = export_folders(exports_dir, board.runs_dir)
-        newest = folders[0][1] if folders else None
-        job = board.jobs.latest("export")
-        if job is None:
-            return gr.skip(), gr.skip(), "", gr.skip(), gr.update(choices=folders, value=newest)
-        line, running = job_status(board.jobs, job)
-        return (
-            line,
-            board.jobs.log_text(job),
-            job.id,
-            gr.Timer(active=running),
-            gr.update(choices=folders, value=newest),
-        )
-
-    def stop_export(job_id: str) -> str:
-        job = find_job(board.jobs, "export", job_id)
-        if job is None:
-            return status_html("no export is running")
-        board.jobs.stop(job)
-        return status_html("stopping the export…")
-
-    start.click(
+    panel.start.click(
         start_export,
         inputs=[source, quants, prompts, max_prompts, skip_eval, force],
-        outputs=[status, log, watching, timer],
+        outputs=panel.start_outputs,
     )
-    stop.click(stop_export, inputs=[watching], outputs=[status])
-    timer.tick(poll, inputs=[watching], outputs=[status, log, timer, past], show_progress="hidden")
-    past.change(
+    panel.past.change(
         show,
-        inputs=[past],
-        outputs=[status, recommendation, table, modelfile, serve, files, answers],
+        inputs=[panel.past],
+        outputs=[panel.status, recommendation, table, modelfile, serve, files, answers],
     )
-    board.on_load(attach, [], [status, log, watching, timer, past])
     board.on_load(lambda: gr.update(choices=source_choices(board.runs_dir)), [], [source])

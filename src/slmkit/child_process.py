@@ -33,6 +33,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why nothing can listen on `host:port` (e.g. 'Address already in use'), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def _die_with_parent() -> None:
     """Linux: the child gets SIGTERM when its parent dies (even by SIGKILL), so it is never orphaned."""
     try:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from slmkit.child_process import port_problem
 from slmkit.console import info
 from slmkit.errors import ServeError
 from slmkit.models import ResolvedModel, resolve_model
@@ -96,17 +96,12 @@ def _vllm_engine(entry: ModelEntry, config: ServeConfig) -> Engine:
 
 
 def check_port_free(host: str, port: int) -> None:
-    if port == 0:
-        return
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise ServeError(
-                f"cannot listen on {host}:{port}: {exc.strerror}",
-                hint="choose another --port or stop the program using it",
-            ) from exc
+    problem = port_problem(host, port) if port else None
+    if problem:
+        raise ServeError(
+            f"cannot listen on {host}:{port}: {problem}",
+            hint="choose another --port or stop the program using it",
+        )
 
 
 def load_embedder(config: ServeConfig) -> Any:

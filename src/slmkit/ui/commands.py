@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import typer
 
+from slmkit.child_process import port_problem
 from slmkit.config import from_options, option
 from slmkit.errors import ConfigError
 from slmkit.ui.config import BoardConfig
@@ -28,16 +28,12 @@ def ui_cmd(
 
 
 def _check_port_free(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(
-                f"--port {port}: cannot listen on {host}:{port} ({exc.strerror})",
-                hint="choose another --port",
-            ) from None
+    problem = port_problem(host, port)
+    if problem:
+        raise ConfigError(
+            f"--port {port}: cannot listen on {host}:{port} ({problem})",
+            hint="choose another --port",
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -16,8 +16,6 @@ from slmkit.export.report import headers, problem_lines, table_rows
 from slmkit.export.report_file import ExportFolder, is_export_folder
 from slmkit.train.run_index import list_runs
 from slmkit.ui.charts import typed_frame
-from slmkit.ui.jobs import Job, JobRunner
-from slmkit.ui.messages import status_html
 
 BASE_CHOICE = ("default (the embedded base model)", "default")
 
@@ -112,28 +110,6 @@ def recommendation_markdown(folder: ExportFolder) -> str:
     lines += [f"- outside thresholds: {line}" for line in problem_lines(result)]
     lines += [f"- {note}" for note in result.notes]
     return "\n".join([*lines[:1], "", *lines[1:]])
-
-
-def find_job(jobs: JobRunner, kind: str, job_id: str) -> Job | None:
-    """The job of `kind` with this id (None for an empty id or a job folder that is gone)."""
-    return jobs.get(kind, job_id) if job_id else None
-
-
-def job_status(jobs: JobRunner, job: Job) -> tuple[str, bool]:
-    """(status box HTML, still running) for a job: the CLI's one-line error when it failed."""
-    state = jobs.state(job)
-    if state.status == "running":
-        return status_html(f"{state.message}: {_last_line(jobs.log_text(job, 2000))}"), True
-    if state.status == "finished":
-        return status_html(f"{state.message}: {job.target}", "ok"), False
-    if state.status == "failed":
-        return status_html(state.message, "error"), False
-    return status_html(state.message), False
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:160] if lines else "starting"
 
 
 def file_links(paths: list[Path], title: str = "files") -> str:

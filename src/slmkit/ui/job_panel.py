@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slmkit.ui.context import Board
-from slmkit.ui.export_view import find_job, job_status
-from slmkit.ui.jobs import Job
+from slmkit.ui.jobs import Job, JobRunner
 from slmkit.ui.messages import status_html
 
 POLL_S = 2.0
@@ -85,11 +84,28 @@ def job_panel(
     return panel
 
 
+def job_status(jobs: JobRunner, job: Job) -> tuple[str, bool]:
+    """(status box HTML, still running) for a job: the CLI's one-line error when it failed."""
+    state = jobs.state(job)
+    if state.status == "running":
+        return status_html(f"{state.message}: {_last_line(jobs.log_text(job, 2000))}"), True
+    if state.status == "finished":
+        return status_html(f"{state.message}: {job.target}", "ok"), False
+    if state.status == "failed":
+        return status_html(state.message, "error"), False
+    return status_html(state.message), False
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:160] if lines else "starting"
+
+
 def _wire(board: Board, panel: JobPanel) -> None:
     import gradio as gr
 
     def poll(job_id: str) -> tuple[Any, ...]:
-        job = find_job(board.jobs, panel.kind, job_id)
+        job = board.jobs.get(panel.kind, job_id) if job_id else None
         if job is None:
             return gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
         line, running = job_status(board.jobs, job)
@@ -111,7 +127,7 @@ def _wire(board: Board, panel: JobPanel) -> None:
         return line, board.jobs.log_text(job), job.id, gr.Timer(active=running), newest
 
     def stop(job_id: str) -> str:
-        job = find_job(board.jobs, panel.kind, job_id)
+        job = board.jobs.get(panel.kind, job_id) if job_id else None
         if job is None:
             return status_html(f"no {panel.noun} is running")
         board.jobs.stop(job)

@@ -30,19 +30,18 @@ def typed_frame(rows: list[dict[str, Any]], columns: dict[str, Any]) -> Any:
     )
 
 
-def loss_plot(label: str = "loss", **kwargs: Any) -> Any:
-    """An empty loss-curve plot (train and validation loss against optimizer step)."""
+def titled_line_plot(label: str, value: Any, x: str, y: str, **kwargs: Any) -> Any:
+    """A line plot coloured by its `series` column, with its title above the box: a block label
+    would take the legend's room in the plot's box."""
     import gradio as gr
 
-    gr.Markdown(f"**{label}**")  # a block label would take the legend's room in the plot's box
+    gr.Markdown(f"**{label}**")
     return gr.LinePlot(
-        None,  # not an empty frame: a plot that starts empty never fills its legend
-        x="step",
-        y="loss",
-        color="series",
-        color_title="",
-        label=label,
-        show_label=False,
-        height=280,
-        **kwargs,
+        value, x=x, y=y, color="series", color_title="", label=label, show_label=False, **kwargs
     )
+
+
+def loss_plot(label: str = "loss", **kwargs: Any) -> Any:
+    """An empty loss-curve plot (train and validation loss against optimizer step)."""
+    # no value, not an empty frame: a plot that starts empty never fills its legend
+    return titled_line_plot(label, None, "step", "loss", height=280, **kwargs)

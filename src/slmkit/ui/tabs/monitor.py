@@ -8,6 +8,7 @@ import copy
 from typing import Any
 
 from slmkit.serve.config import AuditSettings
+from slmkit.ui.charts import titled_line_plot
 from slmkit.ui.context import Board
 from slmkit.ui.messages import error_html, error_line, status_html
 from slmkit.ui.monitor_view import (
@@ -26,17 +27,11 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 def _plot(label: str, y_title: str, elem_id: str, key: str, **kwargs: Any) -> Any:
     """A time-series plot (x: seconds since Watch), its series known from the start."""
-    import gradio as gr
-
-    gr.Markdown(f"**{label}**")  # a block label would take the legend's room in the plot's box
-    return gr.LinePlot(
+    return titled_line_plot(
+        label,
         series_frames([], None)[key],
-        x="seconds",
-        y="value",
-        color="series",
-        color_title="",
-        label=label,
-        show_label=False,
+        "seconds",
+        "value",
         x_title="seconds since Watch",
         y_title=y_title,
         height=250,

@@ -16,6 +16,7 @@ from slmkit.config import from_options, option
 from slmkit.console import console, out
 from slmkit.errors import SlmError
 from slmkit.models.settings import GenerationSettings
+from slmkit.tools import apply_threads_setting
 
 app = typer.Typer(
     name="slm",
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("SLM_DEBUG") == "1"
     try:
+        apply_threads_setting()  # before any command imports torch
         code = app(args=args, prog_name="slm", standalone_mode=False)
         if isinstance(code, int) and code:
             raise SystemExit(

@@ -7,18 +7,43 @@ import subprocess
 import sys
 from pathlib import Path
 
-from slmkit.errors import ToolMissingError
+from slmkit.errors import ConfigError, ToolMissingError
 from slmkit.paths import tools_dir
 
 LLAMA_BINARIES = ("llama-server", "llama-quantize", "llama-perplexity")
 SETUP_HINT = "run `bash scripts/setup.sh` (or `make test`/`make demo`) to build the llama.cpp tools"
 
 
+THREADS_ENV = "SLM_THREADS"
+
+
+def threads_setting() -> int | None:
+    """`SLM_THREADS`: the CPU threads every stage uses (torch and the llama.cpp tools), for a
+    machine shared with other work. None when unset or empty."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{THREADS_ENV}: expected a whole number of threads >= 1, got {value!r}")
+    return int(value)
+
+
+def apply_threads_setting() -> None:
+    """Hand `SLM_THREADS` to torch (OMP/MKL read it once, at import) unless those are set."""
+    threads = threads_setting()
+    if threads is not None:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, str(threads))
+
+
 def default_threads() -> int:
-    """CPU threads for llama.cpp tools: every core on an idle machine (llama.cpp's own default),
-    all but one when other work is running. llama.cpp's worker threads spin while they wait, so
+    """CPU threads for llama.cpp tools: `SLM_THREADS` when set, else every core on an idle
+    machine (llama.cpp's own default), all but one when other work is running. llama.cpp's worker threads spin while they wait, so
     on a busy machine using every core collapses throughput (measured 1.7 s vs 19 s for one
     perplexity chunk with -t 1 vs -t 2 on 2 cores under load)."""
+    setting = threads_setting()
+    if setting is not None:
+        return setting
     cores = os.cpu_count() or 2
     try:  # slmkit's own previous step may account for about one unit of load
         busy = os.getloadavg()[0] >= cores - 0.5

@@ -134,7 +134,8 @@ class ExportConfig(StrictModel):
     threads: int = Field(
         default_factory=default_threads,
         ge=1,
-        description="CPU threads for llama.cpp tools (default: all cores on an idle machine, all but one "
+        description="CPU threads for llama.cpp tools (default: `SLM_THREADS` when set, else all cores on "
+        "an idle machine, all but one "
         "when the load average says other work runs; llama.cpp's spinning worker threads slow down "
         "sharply when they compete for every core).",
     )

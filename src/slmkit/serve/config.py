@@ -61,7 +61,9 @@ class LlamaCppSettings(StrictModel):
         default=8, ge=1, le=256, description="Parallel slots (`-np`): requests decoded together."
     )
     threads: int | None = Field(
-        default=None, ge=1, description="CPU threads (`-t`); default: all cores."
+        default=None,
+        ge=1,
+        description="CPU threads (`-t`); default: `SLM_THREADS`, else all cores.",
     )
     gpu_layers: int | None = Field(
         default=None, description="Layers offloaded to a GPU (`-ngl`); default: llama-server's."

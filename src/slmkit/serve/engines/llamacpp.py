@@ -16,7 +16,7 @@ from slmkit.errors import ServeError
 from slmkit.serve.config import LlamaCppSettings
 from slmkit.serve.engines.upstream import UpstreamEngine
 from slmkit.serve.protocol import GenerationRequest
-from slmkit.tools import llama_tool
+from slmkit.tools import llama_tool, threads_setting
 
 
 class LlamaServerEngine(UpstreamEngine):
@@ -65,7 +65,7 @@ class LlamaServerEngine(UpstreamEngine):
             "-np",
             str(s.parallel),
             "-t",
-            str(s.threads or os.cpu_count() or 1),
+            str(s.threads or threads_setting() or os.cpu_count() or 1),
             "--jinja",
             "--no-webui",
             "--slots",

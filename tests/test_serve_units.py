@@ -283,3 +283,27 @@ def test_vllm_refuses_an_adapter_it_cannot_load_in_one_line(
     with pytest.raises(ServeError) as err:
         build_engines(config)
     assert named in str(err.value) and "slm merge" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_audit_file_from_before_routes_gains_the_new_columns(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    old = sqlite3.connect(db)
+    old.execute(
+        "CREATE TABLE requests (id TEXT PRIMARY KEY, ts REAL NOT NULL, key_id TEXT, model TEXT, "
+        "endpoint TEXT, status INTEGER, error_code TEXT, prompt_tokens INTEGER, "
+        "completion_tokens INTEGER, latency_s REAL, ttft_s REAL, stream INTEGER, cached INTEGER, "
+        "prompt_text TEXT, response_text TEXT)"
+    )
+    old.execute("INSERT INTO requests (id, ts, status) VALUES ('old-1', 1.0, 200)")
+    old.commit()
+    old.close()
+    log = AuditLog(AuditSettings(path=db))
+    log.record(AuditRecord("new-1", 2.0, None, "m", "chat", 200, route="support", replica="m#1"))
+    log.flush()
+    log.close()
+    rows = (
+        sqlite3.connect(db)
+        .execute("SELECT id, route, replica FROM requests ORDER BY ts")
+        .fetchall()
+    )
+    assert rows == [("old-1", None, None), ("new-1", "support", "m#1")]

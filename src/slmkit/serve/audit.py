@@ -21,7 +21,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY, ts REAL NOT NULL, key_id TEXT, model TEXT, endpoint TEXT, status INTEGER,
     error_code TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, ttft_s REAL,
-    stream INTEGER, cached INTEGER, prompt_text TEXT, response_text TEXT
+    stream INTEGER, cached INTEGER, prompt_text TEXT, response_text TEXT, route TEXT,
+    route_reason TEXT, served_by TEXT, replica TEXT, sources TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -54,6 +55,21 @@ class AuditRecord:
     cached: bool = False
     prompt_text: str | None = None
     response_text: str | None = None
+    route: str | None = None  # the route's public id when the request came through a route
+    route_reason: str | None = None  # why it ended where it did: `default`, `rule:…`, `escalated:…`
+    served_by: str | None = None  # the model id that produced the answer (a route's target)
+    replica: str | None = None  # the replica of that model that answered
+    sources: str | None = None  # JSON list of the RAG passages' sources injected into the prompt
+
+
+# columns added after the first release: older audit files get them on open
+LATER_COLUMNS = {
+    "route": "TEXT",
+    "route_reason": "TEXT",
+    "served_by": "TEXT",
+    "replica": "TEXT",
+    "sources": "TEXT",
+}
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -62,6 +78,11 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    for name, kind in LATER_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
+    conn.commit()
     return conn
 
 

@@ -36,6 +36,7 @@ STAGE_COMMANDS = (
     "slmkit.pipeline_commands",
     "slmkit.ui.commands",
     "slmkit.cost.commands",
+    "slmkit.rag.commands",
 )
 
 

@@ -9,7 +9,13 @@ import typer
 
 from slmkit.config import describe, option
 from slmkit.errors import ConfigError
-from slmkit.evaluate.config import Criteria, EvalConfig, JudgeSettings
+from slmkit.evaluate.config import (
+    Criteria,
+    EvalConfig,
+    JudgeSettings,
+    RetrievalEvalConfig,
+    RetrievalSettings,
+)
 
 # What only the command line needs to say (the fields say what each setting is).
 CRITERION_SYNTAX = "As METRIC=NUMBER (repeatable or comma-separated)."
@@ -62,11 +68,19 @@ def build_config(
     if config_file is not None:
         data, lines = read_yaml(config_file)
         source = str(config_file)
+    if overrides.get("retrieval") and isinstance(data.get("retrieval"), dict):
+        overrides = {**overrides, "retrieval": {**data["retrieval"], **overrides["retrieval"]}}
     data.update({k: v for k, v in overrides.items() if v is not None})
     data["criteria"] = {**data.get("criteria", {}), **{k: v for k, v in criteria.items() if v}}
-    if "models" not in data or "data" not in data:
-        raise ConfigError("slm eval needs --models and --data (or a --config file that sets them)")
+    retrieval_only = "models" not in data and "data" not in data and "retrieval" in data
+    if not retrieval_only and ("models" not in data or "data" not in data):
+        raise ConfigError(
+            "slm eval needs --models and --data, or --retrieval and --index (or a --config file that sets them)"
+        )
     try:
+        if retrieval_only:
+            keep = {k: data[k] for k in ("retrieval", "out_dir") if k in data}
+            return RetrievalEvalConfig.model_validate(keep)
         return EvalConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, lines)) from exc
@@ -122,6 +136,14 @@ def register(app: typer.Typer) -> None:
             from_config=True,
             extra_help="(With --judge-url.)",
         ),
+        retrieval: Path | None = option(
+            RetrievalSettings,
+            "questions",
+            "--retrieval",
+            from_config=True,
+            extra_help="Measures recall@k and MRR of --index, dense vs BM25 (with or without --models).",
+        ),
+        index: Path | None = option(RetrievalSettings, "index", "--index", from_config=True),
         config: Annotated[
             Path | None,
             typer.Option("--config", help="YAML with any of these settings (flags win)."),
@@ -130,7 +152,7 @@ def register(app: typer.Typer) -> None:
         """Evaluate models side by side (temperature 0, the serving engines) and write report.json + report.html."""
         from slmkit.console import out
         from slmkit.evaluate.run import run_eval
-        from slmkit.evaluate.summary import print_summary
+        from slmkit.evaluate.summary import print_retrieval, print_summary
 
         overrides: dict[str, Any] = {
             "models": parse_models(models) if models else None,
@@ -156,7 +178,18 @@ def register(app: typer.Typer) -> None:
             "max": parse_thresholds(max_value or [], "--max"),
             "max_kld": max_kld,
         }
+        if (retrieval is None) != (index is None):
+            raise ConfigError("--retrieval QUESTIONS and --index INDEX go together")
+        if retrieval is not None:
+            overrides["retrieval"] = {"questions": str(retrieval), "index": str(index)}
         cfg = build_config(config, overrides, criteria)
+        if isinstance(cfg, RetrievalEvalConfig):
+            from slmkit.evaluate.retrieval import run_retrieval_eval
+
+            report = run_retrieval_eval(cfg)
+            print_retrieval(report.result)
+            out.print(f"report: {report.report_html}  (data: {report.report_json})")
+            return
         result = run_eval(cfg)
         print_summary(result)
         out.print(f"report: {result.report_html}  (data: {result.report_json})")

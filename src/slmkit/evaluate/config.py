@@ -130,6 +130,46 @@ class EvalSettings(StrictModel):
     strict: bool = Field(default=False, description="Exit non-zero when a criterion fails.")
 
 
+class RetrievalSettings(StrictModel):
+    """Retrieval metrics of an `slm index` folder on a question -> passage set, dense vs BM25."""
+
+    questions: Path = Field(
+        description="Question set (JSONL: question, source file, a phrase its passage contains)."
+    )
+    index: Path = Field(description="Index folder written by `slm index`.")
+    k: list[int] = Field(
+        default_factory=lambda: [1, 4],
+        min_length=1,
+        description="Cut-offs of recall@k (a question counts when a hit is in the top k).",
+    )
+    depth: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Passages retrieved per question; MRR counts ranks up to it.",
+    )
+
+    @field_validator("k")
+    @classmethod
+    def _sorted_k(cls, value: list[int]) -> list[int]:
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _k_within_depth(self) -> RetrievalSettings:
+        if self.k[0] < 1 or self.k[-1] > self.depth:
+            raise ValueError(f"every k must be between 1 and depth ({self.depth})")
+        return self
+
+
+class RetrievalEvalConfig(StrictModel):
+    """`slm eval --retrieval QSET --index INDEX` without models: a retrieval-only report."""
+
+    retrieval: RetrievalSettings = Field(description="Retrieval metrics to measure.")
+    out_dir: Path = Field(
+        default=Path("reports/eval"), description="Folder for report.json and report.html."
+    )
+
+
 class EvalConfig(EvalSettings):
     """Everything `slm eval` needs."""
 
@@ -139,6 +179,10 @@ class EvalConfig(EvalSettings):
     data: Path = Field(description="Eval set (JSONL).")
     out_dir: Path = Field(
         default=Path("reports/eval"), description="Folder for report.json and report.html."
+    )
+    retrieval: RetrievalSettings | None = Field(
+        default=None,
+        description="Also measure retrieval (recall@k, MRR) of an index, dense vs BM25.",
     )
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from slmkit import __version__
 from slmkit.evaluate import plots
+from slmkit.evaluate.retrieval import retrieval_data, retrieval_section
 
 if TYPE_CHECKING:
     from slmkit.evaluate.run import EvalResult, ModelResult
@@ -90,6 +91,7 @@ def report_data(result: EvalResult) -> dict[str, Any]:
         "verdict": [asdict(row) for row in result.verdict],
         "passed": result.passed,
         "notes": result.notes,
+        "retrieval": retrieval_data(result.retrieval) if result.retrieval else None,
     }
 
 
@@ -231,6 +233,7 @@ with a {cfg.confidence:.0%} bootstrap CI ({cfg.bootstrap_samples} resamples); Δ
 {loss_section(result.models)}
 <h2>Where the models differ most</h2>{answers_table(result, differ)}
 <details><summary>All answers ({len(result.items)})</summary>{answers_table(result, list(range(len(result.items))))}</details>
+{retrieval_section(result.retrieval) if result.retrieval else ""}
 <h2>Verdict</h2>{verdict_table(result)}
 <p style="color:#777;font-size:12px">slmkit {__version__} · report.json beside this file holds every answer and score.</p>
 </body></html>

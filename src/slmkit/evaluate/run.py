@@ -11,6 +11,7 @@ from slmkit.evaluate import judge, scoring
 from slmkit.evaluate.config import EvalConfig
 from slmkit.evaluate.evalset import EvalItem, load_eval_set
 from slmkit.evaluate.generate import Generation, ModelTarget, generate_answers, model_target
+from slmkit.evaluate.retrieval import RetrievalResult, evaluate_retrieval
 from slmkit.evaluate.verdict import VerdictRow, export_kld, judge_criteria, passed
 
 
@@ -41,6 +42,7 @@ class EvalResult:
     report_json: Path
     report_html: Path
     notes: list[str] = field(default_factory=list)
+    retrieval: RetrievalResult | None = None
 
     @property
     def passed(self) -> bool:
@@ -55,6 +57,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
     """The evaluate stage: same prompts to every model, same metrics, one report."""
     items = load_eval_set(config.data)[: config.limit]
     targets = [model_target(spec, config) for spec in config.models]  # bad references fail early
+    retrieval = evaluate_retrieval(config.retrieval) if config.retrieval else None
     answers: dict[str, list[Generation]] = {}
     generated: dict[str, int] = {}
     for target in targets:
@@ -97,6 +100,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
         config.out_dir / "report.json",
         config.out_dir / "report.html",
         notes,
+        retrieval,
     )
     write_report(result)
     return result

@@ -10,8 +10,10 @@ from rich.table import Table
 
 from slmkit.console import out
 from slmkit.evaluate.report import DIGITS, fmt
+from slmkit.evaluate.retrieval import retrieval_table
 
 if TYPE_CHECKING:
+    from slmkit.evaluate.retrieval import RetrievalResult
     from slmkit.evaluate.run import EvalResult
 
 COLUMNS = (
@@ -76,9 +78,17 @@ def verdict_table(result: EvalResult) -> Table:
     return table
 
 
+def print_retrieval(result: RetrievalResult) -> None:
+    Console(highlight=False, width=max(out.width, WIDTH), force_terminal=out.is_terminal).print(
+        retrieval_table(result)
+    )
+
+
 def print_summary(result: EvalResult) -> None:
     wide = Console(highlight=False, width=max(out.width, WIDTH), force_terminal=out.is_terminal)
     wide.print(summary_table(result))
+    if result.retrieval is not None:
+        wide.print(retrieval_table(result.retrieval))
     if result.verdict:
         wide.print(verdict_table(result))
         out.print(f"overall: {'PASS' if result.passed else 'FAIL'}")

@@ -92,6 +92,21 @@ def engine_unavailable(model: str, reason: str = "restarting") -> ApiError:
     )
 
 
+UPSTREAM_CODES = {502: "upstream_error", 503: "upstream_unavailable", 504: "upstream_timeout"}
+
+
+def upstream_failed(model: str, reason: str, status: int = 502) -> ApiError:
+    """A remote endpoint behind `model` failed: 502 bad answer or unreachable, 503 overloaded,
+    504 timed out."""
+    return ApiError(
+        status,
+        f"The upstream serving `{model}` failed ({reason}); retry shortly.",
+        type_="server_error",
+        code=UPSTREAM_CODES[status],
+        headers={"Retry-After": "2"} if status == 503 else None,
+    )
+
+
 def request_timeout(seconds: float) -> ApiError:
     return ApiError(
         408,

@@ -10,10 +10,12 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from slmkit.config import StrictModel
 from slmkit.paths import slm_home
+from slmkit.rag.config import RagSettings
+from slmkit.serve.route_config import Route, route_problem
 
 EngineName = Literal["auto", "llamacpp", "transformers", "vllm"]
 ContextPolicy = Literal["reject", "prune", "summarize"]
@@ -25,12 +27,100 @@ DEFAULT_REDACTIONS = {
 }
 
 
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+Strategy = Literal["least-busy", "round-robin", "latency"]
+
+
+class UpstreamSettings(StrictModel):
+    """A remote OpenAI-compatible endpoint served under a local model id."""
+
+    url: str = Field(description="Base URL of the OpenAI-compatible API, e.g. http://host:8000/v1.")
+    api_key_env: str | None = Field(
+        default=None,
+        description="Environment variable holding the endpoint's API key (sent as a Bearer token).",
+    )
+    model: str | None = Field(
+        default=None, description="Model name at the endpoint; default: this entry's id."
+    )
+    price_in_per_mtok: float = Field(
+        default=0.0, ge=0, description="USD per million prompt tokens (for slm_upstream_cost_usd)."
+    )
+    price_out_per_mtok: float = Field(
+        default=0.0, ge=0, description="USD per million completion tokens."
+    )
+    timeout_s: float = Field(
+        default=60.0, gt=0, description="Seconds to connect, and to wait for each streamed chunk."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("url must start with http:// or https:// and name a host")
+        return value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _check_env_name(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_NAME.match(value):
+            raise ValueError("api_key_env must be an environment variable name, e.g. BIG_API_KEY")
+        return value
+
+
+class Deployment(StrictModel):
+    """One replica of a model: a local reference or a remote endpoint (exactly one)."""
+
+    ref: str | None = Field(default=None, description="A local model reference (as in `ref`).")
+    upstream: UpstreamSettings | None = Field(
+        default=None, description="A remote OpenAI-compatible endpoint (as in `upstream`)."
+    )
+    engine: EngineName = Field(default="auto", description="Engine for a local `ref`.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Deployment:
+        if (self.ref is None) == (self.upstream is None):
+            raise ValueError("give either `ref` or `upstream` (exactly one of them)")
+        return self
+
+
 class ModelEntry(StrictModel):
-    """One served model: the id clients send as `model`, and the reference it resolves to."""
+    """One served model: the id clients send as `model`, and what answers it: a local reference,
+    a remote endpoint, or several replicas behind a load balancer."""
 
     id: str = Field(description="Model id clients use in requests (letters, digits, . _ : -).")
-    ref: str = Field(
-        description="Model reference: `default`, a .gguf, an export folder, a run folder, an HF folder."
+    ref: str | None = Field(
+        default=None,
+        description="Model reference: `default`, a .gguf, an export folder, a run folder, an HF folder.",
+    )
+    upstream: UpstreamSettings | None = Field(
+        default=None,
+        description="Serve a remote OpenAI-compatible endpoint under this id (instead of `ref`).",
+    )
+    deployments: list[Deployment] | None = Field(
+        default=None,
+        description="Replicas behind one id: each `{ref: ...}` or `{upstream: {...}}`.",
+    )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        description="Copies of the local `ref` (llama.cpp or vLLM) to balance over.",
+    )
+    strategy: Strategy = Field(
+        default="least-busy",
+        description="How replicas are picked: least-busy, round-robin, or latency (lowest recent TTFT).",
+    )
+    cooldown_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds a replica is left out after `allowed_fails` failures.",
+    )
+    allowed_fails: int = Field(
+        default=3, ge=1, description="Consecutive failures of a replica that cool it down."
+    )
+    retries: int = Field(
+        default=1,
+        ge=0,
+        description="Other replicas tried when one fails before its first token.",
     )
     engine: EngineName = Field(
         default="auto",
@@ -39,6 +129,11 @@ class ModelEntry(StrictModel):
     draft_model: str | None = Field(
         default=None,
         description="A small GGUF passed to llama-server as the draft model (speculative decoding).",
+    )
+    rag: RagSettings | None = Field(
+        default=None,
+        description="Retrieval: `{index: PATH, top_k, max_tokens}` (or `rag: PATH`); passages of an "
+        "`slm index` folder go into a system message and the answer carries their `sources`.",
     )
 
     @field_validator("id")
@@ -49,6 +144,34 @@ class ModelEntry(StrictModel):
                 "model id must be 1-64 of letters, digits, . _ : - and start with a letter or digit"
             )
         return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelEntry:
+        given = [
+            name
+            for name, value in (
+                ("ref", self.ref),
+                ("upstream", self.upstream),
+                ("deployments", self.deployments),
+            )
+            if value is not None
+        ]
+        if not given:
+            raise ValueError("give `ref`, `upstream` or `deployments` (what serves this model)")
+        if len(given) > 1:
+            raise ValueError(
+                f"give only one of `ref`, `upstream`, `deployments` (got {' and '.join(given)})"
+            )
+        if self.deployments is not None and not self.deployments:
+            raise ValueError("deployments: list at least one `{ref: ...}` or `{upstream: ...}`")
+        if self.replicas > 1 and self.ref is None:
+            raise ValueError("replicas copies a local `ref`; list remote replicas in `deployments`")
+        return self
+
+    @property
+    def pooled(self) -> bool:
+        """Served by a load-balanced pool of replicas rather than a single engine."""
+        return self.deployments is not None or self.replicas > 1
 
 
 class LlamaCppSettings(StrictModel):
@@ -201,9 +324,6 @@ class AuditSettings(StrictModel):
         return self.path or slm_home() / "serve" / "audit.db"
 
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
 class ApiKey(StrictModel):
     """One API key with a name and optional limits; the name, never the key, is what the audit
     log, `/metrics`, errors and `slm logs --keys` show."""
@@ -341,6 +461,10 @@ class ServeConfig(StrictModel):
     embeddings: EmbeddingsSettings = Field(
         default_factory=lambda: EmbeddingsSettings(), description="Embeddings endpoint."
     )
+    routes: list[Route] = Field(
+        default_factory=list,
+        description="Public model ids answered by a chain of served models (rules, escalation).",
+    )
 
     @model_validator(mode="after")
     def _unique_ids(self) -> ServeConfig:
@@ -349,6 +473,16 @@ class ServeConfig(StrictModel):
         if dupes:
             raise ValueError(f"duplicate model ids: {', '.join(dupes)}")
         return self
+
+    @field_validator("routes")
+    @classmethod
+    def _routes_name_served_models(cls, routes: list[Route], info: ValidationInfo) -> list[Route]:
+        # models given on the command line join later: the gateway checks those routes again
+        models = [m.id for m in info.data.get("models") or []]
+        problem = route_problem(routes, models) if models else None
+        if problem:
+            raise ValueError(problem)
+        return routes
 
     @field_validator("keys")
     @classmethod

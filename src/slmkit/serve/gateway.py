@@ -44,6 +44,8 @@ from slmkit.serve.protocol import (
     FeedbackRequest,
     generation_request,
 )
+from slmkit.serve.rag import GatewayRag
+from slmkit.serve.routing import RoutePlan, Router
 from slmkit.serve.streaming import StreamResponder
 
 
@@ -60,6 +62,8 @@ class Gateway:
         self.audit: AuditLog | None = None
         self.cache = ResponseCache(config.cache.max_entries) if config.cache.enabled else None
         self.admission = Admission(engines, config.limits.max_queue, self.metrics)
+        self.router = Router(config, engines, self.admission, self.metrics)
+        self.rag = GatewayRag.load(config, embedder)  # `rag:` indexes: a bad one stops the start
         self.key_limits = KeyLimits.from_config(config, self.metrics)
         self.alerts = AlertWatcher(config.alerts, self.metrics.alerts)
         self.created = int(time.time())
@@ -67,6 +71,8 @@ class Gateway:
         for engine in self.unique_engines():
             if hasattr(engine, "on_restart"):
                 engine.on_restart = self._on_engine_restart
+            if hasattr(engine, "attach_metrics"):  # replica pools, remote endpoints
+                engine.attach_metrics(self.metrics)
 
     # -- lifecycle --------------------------------------------------------------------------
     def unique_engines(self) -> list[Engine]:
@@ -104,20 +110,25 @@ class Gateway:
     ) -> Response:
         ctx = self._context(body, request, endpoint)
         try:
-            engine = self._engine(body.model)
+            plan = await self.router.plan(body, request.headers, ctx)  # a route: aims ctx.gen
+            engine = self._engine(ctx.gen.model_id)
             ctx.rec.prompt_text = prompt_text(ctx.gen)
             ctx.key_ticket = await self.key_limits.admit(
                 ctx.rec.key_id,
                 lambda: engine.count_prompt_tokens(ctx.gen),
                 estimate=len(ctx.rec.prompt_text) // 4 + 1,
             )
-            slot = self.admission.admit(body.model)
+            slot = (
+                self.admission.admit(body.model) if plan is None else self.router.admit(plan, ctx)
+            )
         except ApiError as exc:
             self._finish(ctx, exc)
             raise
         with slot:  # released on the way out, unless a stream took it over
             try:
-                return await self._answer(engine, body, ctx, slot)
+                engine = self._engine(ctx.gen.model_id)
+                answer = lambda: self._answer(engine, body, ctx, slot, plan)  # noqa: E731
+                return await self.rag.answer(ctx, answer)  # passages in, `sources` out
             except ApiError as exc:
                 self._finish(ctx, exc)
                 raise
@@ -164,6 +175,7 @@ class Gateway:
         body: ChatCompletionRequest | CompletionRequest,
         ctx: RequestContext,
         slot: AdmissionSlot,
+        plan: RoutePlan | None = None,
     ) -> Response:
         """Answer an admitted request; a stream takes the admission slot over until it ends."""
         policy = getattr(body, "context_policy", None) or self.config.limits.context_policy
@@ -171,12 +183,18 @@ class Gateway:
         outcome = self._cache_lookup(ctx)
         if ctx.gen.stream:
             on_close = self._stream_closer(ctx, slot)
+            if outcome is None and plan is not None and plan.holds_stream:
+                outcome = await self.router.hold(plan, ctx)  # replayed once the checks passed
             if outcome is not None:
                 stream = self.streams.replay(ctx, outcome, on_close)
+            elif plan is not None:
+                stream = await self.router.open_stream(plan, ctx, self.streams, on_close)
             else:
                 stream = await self.streams.open(engine, ctx, on_close)
             slot.hand_over()
             return stream
+        if outcome is None and plan is not None:
+            outcome = await self.router.run(plan, ctx)
         if outcome is None:
             outcome = await generate_with_retry(
                 engine, ctx.gen, ctx.started, self.config, self.metrics
@@ -215,8 +233,8 @@ class Gateway:
 
     # -- cache ------------------------------------------------------------------------------
     def _cache_lookup(self, ctx: RequestContext) -> Outcome | None:
-        if self.cache is None or not ctx.gen.deterministic:
-            return None
+        if self.cache is None or not ctx.gen.deterministic or ctx.rec.route:
+            return None  # a routed answer depends on the checks and the members' state
         hit = self.cache.get(ctx.gen.cache_key())
         self.metrics.cache.labels(ctx.gen.model_id, "hit" if hit else "miss").inc()
         ctx.headers["x-slm-cache"] = "hit" if hit else "miss"
@@ -226,7 +244,7 @@ class Gateway:
         return Outcome.from_cache(hit, ttft=time.perf_counter() - ctx.started)
 
     def _cache_store(self, ctx: RequestContext, outcome: Outcome) -> None:
-        if self.cache is None or not ctx.gen.deterministic or outcome.repeated:
+        if self.cache is None or not ctx.gen.deterministic or outcome.repeated or ctx.rec.route:
             return
         self.cache.put(ctx.gen.cache_key(), outcome.to_cache())
 
@@ -237,7 +255,11 @@ class Gateway:
         rec.latency_s = time.perf_counter() - ctx.started
         rec.status = error.status if error else ctx.status
         rec.error_code = error.code if error else None
-        model = rec.model if rec.model in self.engines else "unknown"
+        rec.replica = rec.replica or ctx.gen.replica
+        known = rec.model in self.engines or rec.model in self.router.routes
+        model = rec.model if known and rec.model is not None else "unknown"
+        if rec.route and rec.served_by and rec.route_reason:
+            self.metrics.route_requests.labels(rec.route, rec.served_by, rec.route_reason).inc()
         if ctx.outcome is not None:
             rec.prompt_tokens = ctx.outcome.prompt_tokens
             rec.completion_tokens = ctx.outcome.tokens_out()
@@ -255,6 +277,7 @@ class Gateway:
     # -- other endpoints --------------------------------------------------------------------
     def list_models(self) -> dict[str, Any]:
         data = [self._card(model_id) for model_id in self.engines]
+        data += [self._card(route_id, "route") for route_id in self.router.routes]
         if self.embedder is not None:
             data.append(self._card(self.config.embeddings.model_id, "embeddings"))
         return {"object": "list", "data": data}
@@ -271,6 +294,8 @@ class Gateway:
     def model_card(self, model_id: str) -> dict[str, Any]:
         if model_id in self.engines:
             return self._card(model_id)
+        if model_id in self.router.routes:
+            return self._card(model_id, "route")
         if self.embedder is not None and model_id == self.config.embeddings.model_id:
             return self._card(model_id, "embeddings")
         raise api_errors.model_not_found(model_id)

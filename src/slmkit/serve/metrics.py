@@ -106,6 +106,39 @@ class GatewayMetrics:
             ["key", "limit"],
             registry=r,
         )
+        # replicas and upstreams (serve/replicas.py, engines/remote.py)
+        self.replica_requests = Counter(
+            "slm_replica_requests",
+            "Requests sent to each replica of a model, by outcome (ok, failed, rejected, cancelled).",
+            ["model", "replica", "outcome"],
+            registry=r,
+        )
+        self.replica_in_flight = Gauge(
+            "slm_replica_in_flight",
+            "Requests being answered by each replica.",
+            ["model", "replica"],
+            registry=r,
+        )
+        self.replica_up = Gauge(
+            "slm_replica_up",
+            "1 when the replica is ready and not cooled down after failures.",
+            ["model", "replica"],
+            registry=r,
+        )
+        self.upstream_cost = Counter(
+            "slm_upstream_cost_usd",
+            "USD spent on remote endpoints: reported usage x the configured prices.",
+            ["model"],
+            registry=r,
+        )
+        # routes (serve/routing.py)
+        self.route_requests = Counter(
+            "slm_route_requests",
+            "Requests through a route, by the member that answered and why (default, rule:<name>, "
+            "escalated:<check>, fallback:error).",
+            ["route", "target", "reason"],
+            registry=r,
+        )
         self.alerts = Gauge(
             "slm_alert_firing", "1 while an alert rule fires.", ["rule"], registry=r
         )

@@ -64,6 +64,7 @@ class _SamplingFields(_OpenAIBody):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     user: str | None = None
+    metadata: dict[str, str] | None = None  # tags a route's rules can match
 
     @model_validator(mode="after")
     def _check_stop(self) -> _SamplingFields:
@@ -144,13 +145,14 @@ class GenerationRequest:
     frequency_penalty: float | None = None
     repeat_penalty: float | None = None
     passthrough: dict[str, Any] = field(default_factory=dict)  # response_format, tools, ...
+    replica: str | None = None  # set by a ReplicaPool: the replica that answered (audit log)
 
     @property
     def deterministic(self) -> bool:
         return self.temperature == 0 or self.seed is not None
 
     def cache_key(self) -> str:
-        payload = {k: v for k, v in self.__dict__.items() if k != "stream"}
+        payload = {k: v for k, v in self.__dict__.items() if k not in ("stream", "replica")}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -14,7 +14,7 @@ from slmkit.child_process import port_problem
 from slmkit.console import info
 from slmkit.errors import ServeError
 from slmkit.models import ResolvedModel, resolve_model
-from slmkit.serve.config import ModelEntry, ServeConfig
+from slmkit.serve.config import Deployment, ModelEntry, ServeConfig, UpstreamSettings
 from slmkit.serve.engines.base import Engine
 
 
@@ -27,7 +27,7 @@ def model_entry(text: str) -> ModelEntry:
     return ModelEntry(id=resolved.name, ref=text)
 
 
-def choose_engine(entry: ModelEntry, resolved: ResolvedModel, default: str) -> str:
+def choose_engine(entry: ModelEntry | Deployment, resolved: ResolvedModel, default: str) -> str:
     """`auto`: llama.cpp for anything with a GGUF, transformers otherwise (adapters, HF folders)."""
     engine = entry.engine if entry.engine != "auto" else default
     if engine != "auto":
@@ -36,20 +36,28 @@ def choose_engine(entry: ModelEntry, resolved: ResolvedModel, default: str) -> s
 
 
 def build_engines(config: ServeConfig) -> dict[str, Engine]:
-    """One engine per GGUF model (llama-server child); one transformers engine per base model."""
+    """One engine per GGUF model (llama-server child); one transformers engine per base model;
+    a `RemoteEngine` per upstream; a `ReplicaPool` per model with replicas or deployments."""
     if not config.models:
         raise ServeError(
             "no model to serve", hint="give a model: `slm serve default` or `--model NAME=REF`"
         )
     engines: dict[str, Engine] = {}
     transformers_groups: dict[str, tuple[ResolvedModel, dict[str, Path | None]]] = {}
-    for entry in config.models:
+    for index, entry in enumerate(config.models):
+        if entry.upstream is not None:
+            engines[entry.id] = _remote_engine(entry.id, entry.upstream, f"models.{index}.upstream")
+            continue
+        if entry.pooled:
+            engines[entry.id] = _replica_pool(entry, index, config)
+            continue
+        assert entry.ref is not None  # ModelEntry's validator: ref, upstream or deployments
         resolved = resolve_model(entry.ref, prepare=False)
         kind = choose_engine(entry, resolved, config.engine)
         if kind == "llamacpp":
             engines[entry.id] = _llamacpp_engine(entry, resolved, config)
         elif kind == "vllm":
-            engines[entry.id] = _vllm_engine(entry, config)
+            engines[entry.id] = _vllm_engine(entry.id, entry.ref, config)
         else:
             base = (
                 resolved.base
@@ -71,12 +79,64 @@ def build_engines(config: ServeConfig) -> dict[str, Engine]:
     return engines
 
 
-def _llamacpp_engine(entry: ModelEntry, resolved: ResolvedModel, config: ServeConfig) -> Engine:
+def _remote_engine(model_id: str, settings: UpstreamSettings, field: str) -> Engine:
+    from slmkit.serve.engines.remote import RemoteEngine, read_api_key
+
+    return RemoteEngine(model_id, settings, read_api_key(settings, field))
+
+
+def _replica_pool(entry: ModelEntry, index: int, config: ServeConfig) -> Engine:
+    """`replicas` copies of a local `ref`, or the listed `deployments`, behind one balancer."""
+    from slmkit.serve.replicas import ReplicaPool
+
+    field = f"models.{index}"
+    deployments = entry.deployments or [
+        Deployment(ref=entry.ref, engine=entry.engine) for _ in range(entry.replicas)
+    ]
+    engines: list[tuple[str, Engine]] = []
+    for number, deployment in enumerate(deployments):
+        where = f"{field}.deployments.{number}" if entry.deployments else f"{field}.ref"
+        if deployment.upstream is not None:
+            engine = _remote_engine(entry.id, deployment.upstream, where + ".upstream")
+        else:
+            engine = _replica_engine(entry, deployment, where, config)
+        engines.append((f"{engine.kind}-{number}", engine))
+    return ReplicaPool(
+        entry.id,
+        engines,
+        strategy=entry.strategy,
+        cooldown_s=entry.cooldown_s,
+        allowed_fails=entry.allowed_fails,
+        retries=entry.retries,
+    )
+
+
+def _replica_engine(
+    entry: ModelEntry, deployment: Deployment, where: str, config: ServeConfig
+) -> Engine:
+    """A local replica: its own llama-server (or vLLM) child; the in-process engine cannot be one."""
+    assert deployment.ref is not None  # Deployment's validator: ref or upstream
+    resolved = resolve_model(deployment.ref, prepare=False)
+    kind = choose_engine(deployment, resolved, config.engine)
+    if kind == "llamacpp":
+        return _llamacpp_engine(entry, resolved, config, deployment.ref)
+    if kind == "vllm":
+        return _vllm_engine(entry.id, deployment.ref, config)
+    raise ServeError(
+        f"{where}: a replica runs as its own llama-server or vLLM process; {deployment.ref!r} "
+        "would be served in-process by transformers",
+        hint="export it to GGUF first (`slm export`), or set `engine: vllm` on a CUDA machine",
+    )
+
+
+def _llamacpp_engine(
+    entry: ModelEntry, resolved: ResolvedModel, config: ServeConfig, ref: str | None = None
+) -> Engine:
     from slmkit.serve.engines.llamacpp import LlamaServerEngine
 
     if resolved.gguf is None:
         raise ServeError(
-            f"model {entry.id!r} ({entry.ref}) has no GGUF file for the llama.cpp engine",
+            f"model {entry.id!r} ({ref or entry.ref}) has no GGUF file for the llama.cpp engine",
             hint="export it first with `slm export`, or use --engine transformers",
         )
     draft = None
@@ -87,12 +147,12 @@ def _llamacpp_engine(entry: ModelEntry, resolved: ResolvedModel, config: ServeCo
     return LlamaServerEngine(entry.id, resolved.gguf, config.llamacpp, draft_model=draft)
 
 
-def _vllm_engine(entry: ModelEntry, config: ServeConfig) -> Engine:
+def _vllm_engine(model_id: str, ref: str, config: ServeConfig) -> Engine:
     """A run with a LoRA adapter is served as base + adapter (vLLM's LoRA support), never bare."""
     from slmkit.serve.engines.vllm import VllmEngine
 
-    resolved = resolve_model(entry.ref)
-    return VllmEngine(entry.id, resolved.hf_path, config.vllm, adapter=resolved.adapter)
+    resolved = resolve_model(ref)
+    return VllmEngine(model_id, resolved.hf_path, config.vllm, adapter=resolved.adapter)
 
 
 def check_port_free(host: str, port: int) -> None:

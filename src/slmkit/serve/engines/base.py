@@ -20,6 +20,9 @@ class Delta:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. tool_calls deltas, passed through
+    logprobs: list[float] = field(
+        default_factory=list
+    )  # per-token log-probs, when the request asked
 
 
 class Engine(Protocol):

@@ -1,14 +1,14 @@
 """A supervised OpenAI-compatible server subprocess (llama-server, vllm serve) behind the gateway.
 
 The child listens on a private loopback port. A supervisor task notices when it dies and
-restarts it (requests meanwhile get 503 + Retry-After); shutdown is terminate, then kill.
+restarts it (requests meanwhile get 503 + Retry-After); shutdown is terminate, then kill. The
+OpenAI HTTP part (payloads, SSE, errors) is `openai_http.py`, shared with `RemoteEngine`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import subprocess
 import tempfile
 from collections.abc import AsyncGenerator, Callable
@@ -21,13 +21,14 @@ from slmkit import child_process
 from slmkit.child_process import free_port
 from slmkit.console import info, warn
 from slmkit.errors import ServeError
-from slmkit.serve.api_errors import (
-    ApiError,
-    context_length_exceeded,
-    engine_unavailable,
-    invalid_request,
-)
+from slmkit.serve.api_errors import ApiError, engine_unavailable, invalid_request
 from slmkit.serve.engines.base import Delta, EngineState
+from slmkit.serve.engines.openai_http import (
+    OpenAIHttp,
+    build_payload,
+    context_overflow,
+    error_fields,
+)
 from slmkit.serve.protocol import GenerationRequest
 
 __all__ = ["UpstreamEngine", "free_port"]
@@ -63,10 +64,8 @@ class UpstreamEngine:
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix=f"slm-{model_id}-", suffix=".log", delete=False
         )
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
-        self.client = httpx.AsyncClient(
-            base_url=self.url, timeout=httpx.Timeout(None, connect=5.0), limits=limits
-        )
+        self.http = OpenAIHttp(self.url, timeout=httpx.Timeout(None, connect=5.0))
+        self.client = self.http.client  # subclasses also call the child's own endpoints
 
     # -- subclass hooks -------------------------------------------------------------------
     def command(self) -> list[str]:
@@ -76,39 +75,13 @@ class UpstreamEngine:
         return None
 
     def upstream_payload(self, request: GenerationRequest) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "model": self.model_id,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "max_tokens": request.max_tokens,
-        }
-        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
-            value = getattr(request, name)
-            if value is not None:
-                payload[name] = value
-        if request.seed is not None:
-            payload["seed"] = (
-                request.seed % 4_294_967_295
-            )  # engines take a uint32 seed (-1 = random)
-        if request.stop:
-            payload["stop"] = request.stop
-        if request.messages is not None:
-            payload["messages"] = request.messages
-        else:
-            payload["prompt"] = request.prompt
-        payload.update(request.passthrough)
-        return payload
+        return build_payload(request, self.model_id)
 
     def map_upstream_error(self, status: int, body: dict[str, Any]) -> ApiError:
-        nested = body.get("error")
-        err: dict[str, Any] = nested if isinstance(nested, dict) else body
-        message = str(err.get("message") or err or "engine error")
-        if err.get("type") == "exceed_context_size_error" or (
-            "context" in message.lower() and status == 400
-        ):
-            return context_length_exceeded(
-                int(err.get("n_prompt_tokens") or 0), int(err.get("n_ctx") or self._n_ctx or 0)
-            )
+        message, err = error_fields(body)
+        overflow = context_overflow(status, err, message, self._n_ctx)
+        if overflow is not None:
+            return overflow
         if status in (400, 404, 422) or (status == 500 and self.alive()):
             # The child rejected what the client sent (bad schema, template error): a client error.
             return invalid_request(
@@ -197,7 +170,7 @@ class UpstreamEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         await self._terminate()
-        await self.client.aclose()
+        await self.http.aclose()
         self._state = "stopped"
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)
@@ -229,67 +202,18 @@ class UpstreamEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         self._require_ready()
-        path = "/v1/chat/completions" if request.messages is not None else "/v1/completions"
-        payload = self.upstream_payload(request)
-        for attempt in (1, 2):
-            answered = False
-            try:
-                async with self.client.stream("POST", path, json=payload) as response:
-                    answered = True
-                    if response.status_code != 200:
-                        raw = await response.aread()
-                        raise self.map_upstream_error(response.status_code, _json_or_text(raw))
-                    async for delta in _parse_sse(response, request.messages is not None):
-                        yield delta
-                return
-            except (httpx.TransportError, httpx.StreamError) as exc:
-                # A pooled keep-alive connection the child closed at the same moment fails before any
-                # response: nothing was generated, so one retry on a fresh connection is safe.
-                if attempt == 1 and not answered and self.alive():
-                    continue
-                raise engine_unavailable(
-                    self.model_id, f"connection to the engine failed: {type(exc).__name__}"
-                ) from exc
+        events = self.http.stream(
+            request,
+            self.upstream_payload(request),
+            on_error=self.map_upstream_error,
+            on_failure=self._connection_failed,
+            may_retry=lambda _exc: self.alive(),
+        )
+        async with contextlib.aclosing(events):
+            async for delta in events:
+                yield delta
 
-
-def _json_or_text(raw: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return {"message": raw.decode(errors="replace")[:500]}
-    return data if isinstance(data, dict) else {"message": str(data)}
-
-
-async def _parse_sse(response: httpx.Response, chat: bool) -> AsyncGenerator[Delta, None]:
-    """OpenAI SSE chunks from the child -> Deltas (usage arrives in the last chunk)."""
-    async for line in response.aiter_lines():
-        if not line.startswith("data: "):
-            continue  # blank separators and ": ping" comments
-        data = line[6:]
-        if data == "[DONE]":
-            return
-        chunk = json.loads(data)
-        if "error" in chunk:
-            err = chunk["error"]
-            raise ApiError(
-                400 if err.get("code") == 400 else 503,
-                str(err.get("message", "engine error")),
-                type_="server_error",
-                code="engine_error",
-            )
-        usage = chunk.get("usage")
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta", {}) if chat else {"content": choice.get("text", "")}
-            extra = {
-                k: v for k, v in delta.items() if k not in ("content", "role") and v is not None
-            }
-            yield Delta(
-                text=delta.get("content") or "",
-                finish_reason=choice.get("finish_reason"),
-                extra=extra,
-            )
-        if usage:
-            yield Delta(
-                prompt_tokens=usage.get("prompt_tokens"),
-                completion_tokens=usage.get("completion_tokens"),
-            )
+    def _connection_failed(self, exc: Exception) -> ApiError:
+        return engine_unavailable(
+            self.model_id, f"connection to the engine failed: {type(exc).__name__}"
+        )

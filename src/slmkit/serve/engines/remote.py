@@ -1,0 +1,200 @@
+"""`RemoteEngine`: a remote OpenAI-compatible endpoint served under a local model id.
+
+No child process: requests go to `upstream.url` with the key from `upstream.api_key_env` (read once
+at start-up, sent only in the Authorization header, masked in anything echoed back), the remote
+model name substituted. A failed call is a 502 (bad answer, unreachable), 503 (overloaded) or 504
+(timed out); usage x prices is counted in `slm_upstream_cost_usd`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from slmkit.errors import ConfigError
+from slmkit.serve.api_errors import ApiError, invalid_request, upstream_failed
+from slmkit.serve.config import UpstreamSettings
+from slmkit.serve.engines.base import Delta, EngineState
+from slmkit.serve.engines.openai_http import (
+    OpenAIHttp,
+    build_payload,
+    context_overflow,
+    error_fields,
+)
+from slmkit.serve.metrics import GatewayMetrics
+from slmkit.serve.protocol import GenerationRequest
+
+MASK = "***"
+# Requests at the endpoint counted as decoding at once (for slm_queue_depth); a remote API's real
+# capacity is unknown and large.
+REMOTE_CAPACITY = 64
+
+
+def read_api_key(settings: UpstreamSettings, field: str) -> str | None:
+    """The endpoint's key from its environment variable; ConfigError naming `field` when unset."""
+    if settings.api_key_env is None:
+        return None
+    value = os.environ.get(settings.api_key_env, "").strip()
+    if not value:
+        raise ConfigError(
+            f"{field}.api_key_env: environment variable {settings.api_key_env} is not set; "
+            "export it before `slm serve`"
+        )
+    return value
+
+
+def display_url(url: str) -> str:
+    """The URL without any `user:password@` part."""
+    return re.sub(r"//[^/@]*@", "//", url)
+
+
+class RemoteEngine:
+    """Streams generations from a remote OpenAI-compatible API."""
+
+    kind = "remote"
+
+    def __init__(self, model_id: str, settings: UpstreamSettings, api_key: str | None) -> None:
+        self.model_ids = [model_id]
+        self.model_id = model_id
+        self.settings = settings
+        self.remote_model = settings.model or model_id
+        self._secret = api_key
+        self._state: EngineState = "stopped"
+        self._cost: Any = None  # the model's slm_upstream_cost_usd child, once metrics attach
+        self.http = OpenAIHttp(
+            settings.url,
+            api_prefix="",
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
+            timeout=httpx.Timeout(settings.timeout_s, connect=min(10.0, settings.timeout_s)),
+        )
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def capacity(self) -> int:
+        return REMOTE_CAPACITY
+
+    @property
+    def restarts(self) -> int:
+        return 0
+
+    def attach_metrics(self, metrics: GatewayMetrics) -> None:
+        self._cost = metrics.upstream_cost.labels(self.model_id)
+        self._cost.inc(0)  # the series exists from the start
+
+    async def start(self) -> None:
+        self._state = "ready"  # nothing to spawn; a dead endpoint shows per request (502)
+
+    async def stop(self) -> None:
+        await self.http.aclose()
+        self._state = "stopped"
+
+    async def health(self) -> dict[str, Any]:
+        return {
+            "id": self.model_id,
+            "engine": self.kind,
+            "state": self._state,
+            "url": display_url(self.settings.url),
+            "model": self.remote_model,
+        }
+
+    async def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
+        return None
+
+    def context_size(self) -> int | None:
+        return None  # unknown: the endpoint itself refuses an over-long prompt
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        if self._state != "ready":
+            raise upstream_failed(self.model_id, self._state, 503)
+        events = self.http.stream(
+            request,
+            build_payload(request, self.remote_model),
+            on_error=self.map_error,
+            on_failure=self.map_failure,
+            may_retry=lambda exc: not isinstance(exc, httpx.TimeoutException),
+        )
+        try:
+            async with contextlib.aclosing(events):
+                async for delta in events:
+                    if delta.prompt_tokens is not None or delta.completion_tokens is not None:
+                        self.charge(delta.prompt_tokens or 0, delta.completion_tokens or 0)
+                    yield delta
+        except ApiError as exc:
+            raise self.masked(exc) from None
+
+    def charge(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Add the cost of one answer's usage to `slm_upstream_cost_usd`; returns it."""
+        s = self.settings
+        cost = (
+            prompt_tokens * s.price_in_per_mtok + completion_tokens * s.price_out_per_mtok
+        ) / 1e6
+        if self._cost is not None and cost > 0:
+            self._cost.inc(cost)
+        return cost
+
+    def map_error(self, status: int, body: dict[str, Any]) -> ApiError:
+        """The endpoint's error answer in our terms: the client's fault stays a 4xx, the endpoint's
+        (or the gateway's credentials) becomes a 502/503/504."""
+        message, err = error_fields(body)
+        message = self.mask(message)[:300]
+        overflow = context_overflow(status, err, message, None)
+        if overflow is not None:
+            return overflow
+        if status in (400, 422):
+            return invalid_request(
+                f"the upstream rejected the request: {message}", code="upstream_rejected_request"
+            )
+        if status in (401, 403):
+            who = self.settings.api_key_env or "no key configured"
+            return upstream_failed(
+                self.model_id, f"it refused the gateway's credentials ({who}): {status}"
+            )
+        if status == 404:
+            return upstream_failed(
+                self.model_id, f"it has no model {self.remote_model!r} or no such path: 404"
+            )
+        if status == 429:
+            return ApiError(
+                429,
+                f"The upstream serving `{self.model_id}` is rate limiting; retry shortly.",
+                type_="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": "2"},
+            )
+        if status in (408, 504):
+            return upstream_failed(self.model_id, f"it timed out: {status}", 504)
+        if status == 503:
+            return upstream_failed(self.model_id, f"it is unavailable: {message}", 503)
+        return upstream_failed(self.model_id, f"it answered {status}: {message}")
+
+    def map_failure(self, exc: Exception) -> ApiError:
+        if isinstance(exc, httpx.TimeoutException):
+            return upstream_failed(
+                self.model_id, f"no answer within {self.settings.timeout_s:g} s", 504
+            )
+        what = "unreachable" if isinstance(exc, httpx.ConnectError) else "connection broke"
+        return upstream_failed(self.model_id, f"{what}: {type(exc).__name__}")
+
+    def mask(self, text: str) -> str:
+        return text.replace(self._secret, MASK) if self._secret else text
+
+    def masked(self, exc: ApiError) -> ApiError:
+        """The same error with any echo of the key masked (a remote may quote what it was sent)."""
+        if not self._secret or self._secret not in exc.message:
+            return exc
+        return ApiError(
+            exc.status,
+            self.mask(exc.message),
+            type_=exc.type,
+            param=exc.param,
+            code=exc.code,
+            headers=exc.headers,
+        )

@@ -244,6 +244,7 @@ def test_missing_eval_file_stops_before_training(tiny_model_dir: Path, tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a hang guard, not a speed check
 def test_quick_demo_pipeline_on_the_embedded_model(tmp_path: Path) -> None:
     """`slm run recipes/demo.yaml --quick`: the make-demo journey, shortened, with a real export."""
     proc = run_slm(
@@ -260,7 +261,7 @@ def test_quick_demo_pipeline_on_the_embedded_model(tmp_path: Path) -> None:
         "train.save_steps=6",
         "--set",
         "preference.max_steps=2",
-        timeout=900,
+        timeout=1500,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     run_dir = tmp_path / "demo"  # an explicit output_dir is used as given (no -quick suffix)

@@ -28,16 +28,34 @@ def sft_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def test_dpo_raises_the_reward_margin(tmp_path: Path, tiny_model_dir: Path) -> None:
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", read_jsonl(DEMO / "support_dpo.jsonl")[:16])
-    # one batch holds every pair, so each logged margin is measured on the same 16 pairs
-    recipe = tiny_recipe(
-        tiny_model_dir, tmp_path / "dpo", pairs, max_steps=6, lr=5e-3, batch_size=16
-    )
-    recipe["method"] = "dpo"
-    result = run_slm("train", str(write_recipe(tmp_path / "dpo.yaml", recipe)))
+DPO_STEPS = dict(max_steps=6, lr=5e-3, batch_size=16)  # one batch holds every pair
+
+
+@pytest.fixture(scope="module")
+def dpo_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("dpo-pairs")
+    return write_jsonl(folder / "pairs.jsonl", read_jsonl(DEMO / "support_dpo.jsonl")[:16])
+
+
+def train_dpo(folder: Path, model_dir: Path, pairs: Path, **dpo: float) -> Path:
+    recipe = tiny_recipe(model_dir, folder / "dpo", pairs, **DPO_STEPS)
+    recipe.update(method="dpo", dpo=dpo)
+    result = run_slm("train", str(write_recipe(folder / "dpo.yaml", recipe)))
     assert result.returncode == 0, result.stderr[-3000:]
-    run = tmp_path / "dpo"
+    return folder / "dpo"
+
+
+@pytest.fixture(scope="module")
+def plain_dpo_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, dpo_pairs: Path
+) -> Path:
+    """6 DPO steps on 16 pairs (dpo.ftx 0), shared by the margin and the ftx tests."""
+    return train_dpo(tmp_path_factory.mktemp("plain-dpo"), tiny_model_dir, dpo_pairs)
+
+
+def test_dpo_raises_the_reward_margin(plain_dpo_run: Path) -> None:
+    # every logged margin is measured on the same 16 pairs (one batch)
+    run = plain_dpo_run
     margins = loss_curve(run, "rewards/margins")
     gap = [
         c - r
@@ -53,20 +71,19 @@ def test_dpo_raises_the_reward_margin(tmp_path: Path, tiny_model_dir: Path) -> N
     assert not (run / "adapter" / "ref").exists(), "only the trained adapter is saved"
 
 
-def test_dpo_ftx_keeps_the_chosen_answers_likely(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_dpo_ftx_keeps_the_chosen_answers_likely(
+    tmp_path: Path, tiny_model_dir: Path, dpo_pairs: Path, plain_dpo_run: Path
+) -> None:
     # dpo.ftx adds the chosen answers' NLL to the DPO loss (LLaMA-Factory's pref_ftx): the same
     # 6 steps on the same pairs must end with the chosen answers more likely than plain DPO does
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", read_jsonl(DEMO / "support_dpo.jsonl")[:16])
-    final_chosen = {}
-    for ftx in (0.0, 2.0):
-        run = tmp_path / f"dpo-{ftx}"
-        recipe = tiny_recipe(tiny_model_dir, run, pairs, max_steps=6, lr=5e-3, batch_size=16)
-        recipe.update(method="dpo", dpo={"ftx": ftx})
-        result = run_slm("train", str(write_recipe(tmp_path / f"dpo-{ftx}.yaml", recipe)))
-        assert result.returncode == 0, result.stderr[-3000:]
-        final_chosen[ftx] = loss_curve(run, "logps/chosen")[-1]
+    with_ftx = train_dpo(tmp_path, tiny_model_dir, dpo_pairs, ftx=2.0)
+    final_chosen = {
+        ftx: loss_curve(run, "logps/chosen")[-1]
+        for ftx, run in ((0.0, plain_dpo_run), (2.0, with_ftx))
+    }
     assert final_chosen[2.0] > final_chosen[0.0] + 1.0, final_chosen
-    recipe["dpo"] = {"ftx": -1}
+    recipe = tiny_recipe(tiny_model_dir, tmp_path / "bad", dpo_pairs, **DPO_STEPS)
+    recipe.update(method="dpo", dpo={"ftx": -1})
     bad = run_slm("train", str(write_recipe(tmp_path / "bad.yaml", recipe)))
     assert bad.returncode == 2 and "dpo.ftx" in bad.stderr and "Traceback" not in bad.stderr
 

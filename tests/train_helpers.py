@@ -188,6 +188,6 @@ def quick_run_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: 
     """A LoRA run folder of the embedded model trained on 5 demo facts (trained once per session)."""
     folder = tmp_path_factory.mktemp("quick-train")
     recipe = write_recipe(folder / "quick.yaml", quick_recipe(folder, write_quick_subset(folder)))
-    result = run_slm("train", str(recipe), timeout=900)
+    result = run_slm("train", str(recipe), timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     return folder / "quick-run"

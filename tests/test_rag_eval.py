@@ -22,9 +22,11 @@ BM25_RECALL_AT_4 = 0.55
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from slmkit.rag.config import IndexSettings
+    from slmkit.rag.index import build_index
+
     path = tmp_path_factory.mktemp("rag-eval") / "index"
-    done = run_slm("index", str(EXAMPLE / "docs"), "-o", str(path))
-    assert done.returncode == 0, done.stderr
+    build_index([EXAMPLE / "docs"], path, IndexSettings())  # `slm index` itself: test_rag_index.py
     return path
 
 

@@ -14,7 +14,15 @@ import pytest
 
 from conftest import REPO, run_slm
 from slmkit.rag.config import IndexSettings
-from slmkit.rag.index import CHUNKS, FAISS, MANIFEST, VECTORS, build_index, load_index
+from slmkit.rag.index import (
+    CHUNKS,
+    FAISS,
+    MANIFEST,
+    VECTORS,
+    build_index,
+    load_index,
+    update_index,
+)
 
 DOCS = REPO / "examples" / "rag" / "docs"
 SHIPPED_FILES = 10
@@ -71,6 +79,17 @@ def test_index_holds_every_section_with_its_heading_path(built: tuple[Path, str]
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
 
 
+def test_update_of_unchanged_documents_embeds_nothing(
+    built: tuple[Path, str], docs: Path, tmp_path: Path
+) -> None:
+    index = tmp_path / "index"
+    shutil.copytree(built[0], index)
+    done = run_slm("index", "--update", str(index), str(docs))
+    assert done.returncode == 0, done.stderr
+    assert "added 0, changed 0, unchanged 10, removed 0; embedded 0 chunks" in done.stdout
+    assert (index / VECTORS).read_bytes() == (built[0] / VECTORS).read_bytes()
+
+
 def test_search_finds_the_passage_of_a_question(built: tuple[Path, str], embedder) -> None:
     from slmkit.rag.search import DenseRetriever
 
@@ -82,7 +101,7 @@ def test_search_finds_the_passage_of_a_question(built: tuple[Path, str], embedde
 
 
 def test_update_embeds_only_added_and_changed_files(
-    built: tuple[Path, str], docs: Path, tmp_path: Path
+    built: tuple[Path, str], docs: Path, tmp_path: Path, embedder
 ) -> None:
     index = tmp_path / "index"
     shutil.copytree(built[0], index)
@@ -98,10 +117,9 @@ def test_update_embeds_only_added_and_changed_files(
         "# Rentals\n\n## Tents\n\nTents can be rented for $9 a night.\n"
     )
     (work / "orders.txt").unlink()
-    done = run_slm("index", "--update", str(index), str(work))
-    assert done.returncode == 0, done.stderr
-    assert "added 1, changed 1, unchanged 8, removed 1" in done.stdout
-    assert "embedded 2 chunks" in done.stdout  # gift-cards.md (1) + rentals.md (1), nothing else
+    report = update_index(index, [work], embedder=embedder)
+    assert report.counts == {"added": 1, "changed": 1, "unchanged": 8, "removed": 1}
+    assert report.embedded == 2  # gift-cards.md (1 chunk) + rentals.md (1), nothing else
     rows = chunk_rows(index)
     assert {r["source"] for r in rows} == {*json.loads((index / MANIFEST).read_text())["files"]}
     assert "orders.txt" not in {r["source"] for r in rows}
@@ -115,13 +133,9 @@ def test_update_embeds_only_added_and_changed_files(
         for r, v in zip(rows, vectors, strict=True)
         if r["source"] not in ("gift-cards.md", "rentals.md")
     ]
-    assert (
-        len(kept) == SHIPPED_CHUNKS - 2
-    )  # orders.txt's one chunk and the old gift card chunk left
-    for row, vector in kept:
-        assert np.array_equal(
-            vector, before[row["source"] + row["text"]]
-        )  # carried over, bit for bit
+    assert len(kept) == SHIPPED_CHUNKS - 2  # orders.txt's chunk and the old gift card chunk left
+    for row, vector in kept:  # carried over bit for bit, not embedded again
+        assert np.array_equal(vector, before[row["source"] + row["text"]])
     assert load_index(index).faiss_index.ntotal == len(rows)
 
 

@@ -176,10 +176,8 @@ def _standalone_html(result: RetrievalResult) -> str:
 
 
 def retrieval_table(result: RetrievalResult) -> Table:
-    s = result.settings
     table = Table(
-        title=f"retrieval: {len(result.questions)} questions from {s.questions}, "
-        f"{result.chunks} chunks in {s.index}",
+        title=f"retrieval: {len(result.questions)} questions, {result.chunks} chunks",
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )

@@ -16,7 +16,6 @@ def index_cmd(
     docs: Annotated[
         list[Path],
         typer.Argument(
-            metavar="DOCS...",
             help="Files and folders to index (.md .markdown .txt .html .htm; .pdf with pypdf installed).",
         ),
     ],

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +74,7 @@ class StoredIndex:
     def vectors(self) -> np.ndarray:
         try:
             vectors = np.load(self.path / VECTORS)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             raise _corrupt(self.path, f"{VECTORS} unreadable ({exc})") from exc
         if vectors.shape != (len(self.chunks), self.manifest["dimensions"]):
             raise _corrupt(self.path, f"{VECTORS} has shape {vectors.shape}")
@@ -133,19 +133,21 @@ def _index(
         if hashes.get(c.source) == c.sha256
     ]
     fresh = [(s, p) for s, p in found if old_files.get(s, {}).get("sha256") != hashes[s]]
-    embedder = embedder or load_embedder()
-    new_chunks = [
-        c
-        for s, p in fresh
-        for c in chunk_document(read_document(s, p), embedder.tokenizer, settings)
-    ]
+    documents = [
+        read_document(s, p) for s, p in fresh
+    ]  # unreadable files fail before any model loads
+    if not kept and not any(d.sections for d in documents):
+        raise DataError(f"no text to index in {_names(docs)}: every document is empty")
+    new_chunks: list[Chunk] = []
+    if documents:  # an update where nothing changed needs no embedder
+        embedder = embedder or load_embedder()
+        for document in documents:
+            new_chunks += chunk_document(document, embedder.tokenizer, settings)
     chunks = [previous.chunks[i] for i in kept] if previous else []
     chunks += new_chunks
-    if not chunks:
-        raise DataError(f"no text to index in {_names(docs)}: every document is empty")
-    new_vectors = embed_chunks(embedder, new_chunks, settings.batch_size)
-    old_vectors = previous.vectors()[kept] if previous else new_vectors[:0]
-    vectors = np.concatenate([old_vectors, new_vectors])
+    old_vectors = previous.vectors()[kept] if previous else None
+    new_vectors = embed_chunks(embedder, new_chunks, settings.batch_size) if new_chunks else None
+    vectors = np.concatenate([v for v in (old_vectors, new_vectors) if v is not None])
     files = {
         s: {"path": str(p), "sha256": hashes[s], "chunks": sum(c.source == s for c in chunks)}
         for s, p in found
@@ -217,16 +219,19 @@ def _write_index(
     out.mkdir(parents=True, exist_ok=True)
     lines = "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in chunks)
     _atomic(out / CHUNKS, lambda p: p.write_text(lines, encoding="utf-8"))
-    _atomic(out / VECTORS, lambda p: np.save(p, vectors, allow_pickle=False))
+    _atomic(out / VECTORS, lambda p: _save_array(p, vectors))
     _atomic(out / FAISS, lambda p: faiss.write_index(index, str(p)))
     _atomic(out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
     return str(kind["kind"])
 
 
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as handle:  # np.save(path) would add `.npy` to a temporary name
+        np.save(handle, array, allow_pickle=False)
+
+
 def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(name)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # umask permissions
     try:
         write(tmp)
         os.replace(tmp, path)

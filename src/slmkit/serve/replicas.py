@@ -71,6 +71,9 @@ class ReplicaPool:
         self.model_ids = [model_id]
         self.model_id = model_id
         self.replicas = [Replica(name, engine, i) for i, (name, engine) in enumerate(engines)]
+        for name, engine in engines:
+            if hasattr(engine, "label"):  # child engines name their replica in log lines
+                engine.label = f"engine {model_id!r} (replica {name})"  # type: ignore[attr-defined]
         self.strategy = strategy
         self.cooldown_s = cooldown_s
         self.allowed_fails = allowed_fails

@@ -50,6 +50,7 @@ class UpstreamEngine:
     ) -> None:
         self.model_ids = [model_id]
         self.model_id = model_id
+        self.label = f"engine {model_id!r}"  # in log lines; a ReplicaPool adds the replica
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.start_timeout_s = start_timeout_s
@@ -148,11 +149,11 @@ class UpstreamEngine:
             how = child_process.describe_exit(self.proc.returncode if self.proc else None)
             if self._restarts >= self.max_restarts:
                 self._state = "failed"
-                warn(f"engine {self.model_id!r} {how} and reached max_restarts; staying down")
+                warn(f"{self.label} {how} and reached max_restarts; staying down")
                 return
             self._state = "restarting"
             self._restarts += 1
-            warn(f"engine {self.model_id!r} {how}; restarting (restart {self._restarts})")
+            warn(f"{self.label} {how}; restarting (restart {self._restarts})")
             if self.on_restart is not None:
                 self.on_restart(self.model_id)
             try:
@@ -162,7 +163,7 @@ class UpstreamEngine:
                 await asyncio.sleep(min(2.0 * self._restarts, 30.0))
                 continue
             self._state = "ready"
-            info(f"engine {self.model_id!r} is back")
+            info(f"{self.label} is back")
 
     async def stop(self) -> None:
         if self._supervisor is not None:

@@ -2,7 +2,8 @@
 gateway under the id `big` (remote name `default`). It answers like a local model (plain and
 streamed, through the openai client, same errors), its cost is counted from usage x prices, its
 key appears nowhere (models, metrics, health, audit db, log), and an unreachable, silent or
-key-refusing upstream is an OpenAI-shaped 502/504, never a 500. Bad upstream config is one line."""
+key-refusing upstream is an OpenAI-shaped 502/504, never a 500; in a pool, a dead upstream is
+retried on the other and cooled. Bad upstream config is one line."""
 
 from __future__ import annotations
 
@@ -61,15 +62,22 @@ def gateway(upstream: ServerProcess, home: Path, silent_port: int):
         "price_out_per_mtok": PRICE_OUT,
         "timeout_s": 60,
     }
+    dead_url = f"http://127.0.0.1:{free_port()}/v1"
     config = {
         "models": [
             {"id": "big", "upstream": big},
-            {"id": "gone", "upstream": {"url": f"http://127.0.0.1:{free_port()}/v1"}},
+            {"id": "gone", "upstream": {"url": dead_url}},
             {
                 "id": "hung",
                 "upstream": {"url": f"http://127.0.0.1:{silent_port}/v1", "timeout_s": 1},
             },
             {"id": "badkey", "upstream": {**big, "api_key_env": "WRONG_KEY"}},
+            {
+                "id": "mixed",  # a pool of two upstreams, one of them dead
+                "deployments": [{"upstream": big}, {"upstream": {"url": dead_url}}],
+                "strategy": "round-robin",
+                "allowed_fails": 1,
+            },
         ],
         "audit": {"log_text": True},
     }
@@ -158,6 +166,21 @@ def test_failing_upstream_is_an_openai_shaped_gateway_error(
     assert raw.status_code == status
     assert set(raw.json()["error"]) == {"message", "type", "param", "code"}
     assert gateway.metric("slm_requests_total", model=model, status=str(status)) == 3
+
+
+def test_a_dead_upstream_in_a_pool_is_retried_and_cooled(gateway: ServerProcess) -> None:
+    replies = [ask(gateway, model="mixed", max_tokens=3) for _ in range(4)]
+    assert all(r.choices[0].message.content for r in replies)
+
+    def sent(replica: str, **outcome: str) -> float:
+        return gateway.metric(
+            "slm_replica_requests_total", model="mixed", replica=replica, **outcome
+        )
+
+    assert sent("remote-0", outcome="ok") == 4
+    assert sent("remote-1", outcome="failed") == sent("remote-1") == 1  # then it was cooled
+    assert gateway.metric("slm_replica_up", model="mixed", replica="remote-1") == 0
+    assert gateway.metric("slm_upstream_cost_usd_total", model="mixed") > 0
 
 
 def test_key_appears_nowhere(gateway: ServerProcess, home: Path) -> None:

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from slmkit.config import StrictModel
 
-# the traffic profile's fields that a measured audit log can supply
+# the traffic profile's fields that a measured audit log supplies (and `local_share` when it has routes)
 PROFILE_FIELDS = ("requests_per_day", "prompt_tokens", "completion_tokens", "peak_concurrency")
 
 
@@ -65,7 +65,8 @@ class CostConfig(StrictModel):
         default=0.8,
         ge=0,
         le=1,
-        description="Hybrid: share of requests answered by the local model, the rest upstream.",
+        description="Hybrid: share of requests answered by the local model, the rest upstream "
+        "(measured from --audit-db when its requests came through a route).",
     )
     audit_db: Path | None = Field(
         default=None,

@@ -210,9 +210,7 @@ def estimate_cost(config: CostConfig) -> CostResult:
         local_share=config.local_share,
     )
     volume = config.requests_per_day
-    notes = [
-        "local share is assumed (--local-share): the audit log does not record routes yet",
-    ]
+    notes = [_local_share_note(config, source, audit)]
     latency = throughput.latency_for(config.completion_tokens)
     if latency is None:
         notes.append("latency target not checked: give --machine-latency with entered numbers")
@@ -238,3 +236,17 @@ def estimate_cost(config: CostConfig) -> CostResult:
         audit=audit,
         notes=notes,
     )
+
+
+def _local_share_note(
+    config: CostConfig, source: dict[str, str], audit: AuditProfile | None
+) -> str:
+    if source.get("local_share") == "audit log" and audit is not None:
+        return (
+            f"local share measured: {audit.routed_local} of {audit.routed} routed requests in the "
+            "audit log were answered by their route's first model"
+        )
+    if "local_share" in config.model_fields_set:
+        return "local share given (--local-share)"
+    why = "no routed request in the audit log" if audit is not None else "no --audit-db"
+    return f"local share is assumed (--local-share, default): {why}"

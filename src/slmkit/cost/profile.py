@@ -81,15 +81,25 @@ class AuditProfile:
     peak_concurrency: int
     first_ts: float
     last_ts: float
+    routed: int = 0  # answered requests that came through a route (whose first member is known)
+    routed_local: int = 0  # of those, answered by the route's first chain member
+
+    @property
+    def local_share(self) -> float | None:
+        """Measured hybrid split: the routed requests answered by their chain's first member."""
+        return self.routed_local / self.routed if self.routed else None
 
     def values(self) -> dict[str, float]:
         """The profile fields of `CostConfig` this log measures."""
-        return {
+        measured = {
             "requests_per_day": self.requests_per_day,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "peak_concurrency": self.peak_concurrency,
         }
+        if self.local_share is not None:
+            measured["local_share"] = self.local_share
+        return measured
 
 
 def audit_profile(db: Path, window_days: float, now: float | None = None) -> AuditProfile:
@@ -111,6 +121,7 @@ def audit_profile(db: Path, window_days: float, now: float | None = None) -> Aud
         raise ConfigError(
             f"--audit-db: no answered request in the last {window_days:g} days of {db}"
         )
+    routed, local = _routed_counts(db, window_days * DAY_S, now)
     return AuditProfile(
         db=str(db),
         window_days=window_days,
@@ -123,7 +134,22 @@ def audit_profile(db: Path, window_days: float, now: float | None = None) -> Aud
         ),
         first_ts=rows[0][0],
         last_ts=rows[-1][0],
+        routed=routed,
+        routed_local=local,
     )
+
+
+def _routed_counts(db: Path, window_s: float, now: float | None) -> tuple[int, int]:
+    """Answered routed requests and how many of them the chain's first member answered (0, 0 for
+    a log without routes, or one written before the audit log had route columns)."""
+    from slmkit.serve.logs import route_stats
+
+    try:
+        stats = route_stats(db, window_s, now)
+    except sqlite3.Error:
+        return 0, 0
+    known = [s for s in stats if s.first_member is not None]
+    return sum(s.answered for s in known), sum(s.local for s in known)
 
 
 def _mean(values: list[int | None]) -> float:

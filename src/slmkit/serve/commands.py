@@ -106,7 +106,10 @@ def logs_cmd(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="serve.yaml (audit path and alert rules).")
     ] = None,
-    window: Annotated[float, typer.Option(help="Statistics window in seconds.")] = 300.0,
+    window: Annotated[
+        str,
+        typer.Option(help="Statistics window: seconds, or with a unit (90s, 5m, 1h, 7d)."),
+    ] = "300",
     last: Annotated[int, typer.Option(help="Recent requests to list.")] = 10,
     feedback: Annotated[
         bool, typer.Option("--feedback", help="List recent feedback instead.")
@@ -115,16 +118,35 @@ def logs_cmd(
         bool,
         typer.Option("--keys", help="Requests, 429s and tokens per API key name over the window."),
     ] = False,
+    routes: Annotated[
+        bool,
+        typer.Option(
+            "--routes",
+            help="Per route over the window: requests, local share (answered by the chain's "
+            "first member), rule hits, escalations and fallbacks by reason.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print statistics as JSON.")] = False,
 ) -> None:
     """Recent requests, p50/p95/p99 latency, error rate and tokens/s from the audit log; alerts."""
     from rich.table import Table
 
-    from slmkit.serve.logs import check_alerts, feedback_rows, recent_requests, window_stats
+    from slmkit.serve.logs import (
+        check_alerts,
+        feedback_rows,
+        parse_window,
+        recent_requests,
+        window_stats,
+    )
 
     path = _audit_db(db, config)
+    window_s = parse_window(window)
     if keys:
-        _print_key_stats(path, window, as_json)
+        _print_key_stats(path, window_s, as_json)
+        return
+    if routes:
+        chains = {r.id: r.chain for r in _load_config(config, []).routes}
+        _print_route_stats(path, window_s, chains, as_json)
         return
     if feedback:
         table = Table("time", "request", "model", "rating", "correction")
@@ -138,7 +160,7 @@ def logs_cmd(
             )
         out.print(table)
         return
-    stats = window_stats(path, window)
+    stats = window_stats(path, window_s)
     alerts = check_alerts(path, _load_config(config, []).alerts)
     if as_json:
         data = {
@@ -161,7 +183,7 @@ def logs_cmd(
         )
     out.print(table)
     out.print(
-        f"last {window:g} s: {stats.requests} requests, error rate {stats.error_rate:.1%}, "
+        f"last {window_s:g} s: {stats.requests} requests, error rate {stats.error_rate:.1%}, "
         f"latency p50 {_ms(stats.latency_p50)} p95 {_ms(stats.latency_p95)} p99 {_ms(stats.latency_p99)}, "
         f"ttft p50 {_ms(stats.ttft_p50)}, {stats.tokens_per_s:.1f} output tokens/s"
     )
@@ -185,6 +207,39 @@ def _print_key_stats(path: Path, window: float, as_json: bool) -> None:
         table.add_row(s.key, *(str(n) for n in counts))
     out.print(table)
     out.print(f"last {window:g} s, {len(stats)} keys")
+
+
+def _print_route_stats(
+    path: Path, window: float, chains: dict[str, list[str]], as_json: bool
+) -> None:
+    from rich.table import Table
+
+    from slmkit.serve.logs import route_stats
+
+    stats = route_stats(path, window, chains=chains)
+    if as_json:
+        data = [{**s.__dict__, "local_share": s.local_share} for s in stats]
+        out.print(json.dumps(data, indent=2), markup=False, emoji=False, soft_wrap=True)
+        return
+    table = Table("route", "requests", "local share", "by rule", "escalated", "fallback:error")
+    for s in stats:
+        share = "-" if s.local_share is None else f"{s.local_share:.0%} ({s.first_member})"
+        table.add_row(
+            s.route,
+            str(s.requests),
+            share,
+            _counts(s.count("rule:")),
+            _counts(s.count("escalated:")),
+            str(s.reasons.get("fallback:error", 0)),
+        )
+    out.print(table)
+    out.print(
+        f"last {window:g} s, {len(stats)} routes; local share = answered by the chain's first member"
+    )
+
+
+def _counts(by_name: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in by_name.items()) or "-"
 
 
 def _time(ts: float) -> str:

@@ -137,3 +137,87 @@ def tokens_today_by_key(db: Path, now: float | None = None) -> dict[str, int]:
     """Tokens per key name since 00:00 UTC: the daily budgets' usage after a restart."""
     wall = now or time.time()
     return {s.key: s.tokens for s in key_stats(db, wall % 86_400.0, wall)}
+
+
+def parse_window(text: str) -> float:
+    """`300`, `90s`, `5m`, `1h` or `7d` -> seconds; SlmError naming --window otherwise."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
+    raw = text.strip().lower()
+    scale = units.get(raw[-1:])
+    number = raw[:-1] if scale is not None else raw
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or math.isinf(seconds):
+        raise SlmError(f"--window: {text!r} is not a duration (e.g. 300, 90s, 5m, 1h, 7d)")
+    return seconds
+
+
+@dataclass
+class RouteStats:
+    """What one route did over a window: how much its chain's first member answered, and why the
+    rest went elsewhere."""
+
+    route: str
+    requests: int
+    answered: int  # status 200
+    first_member: str | None  # the chain's first member, when known
+    local: int  # answered by the first member
+    reasons: dict[str, int]  # answered requests by route_reason
+
+    @property
+    def local_share(self) -> float | None:
+        return self.local / self.answered if self.answered and self.first_member else None
+
+    def count(self, prefix: str) -> dict[str, int]:
+        """Reasons starting with `prefix` (`escalated:`, `rule:`) by the rest of their name."""
+        return {
+            r.removeprefix(prefix): n
+            for r, n in sorted(self.reasons.items())
+            if r.startswith(prefix)
+        }
+
+
+def first_members(rows: list[sqlite3.Row]) -> dict[str, str]:
+    """Each route's first chain member as the log shows it: who answers its `default` requests."""
+    votes: dict[str, dict[str, int]] = {}
+    for row in rows:
+        if row["route_reason"] == "default" and row["served_by"]:
+            by = votes.setdefault(row["route"], {})
+            by[row["served_by"]] = by.get(row["served_by"], 0) + 1
+    return {route: max(by, key=lambda m: by[m]) for route, by in votes.items()}
+
+
+def routed_rows(db: Path, since: float) -> list[sqlite3.Row]:
+    with _open(db) as conn:
+        return conn.execute(
+            "SELECT route, route_reason, served_by, status FROM requests "
+            "WHERE ts >= ? AND route IS NOT NULL ORDER BY route",
+            (since,),
+        ).fetchall()
+
+
+def route_stats(
+    db: Path,
+    window_s: float,
+    now: float | None = None,
+    chains: dict[str, list[str]] | None = None,
+) -> list[RouteStats]:
+    """Per route over the last `window_s` seconds: requests, answered, the share answered by the
+    chain's first member (from `chains`, e.g. the serve config, else from the log) and the reasons."""
+    rows = routed_rows(db, (now or time.time()) - window_s)
+    firsts = first_members(rows)
+    firsts.update({route: chain[0] for route, chain in (chains or {}).items() if chain})
+    stats: dict[str, RouteStats] = {}
+    for row in rows:
+        route = row["route"]
+        s = stats.setdefault(route, RouteStats(route, 0, 0, firsts.get(route), 0, {}))
+        s.requests += 1
+        if row["status"] != 200:
+            continue
+        s.answered += 1
+        s.local += int(s.first_member is not None and row["served_by"] == s.first_member)
+        reason = row["route_reason"] or "default"
+        s.reasons[reason] = s.reasons.get(reason, 0) + 1
+    return list(stats.values())

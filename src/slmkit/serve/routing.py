@@ -1,0 +1,344 @@
+"""The router: a request for a route's public id goes to one member of the route's chain (the first
+rule that matches picks it, else the first member), and moves down the chain when that member's
+answer fails an escalation check or the member fails. The client sees only the final answer; the
+route, the reason and the member that answered go to the audit row, /metrics and headers.
+
+Reasons: `default`, `rule:<name>`, `escalated:<check>` (empty, refusal, repetition, low_logprob,
+json_schema, must_not_include) and `fallback:error`; the reason of the last move is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+from slmkit.errors import ConfigError
+from slmkit.serve.admission import Admission, AdmissionSlot
+from slmkit.serve.api_errors import ApiError
+from slmkit.serve.config import RepetitionGuard, ServeConfig
+from slmkit.serve.engines.base import Delta, Engine
+from slmkit.serve.generation import (
+    Outcome,
+    RequestContext,
+    collect,
+    generate_with_retry,
+    prompt_text,
+)
+from slmkit.serve.guards import find_repetition
+from slmkit.serve.metrics import GatewayMetrics
+from slmkit.serve.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
+from slmkit.serve.route_config import EscalationChecks, Route, RouteRule, route_problem
+from slmkit.serve.streaming import GuardedStream, OnClose, StreamResponder
+
+Body = ChatCompletionRequest | CompletionRequest
+
+
+@dataclass
+class RoutePlan:
+    """Where a routed request stands: the members still to try (the current target first) and why
+    the current target answers."""
+
+    route: Route
+    members: list[str]
+    reason: str
+
+    @property
+    def target(self) -> str:
+        return self.members[0]
+
+    @property
+    def last(self) -> bool:
+        return len(self.members) == 1
+
+    @property
+    def holds_stream(self) -> bool:
+        """A stream is answered only once the checks passed (TTFT = the whole checked answer)."""
+        return self.route.escalate.active and not self.last
+
+    def may_pass_on(self, error: ApiError) -> bool:
+        """An engine error (5xx, 429) moves on when the route allows it and a member is left."""
+        failed = error.status >= 500 or error.status == 429
+        return failed and self.route.fallback_on_error and not self.last
+
+    def move_on(self, reason: str) -> None:
+        self.members.pop(0)
+        self.reason = reason
+
+
+@dataclass
+class RequestFacts:
+    """What the rules of a route look at."""
+
+    text: str  # the last user message (chat) or the prompt (completions)
+    metadata: Mapping[str, str]
+    user: str | None
+    headers: Mapping[str, str]  # case-insensitive (Starlette's Headers)
+    count_tokens: Callable[[], Awaitable[int]]
+
+
+async def rule_matches(rule: RouteRule, facts: RequestFacts) -> bool:
+    """Every condition the rule gives holds (the token count is asked for last, only if needed)."""
+    if rule.pattern is not None and not re.search(rule.pattern, facts.text):
+        return False
+    if rule.user is not None and not re.search(rule.user, facts.user or ""):
+        return False
+    if rule.metadata and any(facts.metadata.get(k) != v for k, v in rule.metadata.items()):
+        return False
+    if rule.header and any(facts.headers.get(k) != v for k, v in rule.header.items()):
+        return False
+    return rule.prompt_tokens_over is None or await facts.count_tokens() > rule.prompt_tokens_over
+
+
+def failed_check(
+    outcome: Outcome,
+    checks: EscalationChecks,
+    gen: GenerationRequest,
+    guard: RepetitionGuard,
+    logprobs: list[float],
+) -> str | None:
+    """The first escalation check the answer fails (its name in the reason), or None."""
+    text = outcome.text
+    lowered = text.lower()
+    if checks.empty and not text.strip() and not outcome.extra.get("tool_calls"):
+        return "empty"
+    if any(phrase.lower() in lowered for phrase in checks.refusal):
+        return "refusal"
+    if checks.repetition and (
+        outcome.repeated or find_repetition(text, guard.ngram, guard.min_repeats) is not None
+    ):
+        return "repetition"
+    threshold = checks.min_mean_logprob
+    if threshold is not None and logprobs and sum(logprobs) / len(logprobs) < threshold:
+        return "low_logprob"
+    if checks.json_schema and json_problem(text, gen.passthrough.get("response_format")):
+        return "json_schema"
+    if any(phrase.lower() in lowered for phrase in checks.must_not_include):
+        return "must_not_include"
+    return None
+
+
+def json_problem(text: str, response_format: Any) -> str | None:
+    """Why `text` does not meet a `response_format` of type json_object / json_schema, or None."""
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind not in ("json_object", "json_schema"):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return f"not JSON ({exc})"
+    if kind == "json_object":
+        return None if isinstance(value, dict) else "not a JSON object"
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return schema_problem(value, schema) if isinstance(schema, dict) else None
+
+
+def schema_problem(value: Any, schema: dict[str, Any]) -> str | None:
+    """The first JSON-schema violation (jsonschema-rs when installed; else the top-level type and
+    required keys only), or None."""
+    try:
+        import jsonschema_rs
+    except ImportError:
+        if schema.get("type") == "object" and not isinstance(value, dict):
+            return "not a JSON object"
+        missing = [
+            k for k in schema.get("required", []) if not isinstance(value, dict) or k not in value
+        ]
+        return f"missing required keys: {', '.join(missing)}" if missing else None
+    try:
+        jsonschema_rs.validate(schema, value)
+    except jsonschema_rs.ValidationError as exc:
+        return str(exc).splitlines()[0]
+    except ValueError:
+        return None  # a schema the validator cannot read: the engine was given it as it is
+    return None
+
+
+class LogprobTap:
+    """An engine seen through a tap that keeps the token log-probabilities of what it generates."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.logprobs: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        events = self.engine.generate(request)
+        try:
+            async for delta in events:
+                self.logprobs.extend(getattr(delta, "logprobs", None) or [])
+                yield delta
+        finally:
+            await events.aclose()
+
+
+class Router:
+    """Resolves routes, walks their chains and says why a request ended where it did."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        engines: Mapping[str, Engine],
+        admission: Admission,
+        metrics: GatewayMetrics,
+    ) -> None:
+        problem = route_problem(config.routes, engines)
+        if problem:  # models given on the command line are checked here, not in the file
+            raise ConfigError(f"routes: {problem}")
+        self.config = config
+        self.engines = engines
+        self.admission = admission
+        self.metrics = metrics
+        self.routes = {route.id: route for route in config.routes}
+
+    # -- resolution -----------------------------------------------------------------------
+    async def plan(
+        self, body: Body, headers: Mapping[str, str], ctx: RequestContext
+    ) -> RoutePlan | None:
+        """The plan of a request for a route (its target set on `ctx`), None for a plain model id."""
+        route = self.routes.get(body.model)
+        if route is None:
+            return None
+        facts = self._facts(body, headers, ctx, route)
+        for rule in route.rules:
+            if await rule_matches(rule, facts):
+                members = route.chain[route.chain.index(rule.to) :]
+                plan = RoutePlan(route, members, f"rule:{rule.name}")
+                break
+        else:
+            plan = RoutePlan(route, list(route.chain), "default")
+        self._aim(plan, ctx)
+        return plan
+
+    def _facts(
+        self, body: Body, headers: Mapping[str, str], ctx: RequestContext, route: Route
+    ) -> RequestFacts:
+        if isinstance(body, ChatCompletionRequest):
+            users = [m for m in body.messages if m.role == "user"]
+            text = users[-1].text() if users else ""
+        else:
+            text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+        engine = self.engines[route.chain[0]]
+
+        async def count_tokens() -> int:
+            try:
+                counted = await engine.count_prompt_tokens(ctx.gen)
+            except ApiError:  # the first member is down: the rules still apply
+                counted = None
+            return counted if counted is not None else len(prompt_text(ctx.gen)) // 4  # ~4 a token
+
+        metadata = getattr(body, "metadata", None)
+        return RequestFacts(text, metadata or {}, body.user, headers, count_tokens)
+
+    def _aim(self, plan: RoutePlan, ctx: RequestContext) -> None:
+        """Point the request at the plan's target, and say so in the audit row and the headers."""
+        ctx.gen.model_id = plan.target
+        rec = ctx.rec
+        rec.route, rec.route_reason, rec.served_by = plan.route.id, plan.reason, plan.target
+        ctx.headers.update(
+            {
+                "x-slm-route": plan.route.id,
+                "x-slm-route-reason": plan.reason,
+                "x-slm-served-by": plan.target,
+            }
+        )
+
+    def _move_on(self, plan: RoutePlan, ctx: RequestContext, reason: str) -> None:
+        plan.move_on(reason)
+        self._aim(plan, ctx)
+
+    # -- running the chain ----------------------------------------------------------------
+    def admit(self, plan: RoutePlan, ctx: RequestContext) -> AdmissionSlot:
+        """A slot on the plan's target; a member that is down or full passes the request on."""
+        while True:
+            try:
+                return self.admission.admit(plan.target)
+            except ApiError as exc:
+                if not plan.may_pass_on(exc):
+                    raise
+                self._move_on(plan, ctx, "fallback:error")
+
+    async def run(self, plan: RoutePlan, ctx: RequestContext) -> Outcome:
+        """The first answer down the chain that passes the checks (the last member's is final).
+        The first member runs on the request's admission slot, later ones take their own."""
+        admitted = plan.target
+        while True:
+            try:
+                with contextlib.ExitStack() as stack:
+                    if plan.target != admitted:
+                        stack.enter_context(self.admission.admit(plan.target))
+                    outcome, failed = await self._ask(plan, ctx)
+            except ApiError as exc:
+                if not plan.may_pass_on(exc):
+                    raise
+                self._move_on(plan, ctx, "fallback:error")
+                continue
+            if failed is None:
+                return outcome
+            self._move_on(plan, ctx, f"escalated:{failed}")
+
+    async def _ask(self, plan: RoutePlan, ctx: RequestContext) -> tuple[Outcome, str | None]:
+        """The target's answer, and the check it failed (none is run on the last member)."""
+        engine = self.engines[plan.target]
+        if plan.last:
+            outcome = await generate_with_retry(
+                engine, ctx.gen, ctx.started, self.config, self.metrics
+            )
+            return outcome, None
+        checks, tap = plan.route.escalate, LogprobTap(engine)
+        gen = ctx.gen
+        if checks.min_mean_logprob is not None:  # chat takes a flag, completions a count
+            asked_for = True if gen.messages is not None else 1
+            gen = replace(gen, passthrough={**gen.passthrough, "logprobs": asked_for})
+        asked = cast(Engine, tap)  # an Engine in all but name: it forwards the rest
+        if checks.repetition:  # a loop escalates instead of being retried here
+            outcome = await collect(asked, gen, ctx.started, self.config)
+        else:
+            outcome = await generate_with_retry(asked, gen, ctx.started, self.config, self.metrics)
+        return outcome, failed_check(outcome, checks, gen, self.config.repetition, tap.logprobs)
+
+    async def hold(self, plan: RoutePlan, ctx: RequestContext) -> Outcome:
+        """`run` for a stream that is held until the checks pass: its first token reaches the
+        client when the whole answer is known, so that is its time to first token."""
+        outcome = await self.run(plan, ctx)
+        outcome.ttft = time.perf_counter() - ctx.started
+        return outcome
+
+    async def open_stream(
+        self, plan: RoutePlan, ctx: RequestContext, streams: StreamResponder, on_close: OnClose
+    ) -> GuardedStream:
+        """A live stream from the target (a route without checks); an engine error before the
+        first token moves on down the chain like `run`."""
+        admitted_target = plan.target
+        while True:
+            extra: AdmissionSlot | None = None
+            try:
+                if plan.target != admitted_target:
+                    extra = self.admission.admit(plan.target)
+                return await streams.open(
+                    self.engines[plan.target], ctx, _also_release(on_close, extra)
+                )
+            except ApiError as exc:
+                if extra is not None:
+                    extra.release()
+                if not plan.may_pass_on(exc):
+                    raise
+                self._move_on(plan, ctx, "fallback:error")
+
+
+def _also_release(on_close: OnClose, slot: AdmissionSlot | None) -> OnClose:
+    if slot is None:
+        return on_close
+
+    async def close() -> None:
+        slot.release()
+        await on_close()
+
+    return close

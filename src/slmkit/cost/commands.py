@@ -38,9 +38,7 @@ def cost_cmd(
     requests_per_s: float | None = option(CostConfig, "requests_per_s"),
     machine_concurrency: int | None = option(CostConfig, "machine_concurrency"),
     machine_latency: float | None = option(CostConfig, "machine_latency"),
-    local_share: float | None = option(
-        CostConfig, "local_share", from_config=True, extra_help=FROM_AUDIT
-    ),
+    local_share: float | None = option(CostConfig, "local_share", from_config=True),
     audit_db: Path | None = option(CostConfig, "audit_db"),
     window_days: float = option(CostConfig, "window_days"),
     days_per_month: float = option(CostConfig, "days_per_month"),

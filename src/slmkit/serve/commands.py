@@ -234,7 +234,7 @@ def _print_route_stats(
         )
     out.print(table)
     out.print(
-        f"last {window:g} s, {len(stats)} routes; local share = answered by the chain's first member"
+        f"last {window:g} s, {len(stats)} route(s); local share = answered by the first member"
     )
 
 

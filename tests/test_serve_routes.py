@@ -285,14 +285,34 @@ def test_slm_cost_measures_the_local_share_from_the_routes(
     assert any(n.startswith("local share measured") for n in data["notes"]), data["notes"]
 
 
-def test_an_engine_error_falls_back_down_the_chain(server: ServerProcess, home: Path) -> None:
-    """Last in the module: the local engine is killed (the gateway restarts it in the background)."""
-    (child,) = server.engine_children()
+def kill_local_engine(server: ServerProcess) -> None:
+    """SIGKILL the local model's llama-server (waiting for the gateway's restart of it if needed)."""
+    deadline = time.monotonic() + 60
+    while not (children := server.engine_children()):
+        assert time.monotonic() < deadline, "the local engine was not restarted"
+        time.sleep(0.1)
+    (child,) = children
     child.kill()
     child.wait(timeout=10)
+
+
+def test_an_engine_error_falls_back_down_the_chain(server: ServerProcess, home: Path) -> None:
+    """Last in the module: the local engine is killed (the gateway restarts it in the background)."""
+    fallback = content(chat(server, "fallback", COLOR))
+    kill_local_engine(server)
     routed = chat(server, "support", COLOR)
     assert_routed(home, routed, "support", "fallback:error", "fallback")
-    assert content(routed) == content(chat(server, "fallback", COLOR))
+    assert content(routed) == fallback
+    # a stream through a route without checks falls back too (the error comes before any token)
+    kill_local_engine(server)
+    text, request_id = stream_text(server, "support", COLOR)
+    row = audit_row(home, request_id)
+    assert (row["route_reason"], row["served_by"], row["stream"]) == (
+        "fallback:error",
+        "fallback",
+        1,
+    )
+    assert text == fallback
 
 
 BAD = [

@@ -173,7 +173,7 @@ class LogprobTap:
         events = self.engine.generate(request)
         try:
             async for delta in events:
-                self.logprobs.extend(getattr(delta, "logprobs", None) or [])
+                self.logprobs.extend(delta.logprobs)
                 yield delta
         finally:
             await events.aclose()

@@ -17,7 +17,9 @@ __all__ = ["quick_run_dir"]  # the session fixture, reused here
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # includes the session fixture's training (a hang guard, not a speed check)
+@pytest.mark.timeout(
+    1800
+)  # includes the session fixture's training (a hang guard, not a speed check)
 def test_quick_lora_learns_the_store_facts(quick_run_dir: Path) -> None:
     rows = quick_eval_rows()
     base = fact_recall("default", rows)

@@ -139,17 +139,9 @@ def json_problem(text: str, response_format: Any) -> str | None:
 
 
 def schema_problem(value: Any, schema: dict[str, Any]) -> str | None:
-    """The first JSON-schema violation (jsonschema-rs when installed; else the top-level type and
-    required keys only), or None."""
-    try:
-        import jsonschema_rs
-    except ImportError:
-        if schema.get("type") == "object" and not isinstance(value, dict):
-            return "not a JSON object"
-        missing = [
-            k for k in schema.get("required", []) if not isinstance(value, dict) or k not in value
-        ]
-        return f"missing required keys: {', '.join(missing)}" if missing else None
+    """The first JSON-schema violation, or None."""
+    import jsonschema_rs
+
     try:
         jsonschema_rs.validate(schema, value)
     except jsonschema_rs.ValidationError as exc:

@@ -13,13 +13,21 @@ import pytest
 
 from slmkit.cost import CostConfig, estimate_cost
 from slmkit.errors import SlmError
+from slmkit.serve import api_errors
+from slmkit.serve.api_errors import ApiError
 from slmkit.serve.audit import AuditLog, AuditRecord
 from slmkit.serve.config import AuditSettings, RepetitionGuard
 from slmkit.serve.generation import Outcome
 from slmkit.serve.logs import parse_window, route_stats
 from slmkit.serve.protocol import GenerationRequest
-from slmkit.serve.route_config import EscalationChecks, RouteRule
-from slmkit.serve.routing import RequestFacts, failed_check, json_problem, rule_matches
+from slmkit.serve.route_config import EscalationChecks, Route, RouteRule
+from slmkit.serve.routing import (
+    RequestFacts,
+    RoutePlan,
+    failed_check,
+    json_problem,
+    rule_matches,
+)
 
 ALL_CHECKS = EscalationChecks(
     empty=True,
@@ -218,3 +226,25 @@ def test_cost_takes_the_local_share_from_the_routes(tmp_path: Path) -> None:
     assumed = estimate_cost(CostConfig(**entered, **prices, audit_db=plain, window_days=1))
     assert assumed.model.local_share == 0.8
     assert "no routed request" in assumed.notes[0]
+
+
+@pytest.mark.parametrize(
+    ("error", "fallback_on_error", "reason"),
+    [
+        (api_errors.context_length_exceeded(900, 768), True, "fallback:context"),
+        (api_errors.context_length_exceeded(900, 768), False, "fallback:context"),
+        (ApiError(503, "down", code="engine_unavailable"), True, "fallback:error"),
+        (ApiError(429, "full", code="queue_full"), True, "fallback:error"),
+        (ApiError(503, "down", code="engine_unavailable"), False, None),
+        (ApiError(400, "bad", code="invalid_value"), True, None),
+        (ApiError(408, "slow", code="timeout"), True, None),
+    ],
+)
+def test_which_member_errors_move_down_the_chain(
+    error: ApiError, fallback_on_error: bool, reason: str | None
+) -> None:
+    route = Route(id="support", chain=["small", "big"], fallback_on_error=fallback_on_error)
+    plan = RoutePlan(route, list(route.chain), "default")
+    assert plan.pass_on_reason(error) == reason
+    plan.move_on("escalated:refusal")
+    assert plan.target == "big" and plan.pass_on_reason(error) is None  # the last member is final

@@ -39,8 +39,10 @@ RULES = [
 ]
 ROUTES = [{"id": f"check-{name}", "chain": CHAIN, "escalate": c} for name, c in CHECKS.items()]
 ROUTES.append({"id": "support", "chain": CHAIN, "rules": RULES})  # no checks: streams directly
+ROUTES.append({"id": "plain", "chain": CHAIN})  # no rules, no checks
 CONFIG: dict[str, Any] = {
-    "llamacpp": {"ctx_size": 2048, "parallel": 2, "threads": 1},
+    # 768 tokens per slot: below the tiny fallback model's 1024, for the context-window fallback
+    "llamacpp": {"ctx_size": 1536, "parallel": 2, "threads": 1},
     "limits": {"max_tokens_cap": 48},
     "repetition": {"ngram": 1, "min_repeats": 6},
     "routes": ROUTES,
@@ -294,6 +296,19 @@ def kill_local_engine(server: ServerProcess) -> None:
     (child,) = children
     child.kill()
     child.wait(timeout=10)
+
+
+def test_a_prompt_over_the_first_members_context_moves_on(
+    server: ServerProcess, home: Path
+) -> None:
+    long = [{"role": "user", "content": "Please read this. " * 200}]  # ~800 tokens: over 768
+    refused = server.post(
+        "/v1/chat/completions", {"model": "local", "messages": long, "max_tokens": 4}
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    routed = chat(server, "plain", long)
+    assert_routed(home, routed, "plain", "fallback:context", "fallback")
 
 
 def test_an_engine_error_falls_back_down_the_chain(server: ServerProcess, home: Path) -> None:

@@ -221,7 +221,7 @@ def _print_route_stats(
         data = [{**s.__dict__, "local_share": s.local_share} for s in stats]
         out.print(json.dumps(data, indent=2), markup=False, emoji=False, soft_wrap=True)
         return
-    table = Table("route", "requests", "local share", "by rule", "escalated", "fallback:error")
+    table = Table("route", "requests", "local share", "by rule", "escalated", "fallback")
     for s in stats:
         share = "-" if s.local_share is None else f"{s.local_share:.0%} ({s.first_member})"
         table.add_row(
@@ -230,7 +230,7 @@ def _print_route_stats(
             share,
             _counts(s.count("rule:")),
             _counts(s.count("escalated:")),
-            str(s.reasons.get("fallback:error", 0)),
+            _counts(s.count("fallback:")),
         )
     out.print(table)
     out.print(

@@ -135,7 +135,7 @@ class GatewayMetrics:
         self.route_requests = Counter(
             "slm_route_requests",
             "Requests through a route, by the member that answered and why (default, rule:<name>, "
-            "escalated:<check>, fallback:error).",
+            "escalated:<check>, fallback:context, fallback:error).",
             ["route", "target", "reason"],
             registry=r,
         )

@@ -4,7 +4,8 @@ answer fails an escalation check or the member fails. The client sees only the f
 route, the reason and the member that answered go to the audit row, /metrics and headers.
 
 Reasons: `default`, `rule:<name>`, `escalated:<check>` (empty, refusal, repetition, low_logprob,
-json_schema, must_not_include) and `fallback:error`; the reason of the last move is kept.
+json_schema, must_not_include), `fallback:context` (the prompt is over a member's context) and
+`fallback:error`; the reason of the last move is kept.
 """
 
 from __future__ import annotations
@@ -60,10 +61,16 @@ class RoutePlan:
         """A stream is answered only once the checks passed (TTFT = the whole checked answer)."""
         return self.route.escalate.active and not self.last
 
-    def may_pass_on(self, error: ApiError) -> bool:
-        """An engine error (5xx, 429) moves on when the route allows it and a member is left."""
+    def pass_on_reason(self, error: ApiError) -> str | None:
+        """Why a member's error moves the request to the next member, or None (it is final): a
+        prompt over the member's context always moves on (a context-window fallback), an engine
+        error (5xx, 429) when the route's `fallback_on_error` allows it."""
+        if self.last:
+            return None
+        if error.code == "context_length_exceeded":
+            return "fallback:context"
         failed = error.status >= 500 or error.status == 429
-        return failed and self.route.fallback_on_error and not self.last
+        return "fallback:error" if failed and self.route.fallback_on_error else None
 
     def move_on(self, reason: str) -> None:
         self.members.pop(0)
@@ -253,9 +260,9 @@ class Router:
             try:
                 return self.admission.admit(plan.target)
             except ApiError as exc:
-                if not plan.may_pass_on(exc):
+                if (reason := plan.pass_on_reason(exc)) is None:
                     raise
-                self._move_on(plan, ctx, "fallback:error")
+                self._move_on(plan, ctx, reason)
 
     async def run(self, plan: RoutePlan, ctx: RequestContext) -> Outcome:
         """The first answer down the chain that passes the checks (the last member's is final).
@@ -268,9 +275,9 @@ class Router:
                         stack.enter_context(self.admission.admit(plan.target))
                     outcome, failed = await self._ask(plan, ctx)
             except ApiError as exc:
-                if not plan.may_pass_on(exc):
+                if (reason := plan.pass_on_reason(exc)) is None:
                     raise
-                self._move_on(plan, ctx, "fallback:error")
+                self._move_on(plan, ctx, reason)
                 continue
             if failed is None:
                 return outcome
@@ -320,9 +327,9 @@ class Router:
             except ApiError as exc:
                 if extra is not None:
                     extra.release()
-                if not plan.may_pass_on(exc):
+                if (reason := plan.pass_on_reason(exc)) is None:
                     raise
-                self._move_on(plan, ctx, "fallback:error")
+                self._move_on(plan, ctx, reason)
 
 
 def _also_release(on_close: OnClose, slot: AdmissionSlot | None) -> OnClose:

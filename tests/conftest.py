@@ -17,13 +17,12 @@ os.environ.setdefault("SLM_TOOLS_DIR", str(_REAL_HOME / "llama.cpp" / "lcp-0.3.3
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Each pytest worker and the `slm` children it starts get their share of the cores: torch's
-# and llama.cpp's threads spin while they wait, so two workers of 2 threads each on 2 cores
-# ran a training 10x slower (12 vs 126 tokens/s) than one.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("SLM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
-for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_name, os.environ["SLM_THREADS"])
+# thread settings the user gave; the rest are set per run in pytest_configure
+_USER_THREADS = {
+    name: os.environ[name]
+    for name in ("SLM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    if name in os.environ
+}
 
 # the board's browser fixtures, once per session for every tests/test_ui_*.py module
 from ui_helpers import board, browser, page  # noqa: E402, F401
@@ -39,6 +38,24 @@ LONG_FILES = (
     "test_train_methods.py",
     "test_train_run.py",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each pytest worker and the `slm` children it starts get their share of the cores: torch's
+    and llama.cpp's threads spin while they wait, so two workers of 2 threads each on 2 cores ran
+    a training 10x slower (12 vs 126 tokens/s) than one. Set in the main process before the
+    workers start (they inherit its environment)."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        return  # a worker: the main process decided
+    workers = getattr(config.option, "numprocesses", None)
+    cores = os.cpu_count() or 1
+    share = max(1, cores // workers) if isinstance(workers, int) and workers > 0 else 1
+    if not workers:
+        share = cores  # no xdist: one process has the machine
+    threads = _USER_THREADS.get("SLM_THREADS", str(share))
+    os.environ["SLM_THREADS"] = threads
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = _USER_THREADS.get(name, threads)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:

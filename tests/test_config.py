@@ -78,6 +78,7 @@ BOUND_MODELS: dict[tuple[str, ...], tuple[str, ...]] = {
         "slmkit.evaluate.config:EvalConfig",
         "slmkit.evaluate.config:Criteria",
         "slmkit.evaluate.config:JudgeSettings",
+        "slmkit.evaluate.config:RetrievalSettings",
     ),
     ("serve",): ("slmkit.serve.config:ServeConfig",),
     ("data", "validate"): ("slmkit.data.config:DataConfig",),
@@ -100,6 +101,7 @@ FIELD_OF = {
     "api_key": "api_keys",
     "judge_model": "model",
     "judge_url": "base_url",
+    "retrieval": "questions",
     "min_value": "min",
     "max_value": "max",
 }

@@ -107,7 +107,7 @@ def quick_recipe(folder: Path, train_file: Path) -> dict[str, Any]:
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
         "train": {
             "lr": 1.0e-3,
-            "epochs": 4,
+            "epochs": 3,
             "batch_size": 8,
             "warmup_ratio": 0.05,
             "save_steps": 1000,

@@ -47,11 +47,14 @@ def pytest_configure(config: pytest.Config) -> None:
     workers start (they inherit its environment)."""
     if "PYTEST_XDIST_WORKER" in os.environ:
         return  # a worker: the main process decided
-    workers = getattr(config.option, "numprocesses", None)
+    workers = getattr(config.option, "numprocesses", None)  # an int, "auto", "logical" or None
     cores = os.cpu_count() or 1
-    share = max(1, cores // workers) if isinstance(workers, int) and workers > 0 else 1
     if not workers:
         share = cores  # no xdist: one process has the machine
+    elif isinstance(workers, int):
+        share = max(1, cores // workers)
+    else:
+        share = 1  # one worker per core
     threads = _USER_THREADS.get("SLM_THREADS", str(share))
     os.environ["SLM_THREADS"] = threads
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY, ts REAL NOT NULL, key_id TEXT, model TEXT, endpoint TEXT, status INTEGER,
     error_code TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, ttft_s REAL,
     stream INTEGER, cached INTEGER, prompt_text TEXT, response_text TEXT, route TEXT,
-    route_reason TEXT, served_by TEXT, replica TEXT, sources TEXT
+    route_reason TEXT, served_by TEXT, replica TEXT, sources TEXT, version TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -60,6 +60,7 @@ class AuditRecord:
     served_by: str | None = None  # the model id that produced the answer (a route's target)
     replica: str | None = None  # the replica of that model that answered
     sources: str | None = None  # JSON list of the RAG passages' sources injected into the prompt
+    version: str | None = None  # the model version that answered (A/B split, registry alias)
 
 
 # columns added after the first release: older audit files get them on open
@@ -69,6 +70,7 @@ LATER_COLUMNS = {
     "served_by": "TEXT",
     "replica": "TEXT",
     "sources": "TEXT",
+    "version": "TEXT",
 }
 
 

@@ -256,6 +256,7 @@ class Gateway:
         rec.status = error.status if error else ctx.status
         rec.error_code = error.code if error else None
         rec.replica = rec.replica or ctx.gen.replica
+        rec.version = rec.version or ctx.gen.version
         known = rec.model in self.engines or rec.model in self.router.routes
         model = rec.model if known and rec.model is not None else "unknown"
         if rec.route and rec.served_by and rec.route_reason:

@@ -146,13 +146,14 @@ class GenerationRequest:
     repeat_penalty: float | None = None
     passthrough: dict[str, Any] = field(default_factory=dict)  # response_format, tools, ...
     replica: str | None = None  # set by a ReplicaPool: the replica that answered (audit log)
+    version: str | None = None  # set by an A/B split or a registry alias: the version that answered
 
     @property
     def deterministic(self) -> bool:
         return self.temperature == 0 or self.seed is not None
 
     def cache_key(self) -> str:
-        payload = {k: v for k, v in self.__dict__.items() if k not in ("stream", "replica")}
+        payload = {k: v for k, v in self.__dict__.items() if k not in ("stream", "replica", "version")}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

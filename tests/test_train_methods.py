@@ -54,6 +54,46 @@ def plain_dpo_run(
     return train_dpo(tmp_path_factory.mktemp("plain-dpo"), tiny_model_dir, dpo_pairs)
 
 
+def test_cpu_dpo_scores_only_the_answer_tokens_with_the_same_log_probs(
+    tiny_model_dir: Path,
+) -> None:
+    # TRL's fused head projects every position onto the vocabulary unless it compacts to the
+    # labelled ones; on a CPU we compact (slmkit.train.dpo): same per-token log-probs and grads
+    import torch
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    from slmkit.train import dpo
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (2, 12))
+    labels = ids.clone()
+    labels[:, :7] = -100  # the prompt
+    labels[1, 10:] = -100  # padding
+    results = {}
+    original = trl_utils._use_triton
+    try:
+        for compact in (False, True):
+            if compact:
+                dpo.score_only_labelled_positions()
+                dpo.score_only_labelled_positions()  # twice is once
+                assert trl_utils._use_triton(torch.device("cpu")) is True
+            model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+            trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+            out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+            out.loss.backward()
+            grad = model.get_output_embeddings().weight.grad.clone()
+            results[compact] = (out.log_probs.detach(), out.entropy.detach(), grad)
+    finally:
+        trl_utils._use_triton = original
+    assert trl_utils._use_triton(torch.device("cpu")) is False, "the patch was undone"
+    (lp0, ent0, g0), (lp1, ent1, g1) = results[False], results[True]
+    assert (lp0 != 0).sum() == 5 + 3, "the 8 answer tokens were scored"
+    torch.testing.assert_close(lp1, lp0)
+    torch.testing.assert_close(ent1, ent0)
+    torch.testing.assert_close(g1, g0)
+
+
 def test_dpo_raises_the_reward_margin(plain_dpo_run: Path) -> None:
     # every logged margin is measured on the same 8 pairs (one batch)
     run = plain_dpo_run

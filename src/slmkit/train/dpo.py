@@ -28,6 +28,7 @@ def build_dpo_trainer(
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    score_only_labelled_positions()
     args = common_arguments(recipe, run_dir, precision, has_val=bool(data.val_preference_rows))
     args["include_num_input_tokens_seen"] = "no"  # DPO batches have no plain input_ids column
     config = DPOConfig(
@@ -48,3 +49,24 @@ def build_dpo_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+
+
+def score_only_labelled_positions() -> None:
+    """Let TRL's fused log-prob head score only the answer tokens on a CPU, as it does on CUDA.
+
+    TRL compacts the hidden states to the labelled positions only where Triton runs, because
+    elsewhere (Neuron) a changing shape recompiles; eager CPU has no such cost, yet without this it
+    projects every prompt and padding position onto the whole vocabulary in plain torch, which was
+    most of a DPO step here. The kernel that folds the logits is unchanged (torch tiles on a CPU).
+    """
+    import trl.trainer.utils as trl_utils
+
+    use_triton = getattr(trl_utils, "_use_triton", None)
+    if use_triton is None or getattr(use_triton, "slmkit_compact", False):
+        return  # another TRL layout, or already done
+
+    def compact_on_cpu(device: Any) -> bool:
+        return device.type == "cpu" or bool(use_triton(device))
+
+    compact_on_cpu.slmkit_compact = True  # type: ignore[attr-defined]
+    trl_utils._use_triton = compact_on_cpu

@@ -6,6 +6,7 @@ Text is stored only with `log_text: true`, after the redaction rules; API keys o
 from __future__ import annotations
 
 import hashlib
+import json
 import queue
 import re
 import sqlite3
@@ -26,7 +27,7 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 CREATE TABLE IF NOT EXISTS feedback (
-    request_id TEXT NOT NULL, ts REAL NOT NULL, rating INTEGER NOT NULL, correction TEXT
+    request_id TEXT NOT NULL, ts REAL NOT NULL, rating INTEGER NOT NULL, correction TEXT, tags TEXT
 );
 """
 
@@ -61,6 +62,7 @@ class AuditRecord:
     replica: str | None = None  # the replica of that model that answered
     sources: str | None = None  # JSON list of the RAG passages' sources injected into the prompt
     version: str | None = None  # the model version that answered (A/B split, registry alias)
+    prompt_messages: str | None = None  # JSON of the chat messages as asked (with log_text only)
 
 
 # columns added after the first release: older audit files get them on open
@@ -71,7 +73,10 @@ LATER_COLUMNS = {
     "replica": "TEXT",
     "sources": "TEXT",
     "version": "TEXT",
+    "prompt_messages": "TEXT",
 }
+# likewise for the feedback table
+LATER_FEEDBACK_COLUMNS = {"tags": "TEXT"}
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -84,6 +89,10 @@ def connect(path: Path) -> sqlite3.Connection:
     for name, kind in LATER_COLUMNS.items():
         if name not in have:
             conn.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
+    have = {row[1] for row in conn.execute("PRAGMA table_info(feedback)")}
+    for name, kind in LATER_FEEDBACK_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE feedback ADD COLUMN {name} {kind}")
     conn.commit()
     return conn
 
@@ -107,17 +116,39 @@ class AuditLog:
             text = pattern.sub(f"[{name}]", text)
         return text
 
+    def redact_messages(self, raw: str | None) -> str | None:
+        """The redaction rules over the text of each message of a JSON message list."""
+        if raw is None:
+            return None
+        messages = json.loads(raw)
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, str):
+                message["content"] = self.redact(content)
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        part["text"] = self.redact(part["text"])
+        return json.dumps(messages, ensure_ascii=False)
+
     def record(self, rec: AuditRecord) -> None:
         if self.settings.log_text:
             rec.prompt_text, rec.response_text = (
                 self.redact(rec.prompt_text),
                 self.redact(rec.response_text),
             )
+            rec.prompt_messages = self.redact_messages(rec.prompt_messages)
         else:
-            rec.prompt_text = rec.response_text = None
+            rec.prompt_text = rec.response_text = rec.prompt_messages = None
         self._queue.put(rec)
 
-    def add_feedback(self, request_id: str, rating: int, correction: str | None) -> bool:
+    def add_feedback(
+        self,
+        request_id: str,
+        rating: int,
+        correction: str | None,
+        tags: list[str] | None = None,
+    ) -> bool:
         """Store feedback for a logged request; False when no such request was logged."""
         self.flush()
         reader = sqlite3.connect(self.path, timeout=10)
@@ -127,7 +158,8 @@ class AuditLog:
             reader.close()
         if row is None:
             return False
-        self._queue.put(("feedback", (request_id, time.time(), rating, self.redact(correction))))
+        row = (request_id, time.time(), rating, self.redact(correction), json.dumps(tags or []))
+        self._queue.put(("feedback", row))
         self.flush()
         return True
 
@@ -154,7 +186,11 @@ class AuditLog:
                         list(row.values()),
                     )
                 else:
-                    self._conn.execute("INSERT INTO feedback VALUES (?, ?, ?, ?)", item[1])
+                    self._conn.execute(
+                        "INSERT INTO feedback (request_id, ts, rating, correction, tags)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        item[1],
+                    )
                 self._conn.commit()
             except sqlite3.Error:
                 pass  # the audit log must never take the gateway down

@@ -9,6 +9,7 @@ answered once the engine has produced its first event.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -113,6 +114,8 @@ class Gateway:
             plan = await self.router.plan(body, request.headers, ctx)  # a route: aims ctx.gen
             engine = self._engine(ctx.gen.model_id)
             ctx.rec.prompt_text = prompt_text(ctx.gen)
+            if ctx.gen.messages is not None:  # the conversation as asked, for `slm feedback export`
+                ctx.rec.prompt_messages = json.dumps(ctx.gen.messages, ensure_ascii=False)
             ctx.key_ticket = await self.key_limits.admit(
                 ctx.rec.key_id,
                 lambda: engine.count_prompt_tokens(ctx.gen),
@@ -322,7 +325,7 @@ class Gateway:
                 400, "feedback needs the audit log (audit.enabled: true)", code="audit_disabled"
             )
         stored = await asyncio.to_thread(
-            self.audit.add_feedback, body.id, body.rating, body.correction
+            self.audit.add_feedback, body.id, body.rating, body.correction, body.tags
         )
         if not stored:
             raise ApiError(

@@ -126,6 +126,19 @@ class FeedbackRequest(_OpenAIBody):
     correction: str | None = Field(
         None, max_length=100_000, description="What the answer should have been."
     )
+    tags: list[str] | None = Field(
+        None,
+        max_length=8,
+        description="Why the answer was good or bad (at most 8 tags of 1-32 characters).",
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: list[str] | None) -> list[str] | None:
+        for tag in value or []:
+            if not 1 <= len(tag) <= 32:
+                raise ValueError(f"tag {tag[:40]!r}: expected 1 to 32 characters")
+        return value
 
 
 @dataclass

@@ -239,3 +239,33 @@ def test_record_prompt_messages_and_key() -> None:
     assert record.prompt_messages() == record.messages[:2]
     assert record.file == "x.jsonl"
     assert record.key() == Record(list(record.messages), "y.jsonl:9").key()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", ":2: invalid JSON: Expecting property name"),
+        ("[1]", ":2: expected a JSON object, got array"),
+    ],
+)
+def test_every_whole_file_jsonl_reader_names_the_bad_line_alike(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    # eval sets, export prompt files and retrieval question sets share one reader
+    from slmkit.errors import SlmError
+    from slmkit.evaluate.evalset import load_eval_set
+    from slmkit.export.agreement import load_prompts
+    from slmkit.rag.metrics import load_questions
+
+    firsts = (
+        {"prompt": "Hi?", "reference": "Hello"},
+        {"prompt": "Hi?"},
+        {"question": "Refunds?", "source": "returns.md", "contains": "30 days"},
+    )
+    loaders = (load_eval_set, lambda p: load_prompts(p, 10), load_questions)
+    for first, load in zip(firsts, loaders, strict=True):
+        path = tmp_path / "rows.jsonl"
+        path.write_text(json.dumps(first) + "\n" + line + "\n")
+        with pytest.raises(SlmError) as caught:
+            load(path)
+        assert str(caught.value).startswith(f"{path}{message}"), str(caught.value)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slmkit.data.records import FILE_FIELD, Problem
+from slmkit.errors import SlmError
 
 FILE_KINDS = ("jsonl", "json", "csv", "tsv", "parquet")
 _EXTENSIONS = {
@@ -137,6 +139,23 @@ def decode_utf8(raw: bytes, shown: str) -> tuple[str, Problem | None]:
             f"not UTF-8 text: byte 0x{byte} at offset {exc.start} "
             "(expected UTF-8; re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`)",
         )
+
+
+def json_objects(
+    path: Path, text: str, error: type[SlmError]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSONL file that a command reads whole
+    (eval sets, prompt files, question sets): the first bad line raises `error` naming file:line."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}:{number}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
+        if not isinstance(value, dict):
+            raise error(f"{path}:{number}: expected a JSON object, got {json_type(value)}")
+        yield number, value
 
 
 def _read_jsonl(text: str, shown: str) -> ReadResult:

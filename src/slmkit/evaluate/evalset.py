@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmkit.data.readers import json_objects
 from slmkit.errors import DataError
 
 KNOWN_FIELDS = {
@@ -60,18 +61,10 @@ def load_eval_set(path: Path | str) -> list[EvalItem]:
         raise DataError(f"{path}: eval set not found") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
-    items = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        items.append(parse_item(row, where, number))
+    items = [
+        parse_item(row, f"{path}:{number}", number)
+        for number, row in json_objects(path, text, DataError)
+    ]
     if not items:
         raise DataError(
             f"{path}: the eval set is empty",

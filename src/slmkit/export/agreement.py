@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
+from slmkit.data.readers import json_objects
 from slmkit.evaluate.evalset import EvalItem, load_eval_set
 from slmkit.evaluate.metrics import rouge_l
 from slmkit.export.errors import ExportError
@@ -68,13 +69,7 @@ def load_prompts(path: Path | None, limit: int) -> list[Messages]:
             hint="give a JSONL file with a `prompt` or `messages` field per line",
         )
     prompts: list[Messages] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ExportError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
+    for lineno, record in json_objects(path, path.read_text(encoding="utf-8"), ExportError):
         prompts.append(_record_messages(record, f"{path}:{lineno}"))
         if len(prompts) >= limit:
             break

@@ -8,11 +8,11 @@ index do not belong together (an error, not a silent zero).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from slmkit.data.readers import json_objects
 from slmkit.errors import DataError
 from slmkit.rag.chunking import Chunk
 from slmkit.rag.search import Hit
@@ -42,15 +42,7 @@ def load_questions(path: Path) -> list[RetrievalQuestion]:
     if not path.is_file():
         raise DataError(f"{path}: no such question set")
     questions = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not a JSON object ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object with {', '.join(FIELDS)}")
+    for number, record in json_objects(path, path.read_text(encoding="utf-8"), DataError):
         for name in FIELDS:
             if not isinstance(record.get(name), str) or not record[name].strip():
                 raise DataError(f"{path}:{number}: field {name!r} must be a non-empty string")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -24,7 +23,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from bench_serve import server_env  # noqa: E402
-from report import machine_line, write_section  # noqa: E402
+from report import finish, machine_line  # noqa: E402
 
 from serve_helpers import ServerProcess  # noqa: E402
 from slmkit.serve.bench import BenchReport, run_bench  # noqa: E402
@@ -170,13 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer requests (for a smoke run)")
     args = parser.parse_args()
-    results = run(args.quick)
-    raw = REPO / "reports" / "bench_router.json"
-    raw.parent.mkdir(exist_ok=True)
-    raw.write_text(json.dumps(results, indent=2))
-    markdown = summarize(results)
-    print(markdown)
-    write_section("router", markdown)
+    finish("router", run(args.quick), summarize)
 
 
 if __name__ == "__main__":

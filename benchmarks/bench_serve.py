@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from report import machine_line, write_section  # noqa: E402
+from report import finish, machine_line  # noqa: E402
 
 from serve_helpers import ServerProcess, free_port  # noqa: E402
 from slmkit.paths import models_cache_dir, tools_dir  # noqa: E402
@@ -240,13 +239,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer requests (for a smoke run)")
     args = parser.parse_args()
-    results = run(args.quick)
-    raw = REPO / "reports" / "bench_serve.json"  # raw numbers (reports/ is not committed)
-    raw.parent.mkdir(exist_ok=True)
-    raw.write_text(json.dumps(results, indent=2))
-    markdown = summarize(results)
-    print(markdown)
-    write_section("serve", markdown)
+    finish("serve", run(args.quick), summarize)
 
 
 if __name__ == "__main__":

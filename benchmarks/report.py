@@ -7,10 +7,13 @@ so benchmarks run separately never overwrite each other's numbers.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nWritten by `make bench` (each script in `benchmarks/` owns one section). Ratios compare against a baseline measured in the same run on the same machine.\n"
@@ -43,3 +46,14 @@ def write_section(name: str, markdown: str, doc: Path = DOC) -> None:
     )
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
+
+
+def finish(name: str, results: dict[str, Any], summarize: Callable[[dict[str, Any]], str]) -> None:
+    """Keep the raw numbers in reports/bench_NAME.json (not committed), print the summary and
+    write it into the section `name` of docs/benchmarks.md."""
+    raw = DOC.parents[1] / "reports" / f"bench_{name}.json"
+    raw.parent.mkdir(exist_ok=True)
+    raw.write_text(json.dumps(results, indent=2))
+    markdown = summarize(results)
+    print(markdown)
+    write_section(name, markdown)

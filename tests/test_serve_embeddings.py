@@ -107,6 +107,7 @@ BAD_INPUTS = [
     ({"model": EMBEDDER}, 400, "missing_required_parameter", "input"),
     ({"model": EMBEDDER, "input": []}, 400, "invalid_value", "input"),
     ({"model": EMBEDDER, "input": ""}, 400, "invalid_value", "input"),
+    ({"model": EMBEDDER, "input": ["hi", ""]}, 400, "invalid_value", "input"),
     ({"model": EMBEDDER, "input": 42}, 400, "invalid_value", None),
     ({"model": EMBEDDER, "input": "hi", "encoding_format": "int8"}, 400, "invalid_value", None),
     ({"model": EMBEDDER, "input": "hi", "dimensions": 128}, 400, "invalid_value", "dimensions"),

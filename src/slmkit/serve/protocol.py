@@ -119,6 +119,14 @@ class EmbeddingRequest(_OpenAIBody):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
 
+    @field_validator("input")
+    @classmethod
+    def _no_empty_text(cls, value: str | list[str]) -> str | list[str]:
+        # OpenAI refuses an empty string inside a list too; an empty text has no meaning to embed
+        if isinstance(value, list) and any(not text for text in value):
+            raise ValueError(f"input[{[bool(t) for t in value].index(False)}]: empty string")
+        return value
+
 
 class FeedbackRequest(_OpenAIBody):
     id: str = Field(min_length=1, max_length=128, description="The completion id (`chatcmpl-...`).")
@@ -160,13 +168,14 @@ class GenerationRequest:
     passthrough: dict[str, Any] = field(default_factory=dict)  # response_format, tools, ...
     replica: str | None = None  # set by a ReplicaPool: the replica that answered (audit log)
     version: str | None = None  # set by an A/B split or a registry alias: the version that answered
+    user: str | None = None  # the request's `user`: an A/B split with `sticky: user` keys on it
 
     @property
     def deterministic(self) -> bool:
         return self.temperature == 0 or self.seed is not None
 
     def cache_key(self) -> str:
-        payload = {k: v for k, v in self.__dict__.items() if k not in ("stream", "replica", "version")}
+        payload = {k: v for k, v in self.__dict__.items() if k not in ("stream", "replica", "version", "user")}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -210,4 +219,5 @@ def generation_request(
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         passthrough=passthrough,
+        user=body.user,
     )

@@ -5,17 +5,14 @@
 #   docker run -p 8000:8000 -e SLM_APP_KEY=sk-app -e SLM_METRICS_KEY=sk-metrics slmkit:cpu
 #
 # The set-up is scripts/setup.sh, the same script a checkout runs (one set-up path). It builds
-# llama.cpp for the build machine's CPU (decode-checked, see src/slmkit/tools_build.py): build the
-# image on the CPU family it will run on. Build arguments PIP_INDEX_URL / PIP_EXTRA_INDEX_URL /
-# PIP_FIND_LINKS point pip at a mirror or at a CPU torch wheel, PIP_CERT at a CA bundle for a TLS
-# proxy (see docs/deploy.md).
+# llama.cpp decode-checked (src/slmkit/tools_build.py); SLM_LLAMA_PORTABLE=1 makes that the
+# portable AVX2 build (SSE4.2 as the fallback), so the image runs on other x86-64 nodes than the
+# one that built it (--build-arg SLM_LLAMA_PORTABLE=0: tuned to the build CPU). Build arguments
+# PIP_INDEX_URL / PIP_EXTRA_INDEX_URL / PIP_FIND_LINKS point pip at a mirror or at a CPU torch
+# wheel, PIP_CERT at a CA bundle for a TLS proxy (see docs/deploy.md).
 ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS build
-ARG PIP_INDEX_URL
-ARG PIP_EXTRA_INDEX_URL
-ARG PIP_FIND_LINKS
-ARG PIP_CERT
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         python3 python3-venv python3-dev build-essential cmake ca-certificates \
@@ -32,6 +29,11 @@ WORKDIR /opt/slmkit
 COPY --chown=slm:slm pyproject.toml README.md ./
 COPY --chown=slm:slm scripts ./scripts
 COPY --chown=slm:slm src ./src
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
+ARG SLM_LLAMA_PORTABLE=1
 # As the non-root user: the set-up's optional chromium step (browser tests) is skipped.
 RUN bash scripts/setup.sh
 

@@ -164,6 +164,21 @@ def test_dockerfile_env_vars_are_read_by_the_code(dockerfile: list[Instruction])
     assert env["PATH"].split(":")[0] == "/opt/slmkit/.venv/bin"
 
 
+def test_dockerfile_builds_portable_llama_tools(
+    dockerfile: list[Instruction], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from slmkit.tools_build import PORTABLE_ONLY, configs_to_try
+
+    build = [i for i in dockerfile if i.stage == 0]
+    setup = next(n for n, i in enumerate(build) if "setup.sh" in i.args)
+    args = dict(i.args.partition("=")[::2] for i in build[:setup] if i.keyword == "ARG")
+    assert args[PORTABLE_ONLY] == "1"
+    monkeypatch.setenv(PORTABLE_ONLY, "1")
+    assert [c.name for c in configs_to_try()] == ["portable", "baseline"]
+    monkeypatch.setenv(PORTABLE_ONLY, "0")
+    assert configs_to_try()[0].name == "native"
+
+
 def test_dockerfile_reuses_setup_and_runs_as_a_non_root_user(
     dockerfile: list[Instruction],
 ) -> None:

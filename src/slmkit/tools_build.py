@@ -12,6 +12,9 @@ installed, and the configurations are tried in order until one decodes:
 2. `portable`: x86-64 with AVX2/FMA/F16C, nothing newer.
 3. `baseline`: SSE4.2 only.
 
+`SLM_LLAMA_PORTABLE=1` (the Dockerfile sets it) skips the native builds: an image's tools must
+run on the nodes that pull it, not only on the CPU that built it.
+
 Run by set-up as `python -m slmkit.tools_build --src SRC --work WORK --dest DEST`. Compiler output
 goes to a log per configuration; on failure the log's last lines and its path are printed.
 """
@@ -70,10 +73,16 @@ NATIVE_WITH_AMX = BuildConfig(
 )
 CONFIGS = (NATIVE, PORTABLE, BASELINE)
 AMX_OPT_IN = "SLM_LLAMA_AMX"
+# Container images (Dockerfile): the tools must run on whatever node pulls the image, not only on
+# the CPU that built it, so the native builds are skipped.
+PORTABLE_ONLY = "SLM_LLAMA_PORTABLE"
 
 
 def configs_to_try() -> tuple[BuildConfig, ...]:
-    """The configurations set-up tries, in order (AMX first only when the user opted in)."""
+    """The configurations set-up tries, in order (AMX first only when the user opted in; no
+    native build with SLM_LLAMA_PORTABLE=1)."""
+    if os.environ.get(PORTABLE_ONLY) == "1":
+        return (PORTABLE, BASELINE)
     return (NATIVE_WITH_AMX, *CONFIGS) if os.environ.get(AMX_OPT_IN) == "1" else CONFIGS
 
 

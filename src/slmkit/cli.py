@@ -38,6 +38,7 @@ STAGE_COMMANDS = (
     "slmkit.cost.commands",
     "slmkit.rag.commands",
     "slmkit.feedback.commands",
+    "slmkit.registry.commands",
 )
 
 
@@ -59,32 +60,6 @@ def root(
 ) -> None:
     if debug:
         os.environ["SLM_DEBUG"] = "1"
-
-
-@app.command("models")
-def models_cmd(
-    warm: Annotated[
-        str | None, typer.Argument(help="`warm NAME`: prepare a model's cache now.")
-    ] = None,
-    name: Annotated[str | None, typer.Argument(help="Model to warm (with `warm`).")] = None,
-) -> None:
-    """List the model names slm knows, or `slm models warm default` to prepare the cache."""
-    from rich.table import Table
-
-    from slmkit.models import available_models, resolve_model
-
-    if warm is not None:
-        if warm != "warm" or not name:
-            raise SlmError(f"unknown action {warm!r}: use `slm models` or `slm models warm NAME`")
-        resolved = resolve_model(name)
-        out.print(f"{resolved.name}: {resolved.path}")
-        return
-    table = Table("name", "what")
-    for model_name, description in available_models():
-        table.add_row(model_name, description)
-    table.add_row("PATH", "a local HF folder, .gguf file, run folder or export folder")
-    table.add_row("org/name", "a Hugging Face hub id (where the hub is reachable)")
-    out.print(table)
 
 
 @app.command("chat")

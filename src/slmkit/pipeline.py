@@ -1,5 +1,6 @@
-"""`slm run RECIPE`: validate data -> SFT -> DPO (when the recipe has preference data) -> export +
-quantize + quant eval -> evaluate base vs tuned vs each quantization -> one final report.
+"""`slm run RECIPE`: distill (when the recipe names a teacher) -> validate data -> SFT -> DPO (when
+the recipe has preference data) -> export + quantize + quant eval -> evaluate base vs tuned vs
+each quantization -> one final report.
 
 Each stage records a fingerprint of its inputs (and of the stages before it) in
 `RUN/pipeline.json`; a stage whose fingerprint is unchanged is skipped, `--force STAGE` reruns it
@@ -23,7 +24,7 @@ from slmkit.errors import ConfigError, DataError
 from slmkit.export.config import ExportSection
 from slmkit.recipe import Recipe, load_recipe
 
-STAGES = ("validate", "sft", "dpo", "export", "evaluate", "report")
+STAGES = ("distill", "validate", "sft", "dpo", "export", "evaluate", "report")
 STATE_FILE = "pipeline.json"
 
 # `--quick`: the same journey in a few minutes (for tests and a first look); written to OUTPUT_DIR-quick.
@@ -141,6 +142,8 @@ class _Context:
             ("data.val", p) for p in recipe.data.val
         ]
         named += [("preference.data", p) for p in recipe.preference.data]
+        if recipe.distill.prompts is not None:
+            named.append(("distill.prompts", recipe.distill.prompts))
         named += [("evaluate.data", p) for p in _eval_data(recipe)]
         if recipe.export.enabled:
             named += [
@@ -209,6 +212,8 @@ def run_pipeline(
     # leakage check, the export's answer agreement (when it uses those prompts) and the evaluation,
     # never the training
     eval_digest = _file_digest(ctx.paths(_eval_data(recipe)))
+    if recipe.distill.enabled:
+        recipe = _distill_stage(ctx)
     train_fp = _digest(
         recipe.data.model_dump(mode="json"),
         recipe.preference.model_dump(mode="json"),
@@ -255,6 +260,43 @@ def run_pipeline(
 # Settings that change how fast an export runs, never what it produces. `threads` defaults to a
 # count read from the load average, so hashing it made a busy machine redo a finished export.
 _EXPORT_SPEED_ONLY = {"threads"}
+
+
+def _distill_stage(ctx: _Context) -> Recipe:
+    """Run the distill stage; the recipe to train from then has its output in data.train."""
+    from slmkit.distill.config import SPEED_ONLY
+
+    settings = ctx.recipe.distill
+    assert settings.prompts is not None
+    fp = _digest(
+        settings.model_dump(mode="json", exclude=SPEED_ONLY),
+        _file_digest(ctx.paths([settings.prompts])),
+    )
+    output = Path(ctx.run_stage("distill", fp, lambda: _distill(ctx)).outputs["data"])
+    data = ctx.recipe.data.model_copy(update={"train": [*ctx.recipe.data.train, str(output)]})
+    ctx.recipe = ctx.recipe.model_copy(update={"data": data})
+    return ctx.recipe
+
+
+def _distill(ctx: _Context) -> dict[str, Any]:
+    from slmkit.distill.run import check_complete, distill, rejected_path
+
+    output = ctx.run_dir / "distill" / "data.jsonl"
+    if not ctx.resume:  # new inputs (or --force): the answers of the last run do not count
+        output.unlink(missing_ok=True)
+        rejected_path(output).unlink(missing_ok=True)
+    settings = ctx.recipe.distill
+    assert settings.prompts is not None
+    prompts = str(ctx.paths([settings.prompts])[0])
+    result = distill(settings.model_copy(update={"prompts": prompts}), output, log=ctx.log)
+    check_complete(result)  # unanswered prompts: the stage stays unfinished, a re-run asks them
+    if not result.counts["accepted"] and not ctx.recipe.data.train:
+        raise DataError(
+            f"distill: no teacher answer passed the filters (see {result.rejected}); "
+            "nothing to train on"
+        )
+    ctx.log(f"  distilled: {dict(result.counts)}")
+    return {"data": str(output), "rejected": str(result.rejected), **result.counts}
 
 
 def export_fingerprint(export: ExportSection) -> dict[str, Any]:

@@ -21,7 +21,7 @@ def run_cmd(
         typer.Option(
             "--force",
             help="Rerun this stage and all after it "
-            "(validate, sft, dpo, export, evaluate, report).",
+            "(distill, validate, sft, dpo, export, evaluate, report).",
         ),
     ] = None,
     quick: Annotated[
@@ -36,7 +36,7 @@ def run_cmd(
         bool, typer.Option("--strict", help="Exit 1 when an evaluation criterion fails.")
     ] = False,
 ) -> None:
-    """Validate data -> train (SFT, then DPO with preference data) -> export + quant eval -> evaluate -> report."""
+    """Distill (with a teacher) -> validate data -> train (SFT, then DPO with preference data) -> export + quant eval -> evaluate -> report."""
     from slmkit.pipeline import load_pipeline_recipe, run_pipeline
     from slmkit.pipeline_report import next_commands
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from slmkit.config import StrictModel, load_config
+from slmkit.distill.config import DistillSettings
 from slmkit.evaluate.config import EvalSection
 from slmkit.export.config import ExportSection
 from slmkit.train.config import (
@@ -57,6 +58,11 @@ class Recipe(StrictModel):
         default_factory=PreferenceSection,
         description="`slm run` only: a DPO stage after SFT on these preference pairs.",
     )
+    distill: DistillSettings = Field(
+        default_factory=DistillSettings,
+        description="`slm run` only: a teacher's answers to a prompt set, filtered, become SFT "
+        "data (added to data.train) before training.",
+    )
     evaluate: EvalSection = Field(
         default_factory=EvalSection,
         description="`slm run` only: evaluate base vs tuned vs each export on an eval set.",
@@ -68,8 +74,11 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Recipe:
-        if not self.data.train:
-            raise ValueError("data.train: give at least one data file or dataset_info folder")
+        if not self.data.train and not self.distill.enabled:
+            raise ValueError(
+                "data.train: give at least one data file or dataset_info folder "
+                "(or a distill: teacher and prompts)"
+            )
         if self.init.mode == "random" and self.finetuning in ("lora", "qlora"):
             raise ValueError(
                 "init.mode: random needs finetuning: full (an adapter on random weights learns nothing useful)"

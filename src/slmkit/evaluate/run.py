@@ -103,7 +103,28 @@ def run_eval(config: EvalConfig) -> EvalResult:
         retrieval,
     )
     write_report(result)
+    for target, model in zip(targets, models, strict=True):
+        _record_scores(target, model, main_metric, config)
     return result
+
+
+def _record_scores(
+    target: ModelTarget, model: ModelResult, main_metric: str, config: EvalConfig
+) -> None:
+    """Scores go to the registry version whose path was evaluated (a registry problem only warns)."""
+    from slmkit.registry.hooks import record_eval
+
+    resolved = target.resolved
+    version = resolved.extra.get("registry_version")
+    scores = {
+        "main_metric": main_metric,
+        "main": model.main.get("mean"),
+        "metrics": model.summary.values,
+        "eval_set": str(config.data),
+        "report": str(config.out_dir / "report.json"),
+    }
+    candidates = [f"@{version}" if isinstance(version, str) else None, resolved.run_dir]
+    record_eval([*candidates, resolved.gguf, resolved.path], scores)
 
 
 def _answers(

@@ -36,6 +36,7 @@ from slmkit.export.quant_eval import (
 from slmkit.export.quantize import quantize
 from slmkit.export.report import quant_table_markdown, write_reports
 from slmkit.models.resolve import ResolvedModel, resolve_model
+from slmkit.registry.hooks import record_export
 
 EXPORT_JSON = "export.json"
 
@@ -142,6 +143,8 @@ def export_model(
     ).name
     result = ExportResult(out_dir, recommended, files, steps.timings, quant_result, parity, notes)
     _write_artefacts(result, resolved, hf_dir, checked, cfg)
+    source = resolved.ref if resolved.ref.startswith("@") else str(resolved.run_dir or resolved.path)
+    record_export(out_dir, source, [Path(f.file) for f in files])  # a registry problem only warns
     return result
 
 

@@ -2,7 +2,8 @@
 
 References: `default` / `smollm2-135m` (embedded), a local Hugging Face folder, a local
 `.gguf` file, an export folder (GGUF files + `export.json`), a run folder of `slm train`
-(base + adapter, or full weights), or a Hugging Face hub id (`org/name`).
+(base + adapter, or full weights), a registry version `@v3` or alias `@support`, or a
+Hugging Face hub id (`org/name`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def resolve_model(ref: str | Path, *, prepare: bool = True) -> ResolvedModel:
         raise ModelNotFoundError("empty model reference", hint=_known_hint())
     if text.lower() in embedded.EMBEDDED_ALIASES:
         return _resolve_embedded(prepare)
+    if text.startswith("@"):
+        return _resolve_registered(text, prepare)
     path = Path(text).expanduser()
     if path.exists():
         return _resolve_path(text, path, prepare)
@@ -77,9 +80,24 @@ def resolve_model(ref: str | Path, *, prepare: bool = True) -> ResolvedModel:
     raise ModelNotFoundError(f"unknown model {text!r}", hint=_known_hint())
 
 
+def _resolve_registered(text: str, prepare: bool) -> ResolvedModel:
+    """`@v3` (a registry version) or `@support` (an alias): the version's path, resolved."""
+    from slmkit.registry.store import Registry
+
+    version = Registry().resolve(text)
+    if not Path(version.path).exists():
+        raise ModelNotFoundError(
+            f"{text} is version {version.id}, whose path {version.path} no longer exists"
+        )
+    resolved = _resolve_path(version.path, Path(version.path), prepare)
+    resolved.ref = text
+    resolved.extra["registry_version"] = version.id
+    return resolved
+
+
 def _known_hint() -> str:
     names = ", ".join(name for name, _ in available_models())
-    return f"available: {names}; or a local HF folder, a .gguf file, a run or export folder, or a hub id org/name"
+    return f"available: {names}; or a local HF folder, a .gguf file, a run or export folder, @VERSION or @ALIAS of `slm models versions`, or a hub id org/name"
 
 
 def _looks_like_path(text: str) -> bool:

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from slmkit.config import StrictModel
 from slmkit.paths import slm_home
 from slmkit.rag.config import RagSettings
+from slmkit.registry.store import VERSION_ID
 from slmkit.serve.route_config import Route, route_problem
 
 EngineName = Literal["auto", "llamacpp", "transformers", "vllm"]
@@ -135,6 +136,12 @@ class ModelEntry(StrictModel):
         description="Retrieval: `{index: PATH, top_k, max_tokens}` (or `rag: PATH`); passages of an "
         "`slm index` folder go into a system message and the answer carries their `sources`.",
     )
+    reload_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="With `ref: '@ALIAS'` (a registry alias): seconds between registry checks; "
+        "when the alias moves, the new version takes over without dropping requests.",
+    )
 
     @field_validator("id")
     @classmethod
@@ -164,9 +171,17 @@ class ModelEntry(StrictModel):
             )
         if self.deployments is not None and not self.deployments:
             raise ValueError("deployments: list at least one `{ref: ...}` or `{upstream: ...}`")
+        if self.follows_alias and self.replicas > 1:
+            raise ValueError("a registry alias (`ref: '@NAME'`) is served by one engine: drop `replicas`")
         if self.replicas > 1 and self.ref is None:
             raise ValueError("replicas copies a local `ref`; list remote replicas in `deployments`")
         return self
+
+    @property
+    def follows_alias(self) -> bool:
+        """`ref: "@support"`: served by an engine that follows the alias (`@v3` is fixed)."""
+        ref = (self.ref or "").strip()
+        return ref.startswith("@") and not VERSION_ID.match(ref[1:])
 
     @property
     def pooled(self) -> bool:

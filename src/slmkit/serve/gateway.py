@@ -288,12 +288,16 @@ class Gateway:
 
     def _card(self, model_id: str, kind: str | None = None) -> dict[str, Any]:
         engine = kind or self.engines[model_id].kind
-        return {
+        card: dict[str, Any] = {
             "id": model_id,
             "object": "model",
             "created": self.created,
             "owned_by": f"slmkit:{engine}",
         }
+        version = getattr(self.engines.get(model_id), "version", None) if kind is None else None
+        if isinstance(version, str):  # a registry alias: the version answering now
+            card["version"] = version
+        return card
 
     def model_card(self, model_id: str) -> dict[str, Any]:
         if model_id in self.engines:

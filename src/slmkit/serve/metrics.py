@@ -67,6 +67,12 @@ class GatewayMetrics:
         self.engine_up = Gauge(
             "slm_engine_up", "1 when the engine is ready.", ["model"], registry=r
         )
+        self.alias_version = Gauge(
+            "slm_alias_version_info",
+            "1 for the registry version a model id served from an alias (`ref: '@support'`) answers with now.",
+            ["model", "version"],
+            registry=r,
+        )
         self.cache = Counter(
             "slm_cache_requests", "Response cache lookups.", ["model", "result"], registry=r
         )

@@ -23,6 +23,8 @@ def model_entry(text: str) -> ModelEntry:
     if "=" in text:
         model_id, _, ref = text.partition("=")
         return ModelEntry(id=model_id.strip(), ref=ref.strip())
+    if text.startswith("@"):  # a registry version or alias: served under its name
+        return ModelEntry(id=text[1:], ref=text)
     resolved = resolve_model(text, prepare=False)
     return ModelEntry(id=resolved.name, ref=text)
 
@@ -51,6 +53,9 @@ def build_engines(config: ServeConfig) -> dict[str, Engine]:
         if entry.pooled:
             engines[entry.id] = _replica_pool(entry, index, config)
             continue
+        if entry.follows_alias:
+            engines[entry.id] = _alias_engine(entry, config)
+            continue
         assert entry.ref is not None  # ModelEntry's validator: ref, upstream or deployments
         resolved = resolve_model(entry.ref, prepare=False)
         kind = choose_engine(entry, resolved, config.engine)
@@ -77,6 +82,29 @@ def build_engines(config: ServeConfig) -> dict[str, Engine]:
             for model_id in adapters:
                 engines[model_id] = engine
     return engines
+
+
+def _alias_engine(entry: ModelEntry, config: ServeConfig) -> Engine:
+    """`ref: "@support"`: an engine that follows the alias, building each version's engine."""
+    from slmkit.registry.store import Version
+    from slmkit.serve.alias import AliasEngine
+
+    def build(version: Version) -> Engine:
+        resolved = resolve_model(version.path, prepare=False)
+        kind = choose_engine(entry, resolved, config.engine)
+        if kind == "llamacpp":
+            return _llamacpp_engine(entry, resolved, config, f"{entry.ref} = {version.id}")
+        if kind == "vllm":
+            return _vllm_engine(entry.id, version.path, config)
+        from slmkit.serve.engines.transformers_engine import TransformersEngine
+
+        base = resolved.base if resolved.adapter is not None and resolved.base else resolved
+        if base.kind == "embedded":
+            base = resolve_model(base.ref)
+        return TransformersEngine(base, {entry.id: resolved.adapter}, config.transformers)
+
+    assert entry.ref is not None  # follows_alias: ref is `@NAME`
+    return AliasEngine(entry.id, entry.ref, build, reload_s=entry.reload_s)
 
 
 def _remote_engine(model_id: str, settings: UpstreamSettings, field: str) -> Engine:

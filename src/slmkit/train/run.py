@@ -17,6 +17,7 @@ from slmkit import console
 from slmkit.config import dump_config
 from slmkit.errors import ConfigError, SlmError
 from slmkit.recipe import Recipe
+from slmkit.registry.hooks import record_run
 from slmkit.train import runfolder
 from slmkit.train.callbacks import (
     MetricsFileCallback,
@@ -238,6 +239,8 @@ def _finish(
         )
         runfolder.plot_loss(run_dir, rows)
         runfolder.write_model_card(run_dir, manifest, summary)
+        if bad_step is None:
+            record_run(run_dir)  # a version in the registry; a registry problem only warns
     if bad_step is not None:
         last = runfolder.last_checkpoint(run_dir)
         raise TrainingDivergedError(

@@ -37,6 +37,7 @@ STAGE_COMMANDS = (
     "slmkit.ui.commands",
     "slmkit.cost.commands",
     "slmkit.rag.commands",
+    "slmkit.distill.commands",
     "slmkit.feedback.commands",
     "slmkit.registry.commands",
 )

@@ -6,9 +6,11 @@ admission given back exactly once by failed requests."""
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -24,6 +26,7 @@ CONFIG = {
     "cache": {"enabled": True},
     "output_filter": {"blocklist": ["Paris"], "replacement": "[blocked]"},
     "repetition": {"ngram": 1, "min_repeats": 6},
+    "audit": {"log_text": True},
 }
 CAPITAL = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -32,8 +35,12 @@ CAPITAL = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("serve-guards")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve-guards")
+
+
+@pytest.fixture(scope="module")
+def server(home: Path):
     with ServerProcess(["default"], config=CONFIG, env={"SLM_HOME": str(home)}) as srv:
         yield srv
 
@@ -49,18 +56,31 @@ def test_max_tokens_is_capped(server: ServerProcess) -> None:
     assert reply.usage.completion_tokens == 48 and reply.choices[0].finish_reason == "length"
 
 
-def test_blocklisted_words_are_replaced_streamed_and_not(server: ServerProcess) -> None:
+def test_blocklisted_words_are_replaced_streamed_and_not(server: ServerProcess, home: Path) -> None:
     client = server.client()
     plain = client.chat.completions.create(
         model="default", messages=CAPITAL, max_tokens=20, temperature=0
     )
-    streamed = client.chat.completions.create(
-        model="default", messages=CAPITAL, max_tokens=21, temperature=0, stream=True
+    chunks = list(
+        client.chat.completions.create(
+            model="default", messages=CAPITAL, max_tokens=21, temperature=0, stream=True
+        )
     )
-    streamed_text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    streamed_text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     for text in (plain.choices[0].message.content, streamed_text):
         assert "[blocked]" in text and "Paris" not in text
     assert server.metric("slm_output_redactions_total", model="default") >= 2
+    # the audit log keeps what the client was sent, streamed or not, not the engine's raw text
+    sent = {plain.id: plain.choices[0].message.content, chunks[0].id: streamed_text}
+    for _ in range(50):
+        with contextlib.closing(sqlite3.connect(home / "serve" / "audit.db")) as db:
+            logged = dict(
+                db.execute("SELECT id, response_text FROM requests WHERE id IN (?, ?)", list(sent))
+            )
+        if len(logged) == 2:
+            break
+        time.sleep(0.1)
+    assert logged == sent
 
 
 def test_deterministic_requests_hit_the_cache(server: ServerProcess) -> None:

@@ -66,7 +66,9 @@ class StreamResponder:
 
         async def close() -> None:
             await close_events(events)
-            ctx.rec.response_text = outcome.text
+            # the audit row holds what the client was sent: the filtered text, as for other answers
+            filtered = StreamingFilter(self.config.output_filter).filter_all(outcome.text)
+            ctx.rec.response_text = filtered
             await on_close()
 
         body = self._live_body(first, events, ctx, outcome, deadline)

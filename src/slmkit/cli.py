@@ -40,6 +40,7 @@ STAGE_COMMANDS = (
     "slmkit.distill.commands",
     "slmkit.feedback.commands",
     "slmkit.registry.commands",
+    "slmkit.monitor.commands",
 )
 
 

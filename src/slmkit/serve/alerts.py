@@ -1,21 +1,29 @@
-"""Error-rate alerts. One rule check serves `slm logs` (over the audit log) and the watcher inside
-`slm serve` (over the requests it answered), which sets a gauge per rule and warns when one starts
-firing."""
+"""Alerts: error rate, p95 latency and escalation share over a window. One rule check serves
+`slm logs` (over the audit log) and the watcher inside `slm serve` (over the requests it answered).
+The watcher keeps each rule's state (pending while `for_s` runs, firing, resolved), sets a gauge per
+rule, and writes each firing/resolved change to the log and to the webhook (`serve/webhook.py`).
+`slm monitor` sends its drift alerts through the same payload and log lines."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import contextlib
+import math
+import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from prometheus_client import Gauge
 
 from slmkit.console import warn
-from slmkit.serve.config import AlertRule
+from slmkit.serve.config import AlertingSettings, AlertRule
 
-CHECK_INTERVAL_S = 5.0
+CHECK_INTERVAL_S = AlertingSettings().check_interval_s
+
+AlertStatus = Literal["firing", "resolved"]
 
 
 def is_failure(status: int) -> bool:
@@ -23,51 +31,203 @@ def is_failure(status: int) -> bool:
     return status >= 500 or status == 429
 
 
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of `values`; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
 @dataclass
 class Alert:
     rule: str
     message: str
+    kind: str = "error_rate"
+    value: float | None = None
+    threshold: float | None = None
+    model: str | None = None
+
+
+@dataclass
+class Window:
+    """What a rule looks at: the requests of its window."""
+
+    requests: int
+    failures: int = 0
+    latency_p95_s: float | None = None  # over answered (status 200) requests
+    answered: int = 0
+    escalated: int = 0
 
 
 def evaluate(rule: AlertRule, requests: int, failures: int) -> Alert | None:
-    """The alert when `failures` out of `requests` in the rule's window make it fire."""
-    rate = failures / requests if requests else 0.0
-    if requests < rule.min_requests or rate <= rule.error_rate_above:
+    """The error-rate alert when `failures` out of `requests` in the rule's window make it fire."""
+    return evaluate_window(rule, Window(requests, failures))
+
+
+def evaluate_window(rule: AlertRule, window: Window) -> Alert | None:
+    """The rule's alert when its window makes it fire (its condition, without `for_s`)."""
+    span = f"over the last {rule.window_s:g} s"
+    if rule.kind == "p95_latency":
+        p95 = window.latency_p95_s
+        if window.answered < rule.min_requests or p95 is None or p95 <= rule.threshold:
+            return None
+        message = (
+            f"p95 latency {p95:.2f} s {span} ({window.answered} answered) "
+            f"exceeds {rule.threshold:g} s"
+        )
+        return _alert(rule, message, p95)
+    if window.requests < rule.min_requests:
         return None
-    return Alert(
-        rule.name,
-        f"error rate {rate:.1%} over the last {rule.window_s:g} s ({requests} requests) "
-        f"exceeds {rule.error_rate_above:.1%}",
+    if rule.kind == "escalation_share":
+        share = window.escalated / window.requests
+        if share <= rule.threshold:
+            return None
+        message = (
+            f"escalation share {share:.1%} {span} ({window.escalated} of {window.requests} "
+            f"requests) exceeds {rule.threshold:.1%}"
+        )
+        return _alert(rule, message, share)
+    rate = window.failures / window.requests
+    if rate <= rule.threshold:
+        return None
+    message = (
+        f"error rate {rate:.1%} {span} ({window.requests} requests) exceeds {rule.threshold:.1%}"
     )
+    return _alert(rule, message, rate)
 
 
+def _alert(rule: AlertRule, message: str, value: float) -> Alert:
+    return Alert(rule.name, message, rule.kind, value, rule.threshold, rule.model)
+
+
+def alert_payload(
+    status: AlertStatus,
+    alert: Alert,
+    *,
+    started_at: float,
+    ended_at: float | None,
+    server: str,
+) -> dict[str, Any]:
+    """The webhook's JSON body of one firing/resolved change."""
+    return {
+        "status": status,
+        "rule": alert.rule,
+        "kind": alert.kind,
+        "message": alert.message,
+        "value": alert.value,
+        "threshold": alert.threshold,
+        "model": alert.model,
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "server": server,
+    }
+
+
+def log_change(status: AlertStatus, alert: Alert) -> None:
+    """The log line of a change: `ALERT rule: ...` when it fires, `RESOLVED rule: ...` after."""
+    warn(f"{'ALERT' if status == 'firing' else 'RESOLVED'} {alert.rule}: {alert.message}")
+
+
+def default_server_name(port: int) -> str:
+    return f"{socket.gethostname()}:{port}"
+
+
+@dataclass
+class RuleState:
+    pending_since: float | None = None
+    firing: Alert | None = None
+    started_at: float = 0.0
+
+
+@dataclass
+class _Request:
+    ts: float
+    failed: bool
+    latency_s: float | None
+    escalated: bool
+    model: str | None
+
+
+@dataclass
 class AlertWatcher:
-    """Checks the rules every few seconds over the statuses recorded since the server started."""
+    """Checks the rules every `interval_s` over the requests recorded since the server started."""
 
-    def __init__(self, rules: list[AlertRule], gauge: Gauge) -> None:
-        self.rules = rules
-        self.gauge = gauge
-        self._recent: collections.deque[tuple[float, bool]] = collections.deque(maxlen=100_000)
-        self._firing: dict[str, bool] = {}
-        self._task: asyncio.Task[None] | None = None
+    rules: list[AlertRule]
+    gauge: Gauge
+    notify: Callable[[dict[str, Any]], None] | None = None
+    interval_s: float = CHECK_INTERVAL_S
+    server: str = field(default_factory=lambda: default_server_name(0))
+    _recent: collections.deque[_Request] = field(
+        init=False, default_factory=lambda: collections.deque(maxlen=100_000)
+    )
+    _states: dict[str, RuleState] = field(init=False, default_factory=dict)
+    _task: asyncio.Task[None] | None = field(init=False, default=None)
 
-    def record(self, status: int) -> None:
-        self._recent.append((time.time(), is_failure(status)))
+    def record(
+        self,
+        status: int,
+        latency_s: float | None = None,
+        escalated: bool = False,
+        model: str | None = None,
+    ) -> None:
+        ok_latency = latency_s if status == 200 else None
+        self._recent.append(_Request(time.time(), is_failure(status), ok_latency, escalated, model))
+
+    def window(self, rule: AlertRule, now: float) -> Window:
+        picked = [
+            r
+            for r in self._recent
+            if r.ts >= now - rule.window_s and (rule.model is None or r.model == rule.model)
+        ]
+        latencies = [r.latency_s for r in picked if r.latency_s is not None]
+        return Window(
+            requests=len(picked),
+            failures=sum(r.failed for r in picked),
+            latency_p95_s=percentile(latencies, 95),
+            answered=len(latencies),
+            escalated=sum(r.escalated for r in picked),
+        )
 
     def check(self, now: float | None = None) -> list[Alert]:
-        """Set each rule's gauge; warn for the rules that just started firing."""
+        """Set each rule's gauge, log and post its changes; the alerts firing now."""
         now = time.time() if now is None else now
-        alerts = []
+        firing = []
         for rule in self.rules:
-            window = [failed for ts, failed in self._recent if ts >= now - rule.window_s]
-            alert = evaluate(rule, len(window), sum(window))
-            self.gauge.labels(rule.name).set(1 if alert else 0)
-            if alert is not None:
-                alerts.append(alert)
-                if not self._firing.get(rule.name):
-                    warn(f"ALERT {alert.rule}: {alert.message}")
-            self._firing[rule.name] = alert is not None
-        return alerts
+            state = self._states.setdefault(rule.name, RuleState())
+            alert = evaluate_window(rule, self.window(rule, now))
+            if alert is None:
+                state.pending_since = None
+                if state.firing is not None:
+                    self._change("resolved", _resolved(rule, state.firing), state, now)
+                    state.firing = None
+            else:
+                if state.pending_since is None:
+                    state.pending_since = now
+                if now - state.pending_since >= rule.for_s:
+                    if state.firing is None:
+                        state.started_at = now
+                        self._change("firing", alert, state, None)
+                    state.firing = alert
+                    firing.append(alert)
+            self.gauge.labels(rule.name).set(1 if state.firing is not None else 0)
+        return firing
+
+    def _change(
+        self, status: AlertStatus, alert: Alert, state: RuleState, ended_at: float | None
+    ) -> None:
+        log_change(status, alert)
+        if self.notify is not None:
+            self.notify(
+                alert_payload(
+                    status,
+                    alert,
+                    started_at=state.started_at,
+                    ended_at=ended_at,
+                    server=self.server,
+                )
+            )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._watch(), name="alert-watcher")
@@ -80,5 +240,16 @@ class AlertWatcher:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(CHECK_INTERVAL_S)
+            await asyncio.sleep(self.interval_s)
             self.check()
+
+
+def _resolved(rule: AlertRule, last: Alert) -> Alert:
+    """The resolved change carries the rule's last firing value and says it is back."""
+    text = {
+        "error_rate": f"error rate back within {rule.threshold:.1%}",
+        "p95_latency": f"p95 latency back within {rule.threshold:g} s",
+        "escalation_share": f"escalation share back within {rule.threshold:.1%}",
+    }[rule.kind]
+    message = f"{text} over the last {rule.window_s:g} s (was: {last.message})"
+    return Alert(rule.name, message, rule.kind, last.value, rule.threshold, rule.model)

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 
 from slmkit.serve import api_errors
 from slmkit.serve.admission import Admission, AdmissionSlot
-from slmkit.serve.alerts import AlertWatcher
+from slmkit.serve.alerts import AlertWatcher, default_server_name
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.audit import AuditLog, AuditRecord
 from slmkit.serve.config import ServeConfig
@@ -48,6 +48,7 @@ from slmkit.serve.protocol import (
 from slmkit.serve.rag import GatewayRag
 from slmkit.serve.routing import RoutePlan, Router
 from slmkit.serve.streaming import StreamResponder
+from slmkit.serve.webhook import WebhookSender
 
 
 class Gateway:
@@ -66,7 +67,18 @@ class Gateway:
         self.router = Router(config, engines, self.admission, self.metrics)
         self.rag = GatewayRag.load(config, embedder)  # `rag:` indexes: a bad one stops the start
         self.key_limits = KeyLimits.from_config(config, self.metrics)
-        self.alerts = AlertWatcher(config.alerts, self.metrics.alerts)
+        self.webhook = (
+            WebhookSender(config.alerting.webhook, self.metrics.alert_deliveries)
+            if config.alerting.webhook is not None
+            else None
+        )
+        self.alerts = AlertWatcher(
+            config.alerts,
+            self.metrics.alerts,
+            notify=self.webhook.send if self.webhook is not None else None,
+            interval_s=config.alerting.check_interval_s,
+            server=config.alerting.server or default_server_name(config.port),
+        )
         self.created = int(time.time())
         self.streams = StreamResponder(config, self.metrics, self.created)
         for engine in self.unique_engines():
@@ -92,10 +104,14 @@ class Gateway:
             for engine in started:
                 await engine.stop()
             raise
+        if self.webhook is not None:
+            self.webhook.start()
         self.alerts.start()
 
     async def stop(self) -> None:
         await self.alerts.stop()
+        if self.webhook is not None:
+            await self.webhook.stop()
         await asyncio.gather(
             *(engine.stop() for engine in self.unique_engines()), return_exceptions=True
         )
@@ -274,7 +290,8 @@ class Gateway:
             self.key_limits.settle(ctx.key_ticket, 0, 0)
         self.metrics.requests.labels(rec.endpoint, model, str(rec.status)).inc()
         self.metrics.latency.labels(rec.endpoint, model).observe(rec.latency_s)
-        self.alerts.record(rec.status)
+        escalated = (rec.route_reason or "").startswith("escalated")
+        self.alerts.record(rec.status, rec.latency_s, escalated, rec.model)
         if self.audit is not None:
             self.audit.record(rec)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from slmkit.errors import SlmError
-from slmkit.serve.alerts import Alert, evaluate, is_failure
+from slmkit.serve.alerts import Alert, Window, evaluate_window, is_failure, percentile
 from slmkit.serve.config import AlertRule
 
 
@@ -29,15 +29,6 @@ class WindowStats:
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of `values`; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
-    return ordered[rank - 1]
 
 
 def _open(db: Path) -> sqlite3.Connection:
@@ -90,11 +81,29 @@ def check_alerts(db: Path, rules: list[AlertRule], now: float | None = None) -> 
     """The rules that fire over the audit log's recent requests."""
     alerts = []
     for rule in rules:
-        stats = window_stats(db, rule.window_s, now)
-        alert = evaluate(rule, stats.requests, stats.errors)
+        alert = evaluate_window(rule, audit_window(db, rule, now))
         if alert is not None:
             alerts.append(alert)
     return alerts
+
+
+def audit_window(db: Path, rule: AlertRule, now: float | None = None) -> Window:
+    """A rule's window over the audit log: its requests (of its model, if it names one)."""
+    since = (now or time.time()) - rule.window_s
+    query = "SELECT status, latency_s, route_reason FROM requests WHERE ts >= ?"
+    params: tuple[Any, ...] = (since,)
+    if rule.model is not None:
+        query, params = query + " AND (model = ? OR route = ?)", (since, rule.model, rule.model)
+    with _open(db) as conn:
+        rows = conn.execute(query, params).fetchall()
+    latencies = [r["latency_s"] for r in rows if r["status"] == 200 and r["latency_s"] is not None]
+    return Window(
+        requests=len(rows),
+        failures=sum(1 for r in rows if is_failure(r["status"])),
+        latency_p95_s=percentile(latencies, 95),
+        answered=len(latencies),
+        escalated=sum(1 for r in rows if (r["route_reason"] or "").startswith("escalated")),
+    )
 
 
 def feedback_rows(db: Path, limit: int = 20) -> list[dict[str, Any]]:

@@ -148,6 +148,14 @@ class GatewayMetrics:
         self.alerts = Gauge(
             "slm_alert_firing", "1 while an alert rule fires.", ["rule"], registry=r
         )
+        self.alert_deliveries = Counter(
+            "slm_alert_deliveries",
+            "Alert webhook POST attempts by outcome: delivered, retried (an attempt that failed "
+            "and will be tried again), failed (given up after every retry).",
+            ["outcome"],
+            registry=r,
+        )
+
 
     def observe_tokens(self, model: str, outcome: Outcome, cached: bool) -> None:
         """Token counts, time to first token and (not for cached answers) time per output token."""

@@ -1,0 +1,259 @@
+"""Alert delivery from a real `slm serve`: a model whose upstream is a closed loopback port fails
+every request, the error-rate rule fires and the change is POSTed to a loopback webhook receiver
+(which refuses the first POST: it is retried), then resolves once the window is clean. The healthy
+embedded model trips a p95-latency rule. Rule states (for_s, escalation share) are checked on the
+watcher itself, and bad alert config is one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alert_helpers import WebhookReceiver, write_set
+from serve_helpers import ServerProcess, needs_llama_server
+from slmkit.child_process import free_port
+
+TOKEN = "hook-secret-5be1c0"
+HI = [{"role": "user", "content": "hi"}]
+FIELDS = {
+    "status",
+    "rule",
+    "kind",
+    "message",
+    "value",
+    "threshold",
+    "model",
+    "started_at",
+    "ended_at",
+    "server",
+}
+
+
+@pytest.fixture(scope="module")
+def hook():
+    with WebhookReceiver(statuses=[500]) as receiver:  # the first POST fails: retried
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def gateway(hook: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory):
+    config = {
+        "models": [{"id": "broken", "upstream": {"url": f"http://127.0.0.1:{free_port()}/v1"}}],
+        "alerts": [
+            {"name": "errors", "error_rate_above": 0.5, "window_s": 2, "min_requests": 3},
+            {
+                "name": "slow",
+                "p95_latency_above_s": 0.001,
+                "window_s": 30,
+                "min_requests": 2,
+                "model": "default",
+            },
+        ],
+        "alerting": {
+            "check_interval_s": 0.3,
+            "server": "gw-test",
+            "webhook": {
+                "url": hook.url,
+                "bearer_env": "ALERT_TOKEN",
+                "headers": {"X-Team": "ml-ops"},
+                "backoff_s": 0.2,
+            },
+        },
+        "llamacpp": {"ctx_size": 1024, "parallel": 2, "threads": 1},
+    }
+    env = {"SLM_HOME": str(tmp_path_factory.mktemp("alerts-home")), "ALERT_TOKEN": TOKEN}
+    with ServerProcess(["default"], config=config, env=env) as srv:
+        yield srv
+
+
+@pytest.mark.slow
+@needs_llama_server
+def test_error_rate_fires_then_resolves_through_the_webhook(
+    gateway: ServerProcess, hook: WebhookReceiver
+) -> None:
+    sent = []
+    for _ in range(4):
+        sent.append(time.time())
+        r = gateway.post("/v1/chat/completions", {"model": "broken", "messages": HI})
+        assert r.status_code >= 500
+    firing = hook.wait_for(lambda b: b["rule"] == "errors" and b["status"] == "firing")
+    assert set(firing) == FIELDS
+    assert firing["kind"] == "error_rate" and firing["value"] == 1.0 and firing["threshold"] == 0.5
+    assert firing["server"] == "gw-test" and firing["ended_at"] is None
+    assert "error rate 100.0%" in firing["message"]
+    headers, _, _ = next(p for p in hook.posts if p[1]["rule"] == "errors")
+    assert headers["Authorization"] == f"Bearer {TOKEN}" and headers["X-Team"] == "ml-ops"
+    refused = [b for _, b, status in hook.posts if status == 500]
+    assert refused == [firing]  # the same payload, refused once, then delivered
+    assert gateway.metric("slm_alert_deliveries_total", outcome="retried") >= 1
+    assert gateway.metric("slm_alert_firing", rule="errors") == 1
+
+    resolved = hook.wait_for(lambda b: b["rule"] == "errors" and b["status"] == "resolved")
+    assert resolved["started_at"] == firing["started_at"]
+    # resolved once fewer than min_requests (3) failures are left in the 2 s window
+    assert resolved["ended_at"] >= sent[1] + 2
+    assert gateway.metric("slm_alert_firing", rule="errors") == 0
+    log = gateway.log()
+    assert "ALERT errors: error rate 100.0%" in log and "RESOLVED errors:" in log
+    assert TOKEN not in log
+
+
+@pytest.mark.slow
+@needs_llama_server
+def test_p95_latency_rule_fires_for_the_healthy_model(
+    gateway: ServerProcess, hook: WebhookReceiver
+) -> None:
+    client = gateway.client()
+    for _ in range(2):
+        answer = client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4
+        )
+        assert answer.choices[0].message.content is not None
+    slow = hook.wait_for(lambda b: b["rule"] == "slow" and b["status"] == "firing")
+    assert slow["kind"] == "p95_latency" and slow["model"] == "default"
+    assert slow["value"] > 0.001 and "p95 latency" in slow["message"]
+    assert not [b for b in hook.bodies() if b["rule"] == "errors" and b["model"] is not None]
+    assert gateway.metric("slm_alert_deliveries_total", outcome="delivered") >= 2
+
+
+def test_for_s_and_escalation_share_on_the_watcher(capsys: pytest.CaptureFixture[str]) -> None:
+    from slmkit.serve.alerts import AlertWatcher
+    from slmkit.serve.config import AlertRule
+    from slmkit.serve.metrics import GatewayMetrics
+
+    sent: list[dict] = []
+    rule = AlertRule(escalation_share_above=0.25, window_s=60, min_requests=4, for_s=10)
+    watcher = AlertWatcher([rule], GatewayMetrics().alerts, notify=sent.append, server="s")
+    for escalated in (True, True, False, False):
+        watcher.record(200, 0.1, escalated, "support")
+    now = time.time()
+    assert rule.name == "escalation-share"
+    assert watcher.check(now) == [] and sent == []  # true, but not for 10 s yet
+    assert watcher.check(now + 5) == [] and sent == []
+    [alert] = watcher.check(now + 11)
+    assert alert.value == 0.5 and "2 of 4 requests" in alert.message
+    assert [s["status"] for s in sent] == ["firing"] and sent[0]["started_at"] == now + 11
+    watcher.check(now + 12)
+    assert len(sent) == 1  # still firing: no second POST
+    assert watcher.check(now + 100) == []  # the window emptied
+    assert [s["status"] for s in sent] == ["firing", "resolved"]
+    assert sent[1]["ended_at"] == now + 100
+    err = capsys.readouterr().err
+    assert "ALERT escalation-share" in err and "RESOLVED escalation-share" in err
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (
+            {"alerts": [{"error_rate_above": 0.1, "p95_latency_above_s": 2}]},
+            "alerts.0: an alert rule has one threshold: give only one of error_rate_above and p95_latency_above_s",
+        ),
+        ({"alerting": {"webhook": {"url": "ftp://hook"}}}, "alerting.webhook.url: "),
+        ({"alerting": {"check_interval_s": 0}}, "alerting.check_interval_s: "),
+    ],
+)
+def test_bad_alert_config_is_one_line(config: dict, expected: str, tmp_path: Path) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    from slmkit.config import load_config
+    from slmkit.errors import ConfigError
+    from slmkit.serve.config import ServeConfig
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ServeConfig, [])
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unset_bearer_variable_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`slm serve` builds this sender before it starts anything: the line is its start-up error."""
+    from slmkit.errors import ConfigError
+    from slmkit.serve.config import WebhookSettings
+    from slmkit.serve.webhook import WebhookSender
+
+    monkeypatch.delenv("NO_SUCH_VAR_9", raising=False)
+    settings = WebhookSettings(url="http://127.0.0.1:9/hook", bearer_env="NO_SUCH_VAR_9")
+    with pytest.raises(ConfigError) as info:
+        WebhookSender(settings)
+    assert str(info.value) == (
+        "alerting.webhook.bearer_env: environment variable NO_SUCH_VAR_9 is not set; "
+        "export it before starting"
+    )
+
+
+def test_webhook_payload_reaches_a_flaky_receiver_after_backoff() -> None:
+    """Two refusals, then accepted: three attempts, the waits doubling (0.2 s then 0.4 s)."""
+    import asyncio
+
+    from slmkit.serve.config import WebhookSettings
+    from slmkit.serve.metrics import GatewayMetrics
+    from slmkit.serve.webhook import WebhookSender
+
+    metrics = GatewayMetrics()
+    with WebhookReceiver(statuses=[503, 500]) as receiver:
+        settings = WebhookSettings(url=receiver.url, backoff_s=0.2, retries=2)
+        sender = WebhookSender(settings, metrics.alert_deliveries)
+        started = time.monotonic()
+        assert asyncio.run(sender.deliver({"rule": "r", "status": "firing"}))
+        took = time.monotonic() - started
+        assert [status for _, _, status in receiver.posts] == [503, 500, 200]
+    assert took >= 0.6
+    assert metrics.alert_deliveries.labels("retried")._value.get() == 2
+    assert metrics.alert_deliveries.labels("delivered")._value.get() == 1
+    with WebhookReceiver(statuses=[500, 500]) as receiver:
+        sender = WebhookSender(
+            WebhookSettings(url=receiver.url, backoff_s=0, retries=1), metrics.alert_deliveries
+        )
+        assert not asyncio.run(sender.deliver({"rule": "r", "status": "firing"}))
+    assert metrics.alert_deliveries.labels("failed")._value.get() == 1
+
+
+def monitor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "slmkit.cli", "monitor", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.mark.slow
+@needs_llama_server
+def test_drift_fires_with_the_retrain_advice_and_resolves(
+    gateway: ServerProcess, tmp_path: Path
+) -> None:
+    evalset, state = tmp_path / "held-out.jsonl", tmp_path / "state.json"
+    common = ["--url", gateway.base_url + "/v1", "-m", "default", "--eval", str(evalset)]
+    common += ["--state", str(state), "--max-tokens", "16", "--once"]
+    with WebhookReceiver() as hook:
+        common += ["--webhook", hook.url]
+        write_set(evalset)
+        first = monitor(*common, "--json", cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        [row] = json.loads(first.stdout)["sets"]
+        assert row["status"] == "baseline" and row["value"] > 0 and row["metric"] == "fact_recall"
+        assert json.loads(state.read_text())["baseline"]["held-out"]["value"] == row["value"]
+
+        write_set(evalset, wrong=True)
+        drifted = monitor(*common, cwd=tmp_path)
+        assert drifted.returncode == 0, drifted.stderr
+        assert "drift" in drifted.stdout and "-100%" in drifted.stdout
+        [alert] = hook.bodies()
+        assert alert["status"] == "firing" and alert["rule"] == "drift:held-out"
+        assert alert["kind"] == "drift" and alert["value"] == 0.0 and alert["threshold"] == 0.15
+        assert alert["model"] == "default" and alert["ended_at"] is None
+        assert "slm feedback export --since " in alert["message"]
+        assert "--to sft -o feedback.jsonl" in alert["message"]
+        assert "slm run RECIPE" in alert["message"]
+        assert "ALERT drift:held-out" in drifted.stderr
+
+        write_set(evalset)
+        recovered = monitor(*common, cwd=tmp_path)
+        assert recovered.returncode == 0, recovered.stderr
+        statuses = [(b["status"], b["rule"]) for b in hook.bodies()]
+        assert statuses == [("firing", "drift:held-out"), ("resolved", "drift:held-out")]
+        resolved = hook.bodies()[1]
+        assert resolved["started_at"] == alert["started_at"] and resolved["ended_at"] > 0
+    assert json.loads(state.read_text())["firing"] == {}

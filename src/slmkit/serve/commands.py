@@ -126,6 +126,23 @@ def logs_cmd(
             "first member), rule hits, escalations and fallbacks by reason.",
         ),
     ] = False,
+    ab: Annotated[
+        str | None,
+        typer.Option(
+            "--ab",
+            metavar="MODEL",
+            help="Compare the versions of an A/B split model: requests, errors, latency, feedback "
+            "rate, thumbs-up share (95% CI), escalation rate, and whether the difference is "
+            "significant.",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="With --ab: start at a date (2026-11-27), an ISO time (UTC unless it says) or a "
+            "duration back from now (7d, 12h). Default: all."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print statistics as JSON.")] = False,
 ) -> None:
     """Recent requests, p50/p95/p99 latency, error rate and tokens/s from the audit log; alerts."""
@@ -141,6 +158,11 @@ def logs_cmd(
 
     path = _audit_db(db, config)
     window_s = parse_window(window)
+    if ab is not None:
+        _print_ab_report(path, ab, since, config, as_json)
+        return
+    if since is not None:
+        raise ConfigError("--since: it applies to --ab MODEL (the other views use --window)")
     if keys:
         _print_key_stats(path, window_s, as_json)
         return
@@ -236,6 +258,47 @@ def _print_route_stats(
     out.print(
         f"last {window:g} s, {len(stats)} route(s); local share = answered by the first member"
     )
+
+
+def _print_ab_report(
+    path: Path, model: str, since: str | None, config: Path | None, as_json: bool
+) -> None:
+    from rich.table import Table
+
+    from slmkit.serve.ab_report import ab_report, parse_since
+
+    entry = next((m for m in _load_config(config, []).models if m.id == model), None)
+    order = [arm.version for arm in entry.ab or []] if entry is not None else []
+    start = parse_since(since) if since is not None else None
+    report = ab_report(path, model, start, order)
+    if as_json:
+        text = json.dumps(report.as_dict(), indent=2)
+        out.print(text, markup=False, emoji=False, soft_wrap=True)
+        return
+    table = Table(
+        "version", "requests", "errors", "p50", "p95", "rated", "thumbs up (95% CI)", "escalated"
+    )
+    for v in report.versions:
+        ci = v.thumbs_up_ci
+        share = "-" if ci is None else f"{v.thumbs_up_share:.0%} ({ci[0]:.0%}-{ci[1]:.0%})"
+        table.add_row(
+            v.version,
+            str(v.requests),
+            str(v.errors),
+            _ms(v.latency_p50),
+            _ms(v.latency_p95),
+            f"{v.rated} ({v.feedback_rate:.0%})",
+            share,
+            f"{v.escalated} ({v.escalation_rate:.0%})",
+        )
+    out.print(table)
+    for c in report.comparisons:
+        out.print(f"thumbs up: {c.verdict}", markup=False)
+        if c.latency_p_value is not None:
+            out.print(
+                f"latency: {c.version} vs {c.baseline}, Mann-Whitney p={c.latency_p_value:.2g}",
+                markup=False,
+            )
 
 
 def _counts(by_name: dict[str, int]) -> str:

@@ -301,6 +301,7 @@ class Router:
             outcome = await collect(asked, gen, ctx.started, self.config)
         else:
             outcome = await generate_with_retry(asked, gen, ctx.started, self.config, self.metrics)
+        ctx.gen.version = ctx.gen.version or gen.version  # an A/B arm answered the logprobs copy
         return outcome, failed_check(outcome, checks, gen, self.config.repetition, tap.logprobs)
 
     async def hold(self, plan: RoutePlan, ctx: RequestContext) -> Outcome:

@@ -53,6 +53,9 @@ def build_engines(config: ServeConfig) -> dict[str, Engine]:
         if entry.pooled:
             engines[entry.id] = _replica_pool(entry, index, config)
             continue
+        if entry.ab is not None:
+            engines[entry.id] = _ab_split(entry, config)
+            continue
         if entry.follows_alias:
             engines[entry.id] = _alias_engine(entry, config)
             continue
@@ -137,6 +140,39 @@ def _replica_pool(entry: ModelEntry, index: int, config: ServeConfig) -> Engine:
         allowed_fails=entry.allowed_fails,
         retries=entry.retries,
     )
+
+
+def _ab_split(entry: ModelEntry, config: ServeConfig) -> Engine:
+    """An A/B split: each arm is built like a local model of its own, under the split's id."""
+    from slmkit.serve.ab import ABEngine, Arm
+
+    assert entry.ab is not None
+    arms = []
+    for arm in entry.ab:
+        local = ModelEntry(
+            id=entry.id, ref=arm.ref, engine=entry.engine, draft_model=entry.draft_model
+        )
+        arms.append(Arm(arm.version, arm.weight, _arm_engine(local, config), arm.ref))
+    return ABEngine(entry.id, arms, sticky=entry.sticky)
+
+
+def _arm_engine(local: ModelEntry, config: ServeConfig) -> Engine:
+    """One arm's own engine: a llama-server or vLLM child, or an in-process transformers model."""
+    assert local.ref is not None
+    resolved = resolve_model(local.ref, prepare=False)
+    kind = choose_engine(local, resolved, config.engine)
+    if kind == "llamacpp":
+        return _llamacpp_engine(local, resolved, config)
+    if kind == "onnx":
+        return _onnx_engine(local.id, resolved)
+    if kind == "vllm":
+        return _vllm_engine(local.id, local.ref, config)
+    from slmkit.serve.engines.transformers_engine import TransformersEngine
+
+    base = resolved.base if resolved.adapter is not None and resolved.base is not None else resolved
+    if base.kind == "embedded":
+        base = resolve_model(base.ref)  # convert the embedded GGUF to an HF folder once
+    return TransformersEngine(base, {local.id: resolved.adapter}, config.transformers)
 
 
 def _replica_engine(

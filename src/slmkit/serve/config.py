@@ -84,6 +84,30 @@ class Deployment(StrictModel):
         return self
 
 
+class AbArm(StrictModel):
+    """One version in an A/B split: a local model reference and its share of the traffic."""
+
+    ref: str = Field(
+        description="Model reference of this version (as in `ref`; a registry `@v3` once it exists)."
+    )
+    weight: float = Field(
+        gt=0, description="Share of the traffic, relative to the other arms' weights (> 0)."
+    )
+    name: str | None = Field(
+        default=None,
+        description="Version name in the audit log, /metrics and `slm logs --ab`; default: the "
+        "version id of an `@v3` reference, else the reference itself.",
+    )
+
+    @property
+    def version(self) -> str:
+        """The name this arm's answers carry."""
+        if self.name is not None:
+            return self.name
+        _, at, tail = self.ref.rpartition("@")
+        return tail if at and tail and "/" not in tail else self.ref
+
+
 class ModelEntry(StrictModel):
     """One served model: the id clients send as `model`, and what answers it: a local reference,
     a remote endpoint, or several replicas behind a load balancer."""
@@ -143,6 +167,17 @@ class ModelEntry(StrictModel):
         "when the alias moves, the new version takes over without dropping requests.",
     )
 
+    ab: list[AbArm] | None = Field(
+        default=None,
+        description="A/B split between versions: `[{ref, weight, name}, ...]` (at least 2 arms); "
+        "each answer's version goes to the audit log and /metrics (instead of `ref`).",
+    )
+    sticky: Literal["user", "none"] = Field(
+        default="user",
+        description="A/B: `user` sends the same request `user` to the same arm every time "
+        "(requests without one are split at random by weight); `none` splits every request.",
+    )
+
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
@@ -152,6 +187,21 @@ class ModelEntry(StrictModel):
             )
         return value
 
+    @field_validator("ab")
+    @classmethod
+    def _check_arms(cls, arms: list[AbArm] | None) -> list[AbArm] | None:
+        if arms is None:
+            return None
+        if len(arms) < 2:
+            raise ValueError("an A/B split needs at least 2 arms (`{ref, weight}` each)")
+        names = [arm.version for arm in arms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(
+                f"arm names must be unique (got {', '.join(dupes)} twice): give each arm a `name`"
+            )
+        return arms
+
     @model_validator(mode="after")
     def _one_source(self) -> ModelEntry:
         given = [
@@ -160,14 +210,19 @@ class ModelEntry(StrictModel):
                 ("ref", self.ref),
                 ("upstream", self.upstream),
                 ("deployments", self.deployments),
+                ("ab", self.ab),
             )
             if value is not None
         ]
+        if self.ab is not None and self.replicas > 1:
+            given.append("replicas")
         if not given:
-            raise ValueError("give `ref`, `upstream` or `deployments` (what serves this model)")
+            raise ValueError(
+                "give `ref`, `upstream`, `deployments` or `ab` (what serves this model)"
+            )
         if len(given) > 1:
             raise ValueError(
-                f"give only one of `ref`, `upstream`, `deployments` (got {' and '.join(given)})"
+                f"give only one of `ref`, `upstream`, `deployments`, `ab` (got {' and '.join(given)})"
             )
         if self.deployments is not None and not self.deployments:
             raise ValueError("deployments: list at least one `{ref: ...}` or `{upstream: ...}`")

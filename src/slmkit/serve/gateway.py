@@ -252,7 +252,7 @@ class Gateway:
 
     # -- cache ------------------------------------------------------------------------------
     def _cache_lookup(self, ctx: RequestContext) -> Outcome | None:
-        if self.cache is None or not ctx.gen.deterministic or ctx.rec.route:
+        if self.cache is None or not ctx.gen.deterministic or ctx.rec.route or self._split(ctx):
             return None  # a routed answer depends on the checks and the members' state
         hit = self.cache.get(ctx.gen.cache_key())
         self.metrics.cache.labels(ctx.gen.model_id, "hit" if hit else "miss").inc()
@@ -265,7 +265,13 @@ class Gateway:
     def _cache_store(self, ctx: RequestContext, outcome: Outcome) -> None:
         if self.cache is None or not ctx.gen.deterministic or outcome.repeated or ctx.rec.route:
             return
+        if self._split(ctx):
+            return
         self.cache.put(ctx.gen.cache_key(), outcome.to_cache())
+
+    def _split(self, ctx: RequestContext) -> bool:
+        """An A/B split model: one arm's cached answer must never be served for another's."""
+        return getattr(self.engines.get(ctx.gen.model_id), "kind", None) == "ab"
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _finish(self, ctx: RequestContext, error: ApiError | None = None) -> None:
@@ -314,6 +320,9 @@ class Gateway:
         version = getattr(self.engines.get(model_id), "version", None) if kind is None else None
         if isinstance(version, str):  # a registry alias: the version answering now
             card["version"] = version
+        arms = getattr(self.engines.get(model_id), "arm_cards", None) if kind is None else None
+        if arms is not None:  # an A/B split: its versions and their weights
+            card["versions"] = arms()
         return card
 
     def model_card(self, model_id: str) -> dict[str, Any]:

@@ -145,6 +145,13 @@ class GatewayMetrics:
             ["route", "target", "reason"],
             registry=r,
         )
+        # A/B splits (serve/ab.py)
+        self.ab_requests = Counter(
+            "slm_ab_requests",
+            "Requests of an A/B split model, by the version (arm) that answered them.",
+            ["model", "version"],
+            registry=r,
+        )
         self.alerts = Gauge(
             "slm_alert_firing", "1 while an alert rule fires.", ["rule"], registry=r
         )

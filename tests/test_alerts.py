@@ -42,7 +42,12 @@ def hook():
 
 
 @pytest.fixture(scope="module")
-def gateway(hook: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory):
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("alerts-home")
+
+
+@pytest.fixture(scope="module")
+def gateway(hook: WebhookReceiver, home: Path):
     config = {
         "models": [{"id": "broken", "upstream": {"url": f"http://127.0.0.1:{free_port()}/v1"}}],
         "alerts": [
@@ -66,8 +71,9 @@ def gateway(hook: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory):
             },
         },
         "llamacpp": {"ctx_size": 1024, "parallel": 2, "threads": 1},
+        "audit": {"log_text": True},  # rated answers become the monitor's feedback set
     }
-    env = {"SLM_HOME": str(tmp_path_factory.mktemp("alerts-home")), "ALERT_TOKEN": TOKEN}
+    env = {"SLM_HOME": str(home), "ALERT_TOKEN": TOKEN}
     with ServerProcess(["default"], config=config, env=env) as srv:
         yield srv
 
@@ -222,18 +228,28 @@ def monitor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 @needs_llama_server
 def test_drift_fires_with_the_retrain_advice_and_resolves(
-    gateway: ServerProcess, tmp_path: Path
+    gateway: ServerProcess, home: Path, tmp_path: Path
 ) -> None:
+    question = [{"role": "user", "content": "What is the capital of Japan?"}]
+    liked = gateway.client().chat.completions.create(
+        model="default", messages=question, max_tokens=16, temperature=0
+    )
+    assert gateway.post("/v1/feedback", {"id": liked.id, "rating": 1}).status_code == 200
     evalset, state = tmp_path / "held-out.jsonl", tmp_path / "state.json"
+    audit = home / "serve" / "audit.db"
     common = ["--url", gateway.base_url + "/v1", "-m", "default", "--eval", str(evalset)]
+    common += ["--feedback-audit", str(audit), "--since", "1d"]
     common += ["--state", str(state), "--max-tokens", "16", "--once"]
     with WebhookReceiver() as hook:
         common += ["--webhook", hook.url]
         write_set(evalset)
         first = monitor(*common, "--json", cwd=tmp_path)
         assert first.returncode == 0, first.stderr
-        [row] = json.loads(first.stdout)["sets"]
+        row, feedback = json.loads(first.stdout)["sets"]
         assert row["status"] == "baseline" and row["value"] > 0 and row["metric"] == "fact_recall"
+        # the liked answer is the reference of the feedback set: asked again, much the same
+        assert feedback["name"] == "feedback" and feedback["items"] == 1
+        assert feedback["metric"] == "rouge_l" and feedback["value"] > 0.5
         assert json.loads(state.read_text())["baseline"]["held-out"]["value"] == row["value"]
 
         write_set(evalset, wrong=True)
@@ -246,7 +262,8 @@ def test_drift_fires_with_the_retrain_advice_and_resolves(
         assert alert["model"] == "default" and alert["ended_at"] is None
         assert "slm feedback export --since " in alert["message"]
         assert "--to sft -o feedback.jsonl" in alert["message"]
-        assert "slm run RECIPE" in alert["message"]
+        assert "slm run RECIPE" in alert["message"] and f"--audit {audit}" in alert["message"]
+        assert "feedback " in drifted.stdout and "drift:feedback" not in drifted.stderr
         assert "ALERT drift:held-out" in drifted.stderr
 
         write_set(evalset)

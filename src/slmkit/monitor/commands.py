@@ -46,7 +46,7 @@ def print_round(result: Any) -> None:
     for note in result.notes:
         out.print(f"note: {note}")
     for change in result.changes:
-        out.print(f"alert {change['status']}: {change['rule']}: {change['message']}")
+        out.print(f"alert {change['status']}: {change['rule']} (message above)")
     out.print(f"state: {result.state_path}")
 
 

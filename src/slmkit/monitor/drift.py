@@ -262,17 +262,17 @@ def _transition(
 
 def drift_alert(config: MonitorConfig, score: SetScore, since: str, status: AlertStatus) -> Alert:
     """The drift alert of a set; a firing one names the commands of the retrain."""
-    change = -(score.change or 0.0)
-    head = (
-        f"{score.metric} on {score.name} is {score.value:.3f}, {change:.0%} below its baseline "
-        f"{score.baseline:.3f}"
-    )
+    change = score.change or 0.0
     if status == "resolved":
-        message = f"{head}: back within the {config.threshold:.0%} threshold"
+        message = (
+            f"{score.metric} on {score.name} is {score.value:.3f} (baseline {score.baseline:.3f}, "
+            f"{change:+.0%}): back within the {config.threshold:.0%} threshold"
+        )
     else:
         audit = f" --audit {config.feedback_audit}" if config.feedback_audit is not None else ""
         message = (
-            f"{head} (threshold {config.threshold:.0%}). Retrain on recent feedback: "
+            f"{score.metric} on {score.name} is {score.value:.3f}, {-change:.0%} below its "
+            f"baseline {score.baseline:.3f} (threshold {config.threshold:.0%}). Retrain on recent feedback: "
             f"slm feedback export --since {since} --model {config.model}{audit} --to sft "
             "-o feedback.jsonl, add feedback.jsonl to data.train of your recipe, "
             "then slm run RECIPE"

@@ -23,6 +23,7 @@ from slmkit.serve.config import WebhookSettings
 from slmkit.serve.engines.remote import display_url
 
 QUEUE_SIZE = 1000
+OUTCOMES = ("delivered", "retried", "failed")
 
 
 def webhook_headers(
@@ -53,6 +54,8 @@ class WebhookSender:
         self.settings = settings
         self.counter = counter
         self._headers = webhook_headers(settings, field)
+        for outcome in OUTCOMES:  # every series exists from the start
+            self._count(outcome, 0)
         self._queue: asyncio.Queue[dict[str, Any]] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -112,6 +115,6 @@ class WebhookSender:
         )
         return False
 
-    def _count(self, outcome: str) -> None:
+    def _count(self, outcome: str, by: int = 1) -> None:
         if self.counter is not None:
-            self.counter.labels(outcome).inc()
+            self.counter.labels(outcome).inc(by)

@@ -34,7 +34,9 @@ NO_FEEDBACK = "no feedback, not escalated"
 DOWN_NO_CORRECTION = "thumbs-down without correction"
 NO_TEXT = "no prompt/response text"
 DUPLICATE = "duplicate (prompt, answer)"
-NOT_FOR_TARGET = "not a pair (dpo) / not approved (eval)"
+NO_PAIR = "no correction: not a pair"
+SAME_AS_ANSWER = "correction equals the answer"
+NOT_APPROVED = "escalated: not approved by a person"
 NOT_A_QUESTION = "conversation does not end with a user turn"
 
 
@@ -193,9 +195,9 @@ def to_record(example: Example, target: ExportTarget) -> dict[str, Any] | None:
 
 
 def _skip_reason(example: Example, target: ExportTarget) -> str:
-    if target == "eval" and example.source != "escalated" and example.messages:
-        return NOT_A_QUESTION
-    return NOT_FOR_TARGET
+    if target == "dpo":
+        return NO_PAIR if example.rejected is None else SAME_AS_ANSWER
+    return NOT_APPROVED if example.source == "escalated" else NOT_A_QUESTION
 
 
 def _masked(value: Any, mask: StreamingFilter) -> Any:

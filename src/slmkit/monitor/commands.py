@@ -72,8 +72,11 @@ def monitor_cmd(
     once: Annotated[bool, typer.Option("--once", help="Run one round and exit.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print each round as JSON.")] = False,
 ) -> None:
-    """Re-evaluate a served model on eval sets (and recent feedback); a drop of the main metric
-    beyond the threshold fires a drift alert (log + webhook) that recommends the retrain."""
+    """Re-evaluate a served model; a drop of its main metric fires a drift alert.
+
+    Each round asks the model every question of the eval sets (and of the feedback set from the
+    audit log) through its OpenAI API and compares the main metric with the baseline; a relative
+    drop beyond the threshold is logged and posted to the webhook, with the retrain commands."""
     from slmkit.console import out, warn
     from slmkit.monitor.drift import check_ready, run_round
 

@@ -175,7 +175,11 @@ class GenerationRequest:
         return self.temperature == 0 or self.seed is not None
 
     def cache_key(self) -> str:
-        payload = {k: v for k, v in self.__dict__.items() if k not in ("stream", "replica", "version", "user")}
+        payload = {
+            k: v
+            for k, v in self.__dict__.items()
+            if k not in ("stream", "replica", "version", "user")
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -256,6 +256,12 @@ def test_an_older_audit_file_gets_the_new_columns_and_still_exports(tmp_path: Pa
     assert log.add_feedback("old-1", -1, "41 days.", ["wrong_number"])
     log.close()
     assert feedback_eval_rows(path, None, None)[0]["tags"] == ["wrong_number"]
+    log = AuditLog(AuditSettings(path=path, log_text=True))
+    assert log.add_feedback("old-1", -1, "Forty-one days.")  # the call without tags still works
+    assert not log.add_feedback("no-such-request", 1, None)
+    log.close()
+    latest = feedback_eval_rows(path, None, None)[0]
+    assert latest["reference"] == "Forty-one days." and "tags" not in latest
 
 
 def test_parsers() -> None:

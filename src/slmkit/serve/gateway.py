@@ -72,6 +72,11 @@ class Gateway:
             if config.alerting.webhook is not None
             else None
         )
+        self.monitor = None
+        if config.monitor is not None:  # `slm monitor` rounds in the server (a `monitor:` section)
+            from slmkit.monitor.scheduled import ScheduledMonitor
+
+            self.monitor = ScheduledMonitor.from_serve(config)
         self.alerts = AlertWatcher(
             config.alerts,
             self.metrics.alerts,
@@ -107,8 +112,12 @@ class Gateway:
         if self.webhook is not None:
             self.webhook.start()
         self.alerts.start()
+        if self.monitor is not None:
+            self.monitor.start()
 
     async def stop(self) -> None:
+        if self.monitor is not None:
+            await self.monitor.stop()
         await self.alerts.stop()
         if self.webhook is not None:
             await self.webhook.stop()

@@ -8,7 +8,9 @@ The statistics themselves are checked against values worked out by hand."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -299,6 +301,41 @@ def test_bad_ab_config_is_one_line_error_of_slm_serve(slm, tmp_path: Path) -> No
     path.write_text("models:\n  - id: support\n    ab:\n      - {ref: default, weight: -1}\n")
     line = one_line_error(slm("serve", "--config", str(path), "--port", "0"))
     assert f"{path}:4: models.0.ab.0.weight" in line, line
+
+
+@needs_llama_server
+def test_registry_arms_are_named_by_their_version(tmp_path: Path) -> None:
+    """`@prod` (an alias) and `@v2` answer as `v1` and `v2`; two arms on one version are refused.
+    The engines are built, not started."""
+    from slmkit.errors import ServeError
+    from slmkit.models import resolve_model
+    from slmkit.registry.store import Registry
+    from slmkit.serve.config import ServeConfig
+    from slmkit.serve.server import build_engines
+
+    gguf = resolve_model("default", prepare=False).gguf
+    assert gguf is not None
+    registry = Registry()  # under this test's SLM_HOME
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        copy = tmp_path / name / "model.gguf"
+        try:
+            os.link(gguf, copy)
+        except OSError:  # another file system
+            shutil.copy(gguf, copy)
+        registry.register(copy, "model")
+    registry.promote("v1", "prod")
+
+    def split(*refs: str) -> ServeConfig:
+        arms = [{"ref": ref, "weight": 1} for ref in refs]
+        return ServeConfig.model_validate({"models": [{"id": "support", "ab": arms}]})
+
+    engine = build_engines(split("@prod", "@v2"))["support"]
+    assert [arm.name for arm in engine.arms] == ["v1", "v2"]  # type: ignore[attr-defined]
+    with pytest.raises(
+        ServeError, match=r"^models.0.ab: arms '@prod' and '@v1' are both version v1"
+    ):
+        build_engines(split("@prod", "@v1"))
 
 
 def test_statistics_against_values_worked_by_hand() -> None:

@@ -89,7 +89,8 @@ class AbArm(StrictModel):
     """One version in an A/B split: a local model reference and its share of the traffic."""
 
     ref: str = Field(
-        description="Model reference of this version (as in `ref`; a registry `@v3` once it exists)."
+        description="Model reference of this version (as in `ref`), e.g. a registry version `@v3` "
+        "or alias `@support` (resolved once, at start)."
     )
     weight: float = Field(
         gt=0, description="Share of the traffic, relative to the other arms' weights (> 0)."
@@ -97,16 +98,15 @@ class AbArm(StrictModel):
     name: str | None = Field(
         default=None,
         description="Version name in the audit log, /metrics and `slm logs --ab`; default: the "
-        "version id of an `@v3` reference, else the reference itself.",
+        "registry version of an `@v3` or `@alias` reference (`v3`), else the reference itself.",
     )
 
     @property
     def version(self) -> str:
-        """The name this arm's answers carry."""
+        """The name this arm's answers carry; an alias arm's is its version, known at start."""
         if self.name is not None:
             return self.name
-        _, at, tail = self.ref.rpartition("@")
-        return tail if at and tail and "/" not in tail else self.ref
+        return self.ref[1:] if self.ref.startswith("@") else self.ref
 
 
 class ModelEntry(StrictModel):

@@ -54,7 +54,7 @@ def build_engines(config: ServeConfig) -> dict[str, Engine]:
             engines[entry.id] = _replica_pool(entry, index, config)
             continue
         if entry.ab is not None:
-            engines[entry.id] = _ab_split(entry, config)
+            engines[entry.id] = _ab_split(entry, index, config)
             continue
         if entry.follows_alias:
             engines[entry.id] = _alias_engine(entry, config)
@@ -142,24 +142,35 @@ def _replica_pool(entry: ModelEntry, index: int, config: ServeConfig) -> Engine:
     )
 
 
-def _ab_split(entry: ModelEntry, config: ServeConfig) -> Engine:
-    """An A/B split: each arm is built like a local model of its own, under the split's id."""
+def _ab_split(entry: ModelEntry, index: int, config: ServeConfig) -> Engine:
+    """An A/B split: each arm is built like a local model of its own, under the split's id. An arm
+    without a `name` is named by its registry version (`@support` -> `v3`), else its reference."""
     from slmkit.serve.ab import ABEngine, Arm
 
     assert entry.ab is not None
-    arms = []
+    arms: list[Arm] = []
     for arm in entry.ab:
         local = ModelEntry(
             id=entry.id, ref=arm.ref, engine=entry.engine, draft_model=entry.draft_model
         )
-        arms.append(Arm(arm.version, arm.weight, _arm_engine(local, config), arm.ref))
+        resolved = resolve_model(arm.ref, prepare=False)
+        name = arm.name or str(resolved.extra.get("registry_version") or arm.version)
+        twin = next((a for a in arms if a.name == name), None)
+        if twin is not None:
+            raise ServeError(
+                f"models.{index}.ab: arms {twin.ref!r} and {arm.ref!r} are both version {name}",
+                hint="split between different versions, or give each arm its own `name`",
+            )
+        arms.append(Arm(name, arm.weight, _arm_engine(local, config, resolved), arm.ref))
     return ABEngine(entry.id, arms, sticky=entry.sticky)
 
 
-def _arm_engine(local: ModelEntry, config: ServeConfig) -> Engine:
+def _arm_engine(
+    local: ModelEntry, config: ServeConfig, resolved: ResolvedModel | None = None
+) -> Engine:
     """One arm's own engine: a llama-server or vLLM child, or an in-process transformers model."""
     assert local.ref is not None
-    resolved = resolve_model(local.ref, prepare=False)
+    resolved = resolved or resolve_model(local.ref, prepare=False)
     kind = choose_engine(local, resolved, config.engine)
     if kind == "llamacpp":
         return _llamacpp_engine(local, resolved, config)

@@ -19,7 +19,7 @@ ALL_METRICS = (
     "latency_p95_s",
     "tokens_per_s",
 )
-EngineChoice = Literal["auto", "llamacpp", "transformers"]
+EngineChoice = Literal["auto", "llamacpp", "transformers", "onnx"]
 MainMetric = Literal["fact_recall", "exact_match", "rouge_l", "similarity"]
 
 
@@ -34,10 +34,13 @@ class ModelSpec(StrictModel):
     """One model in the comparison: a short name for tables and a model reference."""
 
     name: str = Field(description="Name shown in the report (e.g. base, tuned, q8).")
-    ref: str = Field(description="Model reference: default, a run folder, a .gguf, an HF folder.")
+    ref: str = Field(
+        description="Model reference: default, a run folder, a .gguf, an HF folder, an ONNX export folder."
+    )
     engine: EngineChoice = Field(
         default="auto",
-        description="Engine that generates: auto = what `slm serve` picks (llama.cpp for GGUF, transformers otherwise).",
+        description="Engine that generates: auto = what `slm serve` picks (llama.cpp for GGUF, onnx for an "
+        "ONNX export folder, transformers otherwise).",
     )
 
 

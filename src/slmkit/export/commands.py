@@ -9,7 +9,13 @@ import typer
 
 from slmkit.config import from_options, option
 from slmkit.console import info, out, warn
-from slmkit.export.config import LOW_QUANTS, STANDARD_QUANTS, ExportConfig, Thresholds
+from slmkit.export.config import (
+    DEFAULT_QUANTS,
+    LOW_QUANTS,
+    STANDARD_QUANTS,
+    ExportConfig,
+    Thresholds,
+)
 
 # What only the command line needs to say about `--quant` (the field says what it is).
 QUANT_SYNTAX = f"Comma-separated: {', '.join(STANDARD_QUANTS)}; lower on request ({', '.join(LOW_QUANTS[-3:])}, ...)."
@@ -34,8 +40,21 @@ def export_cmd(
     quant: str = option(ExportConfig, "quants", "--quant", "--quants", extra_help=QUANT_SYNTAX),
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Export folder (default: RUN/export or exports/NAME)."),
+        typer.Option(
+            "-o",
+            "--output",
+            help="Export folder (default: RUN/export or exports/NAME; with --format onnx RUN/export-onnx).",
+        ),
     ] = None,
+    export_format: str = option(ExportConfig, "format", "--format"),
+    precision: str | None = option(
+        ExportConfig,
+        "precisions",
+        "--precision",
+        "--precisions",
+        from_config=True,
+        extra_help="Comma-separated; only with --format onnx.",
+    ),
     force: bool = option(ExportConfig, "force", "--force"),
     merge_dtype: str = option(ExportConfig, "merge_dtype", "--merge-dtype"),
     outtype: str = option(ExportConfig, "outtype", "--outtype"),
@@ -44,12 +63,18 @@ def export_cmd(
     max_prompts: int = option(ExportConfig, "max_prompts", "--max-prompts"),
     skip_eval: bool = option(ExportConfig, "skip_eval", "--skip-eval"),
 ) -> None:
-    """Merge -> GGUF -> quantize -> measure each level against f16 -> recommend; writes Modelfile and model card."""
+    """Merge -> GGUF -> quantize -> measure each level against f16 -> recommend; writes Modelfile and model card.
+
+    With --format onnx: merge -> ONNX Runtime GenAI folders per --precision, measured against PyTorch fp32."""
     from slmkit.export.pipeline import export_model
     from slmkit.export.report import problem_lines, quant_table
 
+    default_quants = ",".join(DEFAULT_QUANTS)
     cfg = export_config(
-        quants=quant,
+        format=export_format,
+        # --quant has a default: with --format onnx only a --quant the user typed is an error
+        quants=None if export_format == "onnx" and quant == default_quants else quant,
+        precisions=precision,
         force=force,
         merge_dtype=merge_dtype,
         outtype=outtype,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from slmkit.config import StrictModel
 from slmkit.tools import default_threads
@@ -13,6 +13,8 @@ from slmkit.tools import default_threads
 MergeDtype = Literal["float16", "bfloat16", "float32"]
 GgufOuttype = Literal["f16", "bf16", "f32"]
 TaskMetric = Literal["fact_recall", "exact_match", "rouge_l"]
+ExportFormat = Literal["gguf", "onnx"]
+OnnxPrecision = Literal["fp32", "int8", "int4"]
 
 # llama-quantize types slmkit offers. The first four are the usual choices; the rest are
 # "lower on request" (they break small models quickly; IQ2/IQ1 need an importance matrix and are not offered).
@@ -104,9 +106,18 @@ class ExportConfig(StrictModel):
     outtype: GgufOuttype = Field(
         default="f16", description="Precision of the reference GGUF that quantization starts from."
     )
+    format: ExportFormat = Field(
+        default="gguf",
+        description="`gguf` (llama.cpp: convert + llama-quantize) or `onnx` (ONNX Runtime GenAI folders).",
+    )
     quants: list[str] = Field(
         default_factory=lambda: list(DEFAULT_QUANTS),
         description="llama-quantize levels to produce.",
+    )
+    precisions: list[OnnxPrecision] = Field(
+        default_factory=lambda: list[OnnxPrecision](["int8"]),
+        description="ONNX precisions to produce with format onnx (fp32, int8 = dynamic INT8, int4 = "
+        "block-wise weight-only).",
     )
     heldout: Path | None = Field(
         default=None,
@@ -162,13 +173,31 @@ class ExportConfig(StrictModel):
 
     @field_validator("quants")
     @classmethod
-    def _known_quants(cls, value: list[str]) -> list[str]:
+    def _known_quants(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("format") == "onnx":
+            raise ValueError("llama.cpp levels apply to format gguf; for ONNX give precisions")
         for name in value:
             if name not in KNOWN_QUANTS:
                 raise ValueError(
                     f"unknown quantization {name!r}; choose from {', '.join(KNOWN_QUANTS)}"
                 )
         return list(dict.fromkeys(value))
+
+    @field_validator("precisions", mode="before")
+    @classmethod
+    def _split_precisions(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [v.strip().lower() for v in value.split(",") if v.strip()]
+        return list(dict.fromkeys(value)) if isinstance(value, list) else value
+
+    @field_validator("precisions")
+    @classmethod
+    def _onnx_only(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("format") != "onnx":
+            raise ValueError("ONNX precisions apply to format onnx (`--format onnx`)")
+        if not value:
+            raise ValueError("give at least one of fp32, int8, int4")
+        return value
 
 
 class ExportSection(ExportConfig):
@@ -179,4 +208,4 @@ class ExportSection(ExportConfig):
     )
 
     def to_export_config(self) -> ExportConfig:
-        return ExportConfig(**self.model_dump(exclude={"enabled"}))
+        return ExportConfig(**self.model_dump(exclude={"enabled"}, exclude_unset=True))

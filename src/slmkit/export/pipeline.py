@@ -90,6 +90,10 @@ def export_model(
     source: str | Path, out_dir: Path | None, cfg: ExportConfig, log: Callable[[str], None] = info
 ) -> ExportResult:
     """Run the whole export; returns where everything is and what is recommended."""
+    if cfg.format == "onnx":
+        from slmkit.export.onnx import export_onnx
+
+        return export_onnx(source, out_dir, cfg, log)
     resolved = resolve_model(source)
     if resolved.adapter is None:  # refuse what cannot be exported before any work
         _hf_source(resolved)

@@ -17,9 +17,10 @@ from typing import Literal
 from slmkit.errors import ModelNotFoundError
 from slmkit.models import embedded
 
-ModelKind = Literal["embedded", "hf", "gguf", "run", "hub"]
+ModelKind = Literal["embedded", "hf", "gguf", "run", "hub", "onnx"]
 RUN_MANIFEST = "manifest.json"
 EXPORT_MANIFEST = "export.json"
+ONNX_CONFIG = "genai_config.json"  # an ONNX Runtime GenAI folder (`slm export --format onnx`)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -127,6 +128,8 @@ def _resolve_path(text: str, path: Path, prepare: bool) -> ResolvedModel:
         return ResolvedModel(ref=text, kind="gguf", path=path, name=path.stem.lower(), gguf=path)
     if (path / RUN_MANIFEST).is_file():
         return _resolve_run(text, path, prepare)
+    if (path / ONNX_CONFIG).is_file():
+        return ResolvedModel(ref=text, kind="onnx", path=path, name=path.name.lower())
     if (path / EXPORT_MANIFEST).is_file() or (
         list(path.glob("*.gguf")) and not (path / "config.json").exists()
     ):
@@ -184,6 +187,8 @@ def _resolve_export(text: str, path: Path) -> ResolvedModel:
             raise ModelNotFoundError(
                 f"{manifest_path}: unreadable export manifest ({exc})"
             ) from exc
+        if isinstance(rec, str) and (path / rec / ONNX_CONFIG).is_file():
+            return ResolvedModel(ref=text, kind="onnx", path=path / rec, name=path.name.lower())
         if isinstance(rec, str) and (path / rec).is_file():
             chosen = path / rec
     if chosen is None:

@@ -19,7 +19,7 @@ from slmkit.rag.config import RagSettings
 from slmkit.registry.store import VERSION_ID
 from slmkit.serve.route_config import Route, route_problem
 
-EngineName = Literal["auto", "llamacpp", "transformers", "vllm"]
+EngineName = Literal["auto", "llamacpp", "transformers", "vllm", "onnx"]
 ContextPolicy = Literal["reject", "prune", "summarize"]
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
@@ -150,7 +150,8 @@ class ModelEntry(StrictModel):
     )
     engine: EngineName = Field(
         default="auto",
-        description="Engine for this model; `auto` = llamacpp for GGUF, transformers otherwise.",
+        description="Engine for this model; `auto` = llamacpp for GGUF, onnx for an ONNX export "
+        "folder, transformers otherwise.",
     )
     draft_model: str | None = Field(
         default=None,

@@ -30,10 +30,19 @@ def model_entry(text: str) -> ModelEntry:
 
 
 def choose_engine(entry: ModelEntry | Deployment, resolved: ResolvedModel, default: str) -> str:
-    """`auto`: llama.cpp for anything with a GGUF, transformers otherwise (adapters, HF folders)."""
+    """`auto`: llama.cpp for anything with a GGUF, onnx for an ONNX export folder, transformers
+    otherwise (adapters, HF folders)."""
     engine = entry.engine if entry.engine != "auto" else default
+    if (engine == "onnx") != (resolved.kind == "onnx") and engine != "auto":
+        raise ServeError(
+            f"model {resolved.ref!r} is {'an ONNX folder' if resolved.kind == 'onnx' else 'not an ONNX folder'}"
+            f" and cannot be served by the {engine} engine",
+            hint="use --engine onnx for `slm export --format onnx` folders (or --engine auto)",
+        )
     if engine != "auto":
         return engine
+    if resolved.kind == "onnx":
+        return "onnx"
     return "llamacpp" if resolved.gguf is not None and resolved.adapter is None else "transformers"
 
 
@@ -53,17 +62,19 @@ def build_engines(config: ServeConfig) -> dict[str, Engine]:
         if entry.pooled:
             engines[entry.id] = _replica_pool(entry, index, config)
             continue
-        if entry.ab is not None:
-            engines[entry.id] = _ab_split(entry, index, config)
-            continue
         if entry.follows_alias:
             engines[entry.id] = _alias_engine(entry, config)
+            continue
+        if entry.ab is not None:
+            engines[entry.id] = _ab_split(entry, index, config)
             continue
         assert entry.ref is not None  # ModelEntry's validator: ref, upstream or deployments
         resolved = resolve_model(entry.ref, prepare=False)
         kind = choose_engine(entry, resolved, config.engine)
         if kind == "llamacpp":
             engines[entry.id] = _llamacpp_engine(entry, resolved, config)
+        elif kind == "onnx":
+            engines[entry.id] = _onnx_engine(entry.id, resolved)
         elif kind == "vllm":
             engines[entry.id] = _vllm_engine(entry.id, entry.ref, config)
         else:
@@ -92,19 +103,11 @@ def _alias_engine(entry: ModelEntry, config: ServeConfig) -> Engine:
     from slmkit.registry.store import Version
     from slmkit.serve.alias import AliasEngine
 
-    def build(version: Version) -> Engine:
-        resolved = resolve_model(version.path, prepare=False)
-        kind = choose_engine(entry, resolved, config.engine)
-        if kind == "llamacpp":
-            return _llamacpp_engine(entry, resolved, config, f"{entry.ref} = {version.id}")
-        if kind == "vllm":
-            return _vllm_engine(entry.id, version.path, config)
-        from slmkit.serve.engines.transformers_engine import TransformersEngine
-
-        base = resolved.base if resolved.adapter is not None and resolved.base else resolved
-        if base.kind == "embedded":
-            base = resolve_model(base.ref)
-        return TransformersEngine(base, {entry.id: resolved.adapter}, config.transformers)
+    def build(version: Version) -> Engine:  # each version's engine is built like an A/B arm's
+        local = ModelEntry(
+            id=entry.id, ref=version.path, engine=entry.engine, draft_model=entry.draft_model
+        )
+        return _arm_engine(local, config)
 
     assert entry.ref is not None  # follows_alias: ref is `@NAME`
     return AliasEngine(entry.id, entry.ref, build, reload_s=entry.reload_s)
@@ -220,6 +223,12 @@ def _llamacpp_engine(
         if draft is None:
             raise ServeError(f"draft model {entry.draft_model!r} for {entry.id!r} is not a GGUF")
     return LlamaServerEngine(entry.id, resolved.gguf, config.llamacpp, draft_model=draft)
+
+
+def _onnx_engine(model_id: str, resolved: ResolvedModel) -> Engine:
+    from slmkit.serve.engines.onnx import OnnxEngine
+
+    return OnnxEngine(model_id, Path(resolved.path))
 
 
 def _vllm_engine(model_id: str, ref: str, config: ServeConfig) -> Engine:

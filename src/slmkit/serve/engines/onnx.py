@@ -1,0 +1,209 @@
+"""`OnnxEngine`: in-process ONNX Runtime GenAI generation for a `slm export --format onnx` folder.
+
+One worker thread runs one generator at a time (the KV cache lives inside onnxruntime-genai's
+`Generator`); further requests wait in the engine's queue, so `capacity` is 1. On a small CPU
+box one stream already uses the cores; concurrent streams share them rather than add throughput
+(see docs/benchmarks.md). The event loop only moves deltas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmkit.serve.api_errors import ApiError, context_length_exceeded, engine_unavailable
+from slmkit.serve.engines.base import Delta, EngineState
+from slmkit.serve.protocol import GenerationRequest
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    input_ids: list[int]
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[Delta | BaseException | None]
+    cancelled: bool = False
+    tokens: list[int] = field(default_factory=list)
+    sent_chars: int = 0
+
+    def emit(self, item: Delta | BaseException | None) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+
+class OnnxEngine:
+    """Serves one ONNX Runtime GenAI folder under one model id."""
+
+    kind = "onnx"
+
+    def __init__(self, model_id: str, folder: Path) -> None:
+        self.model_id = model_id
+        self.model_ids = [model_id]
+        self.folder = folder
+        self._state: EngineState = "stopped"
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self._n_ctx: int | None = None
+        self.generations = 0
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def capacity(self) -> int:
+        return 1
+
+    @property
+    def restarts(self) -> int:
+        return 0
+
+    def context_size(self) -> int | None:
+        return self._n_ctx
+
+    async def start(self) -> None:
+        self._state = "starting"
+        await asyncio.to_thread(self._load)
+        self._worker = threading.Thread(target=self._work, name="onnx-engine", daemon=True)
+        self._worker.start()
+        self._state = "ready"
+
+    def _load(self) -> None:
+        from transformers import AutoTokenizer
+
+        from slmkit.export.onnx_eval import load_genai
+
+        self.model = load_genai(self.folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        genai = json.loads((self.folder / "genai_config.json").read_text())
+        self._n_ctx = int(genai["model"].get("context_length") or 2048)
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._worker.join, 30)
+        self._state = "stopped"
+
+    async def health(self) -> dict[str, Any]:
+        return {
+            "id": self.model_id,
+            "engine": self.kind,
+            "state": self._state,
+            "restarts": 0,
+            "n_ctx": self._n_ctx,
+            "queued": self._jobs.qsize(),
+            "generations": self.generations,
+        }
+
+    def _encode(self, request: GenerationRequest) -> list[int]:
+        if request.messages is not None:
+            from slmkit.models.chat import render_chat_prompt
+
+            messages = [
+                {"role": m["role"], "content": _text(m.get("content"))} for m in request.messages
+            ]
+            try:
+                prompt = render_chat_prompt(self.tokenizer, messages)
+            except Exception as exc:  # template errors are caused by what the client sent
+                raise ApiError(
+                    400, f"cannot render the chat template: {exc}", code="invalid_messages"
+                ) from exc
+            return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(request.prompt or "")["input_ids"])
+
+    async def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
+        return len(self._encode(request))
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        if self._state != "ready":
+            raise engine_unavailable(request.model_id, self._state)
+        input_ids = self._encode(request)
+        if self._n_ctx is not None and len(input_ids) >= self._n_ctx:
+            raise context_length_exceeded(len(input_ids), self._n_ctx)
+        job = _Job(request, input_ids, asyncio.get_running_loop(), asyncio.Queue())
+        self._jobs.put(job)
+        try:
+            while (item := await job.events.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            job.cancelled = True  # the worker stops this generation at its next token
+
+    # -- worker thread ------------------------------------------------------------------------
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if job.cancelled:
+                continue
+            self.generations += 1
+            try:
+                reason = self._run(job)
+            except Exception as exc:
+                job.emit(
+                    ApiError(
+                        503,
+                        f"generation failed: {type(exc).__name__}: {exc}",
+                        type_="server_error",
+                        code="engine_error",
+                    )
+                )
+                job.emit(None)
+                continue
+            job.emit(
+                Delta(
+                    finish_reason=reason,
+                    prompt_tokens=len(job.input_ids),
+                    completion_tokens=len(job.tokens),
+                )
+            )
+            job.emit(None)
+
+    def _run(self, job: _Job) -> str:
+        """Generate until EOS, a stop string, max_tokens or cancellation; returns the finish reason."""
+        from slmkit.export.onnx_eval import stream_tokens
+
+        r = job.request
+        room = (self._n_ctx or 2048) - len(job.input_ids)
+        limit = min(r.max_tokens, room)
+        eos = {self.tokenizer.eos_token_id}
+        tokens = stream_tokens(
+            self.model,
+            job.input_ids,
+            limit,
+            temperature=r.temperature or 0.0,
+            top_p=r.top_p or 1.0,
+            seed=r.seed,
+        )
+        for token in tokens:
+            if job.cancelled:
+                return "stop"
+            if token in eos:
+                return "stop"
+            job.tokens.append(token)
+            text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
+            for stop in r.stop:
+                at = text.find(stop)
+                if at != -1:
+                    self._emit_text(job, text[:at])
+                    return "stop"
+            if not text.endswith("\ufffd"):  # wait for a whole character
+                self._emit_text(job, text)
+        return "length"
+
+    def _emit_text(self, job: _Job, text: str) -> None:
+        if len(text) > job.sent_chars:
+            job.emit(Delta(text=text[job.sent_chars :]))
+            job.sent_chars = len(text)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)

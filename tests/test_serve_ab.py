@@ -45,7 +45,7 @@ USERS = 200
 @dataclass
 class Traffic:
     by_user: list[str]  # request ids of the 200 distinct users
-    loyal: list[str]  # one user, 10 times
+    loyal: list[str]  # one user, 10 times and once streamed
     anonymous: list[str]  # no user
     routed: list[str]  # through the escalating route
     cache_headers: set[str | None]
@@ -104,6 +104,10 @@ def traffic(http: httpx.Client, home: Path) -> Traffic:
         loyal = list(pool.map(lambda _: ask(http, "loyal-user")[0], range(10)))
         anonymous = list(pool.map(lambda _: ask(http, None)[0], range(20)))
         routed = list(pool.map(lambda i: ask(http, f"routed-{i}", "front")[0], range(6)))
+    body = {"model": "support", "messages": SAY_HI, "max_tokens": 2, "stream": True}
+    streamed = http.post("/v1/chat/completions", json={**body, "user": "loyal-user"})
+    assert streamed.status_code == 200 and "data: [DONE]" in streamed.text, streamed.text
+    loyal.append(streamed.headers["x-request-id"])  # a stream meets the user's version too
     by_user = [request_id for request_id, _ in answers]
     versions = versions_of(home, by_user + loyal + anonymous + routed)
     # feedback: v2 gets 30 thumbs up; v1 10 up and 20 down (the rest stays unrated)
@@ -161,7 +165,7 @@ def test_metrics_count_each_version_as_the_audit_log_does(
 ) -> None:
     audited = dict(audit(home, "SELECT version, COUNT(*) FROM requests GROUP BY version"))
     assert set(audited) == {"v1", "v2"}  # the route's escalated answers keep their version
-    assert sum(audited.values()) == USERS + 10 + 20 + 6
+    assert sum(audited.values()) == USERS + 11 + 20 + 6
     for version, count in audited.items():
         counted = server.metric("slm_ab_requests_total", model="support", version=version)
         assert counted == count, (version, counted, count)

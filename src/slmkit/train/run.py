@@ -68,6 +68,11 @@ def train(
     """Train what `recipe` says into `recipe.output_dir`; resume automatically from its last checkpoint."""
     from slmkit.models.load import quiet_transformers
 
+    if not recipe.data.train:  # a recipe whose data all comes from its distill: stage
+        raise ConfigError(
+            "data.train: empty; this recipe's training data comes from its distill: stage",
+            hint="run it with `slm run`, or add data files to data.train",
+        )
     quiet_transformers()
     check_device(recipe)
     recipe_dir = (recipe_dir or Path.cwd()).resolve()

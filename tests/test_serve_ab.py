@@ -258,12 +258,19 @@ def test_since_takes_a_date_a_time_or_a_duration() -> None:
         parse_since("yesterday")
 
 
+@dataclass
+class Stub:
+    state: str = "ready"
+
+
 def test_weights_share_the_users_and_each_user_keeps_an_arm() -> None:
-    """3:1 over 4000 users, by the same hash the server uses (no engine is asked here)."""
+    """3:1 over 4000 users, by the same hash the server uses; an arm that is down hands its users
+    to the other until it is back (stub engines: only their state is read)."""
     from slmkit.serve.ab import ABEngine, Arm
     from slmkit.serve.protocol import GenerationRequest
 
-    split = ABEngine("support", [Arm("v1", 3.0, None), Arm("v2", 1.0, None)])  # type: ignore[arg-type]
+    v2 = Stub()
+    split = ABEngine("support", [Arm("v1", 3.0, Stub()), Arm("v2", 1.0, v2)])  # type: ignore[arg-type]
 
     def arm_of(user: str) -> str:
         request = GenerationRequest("support", SAY_HI, None, 1, False, user=user)
@@ -272,6 +279,12 @@ def test_weights_share_the_users_and_each_user_keeps_an_arm() -> None:
     names = [arm_of(f"user-{i}") for i in range(4000)]
     assert 2880 <= names.count("v1") <= 3120, names.count("v1")  # 3000 +- 4.4 sd
     assert all(arm_of(f"user-{i}") == names[i] for i in range(0, 4000, 97))
+    assert split.state == "ready"
+    v2.state = "restarting"
+    assert {arm_of(f"user-{i}") for i in range(0, 4000, 7)} == {"v1"}
+    assert split.state == "ready"  # v1 still answers
+    v2.state = "ready"
+    assert [arm_of(f"user-{i}") for i in range(0, 4000, 97)] == names[::97]
 
 
 TWO = "[{ref: default, weight: 1, name: a}, {ref: default, weight: 1, name: b}]"

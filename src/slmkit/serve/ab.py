@@ -7,6 +7,10 @@ and users spread over the arms in proportion to the weights. Requests without a 
 request with `sticky: none`, draw an arm at random by weight. The arm's name goes into the request
 (`version`), hence the audit row, and `slm_ab_requests_total{model,version}`. A request keeps its
 arm for a retry (repetition guard) and when a route asks again.
+
+While an arm's engine is not ready (restarting after a crash), its requests go to the ready arms,
+by the same point over their weights, and are recorded with the version that answered them: the
+split stays available, and the comparison stays per version. The split is ready while any arm is.
 """
 
 from __future__ import annotations
@@ -23,8 +27,7 @@ from slmkit.serve.engines.base import Delta, Engine, EngineState
 from slmkit.serve.metrics import GatewayMetrics
 from slmkit.serve.protocol import GenerationRequest
 
-# worst first: a split is only as ready as its least ready arm (each arm must answer its share)
-STATE_ORDER: tuple[EngineState, ...] = ("failed", "stopped", "restarting", "starting", "ready")
+STATE_ORDER: tuple[EngineState, ...] = ("ready", "restarting", "starting", "failed", "stopped")
 
 
 @dataclass
@@ -72,16 +75,19 @@ class ABEngine:
 
     # -- choosing the arm -----------------------------------------------------------------------
     def arm_at(self, point: float) -> Arm:
-        """The arm whose slice of [0, 1) holds `point`."""
-        edge = 0.0
-        for arm, share in zip(self.arms, self.shares, strict=True):
-            edge += share
+        """The arm whose slice of [0, 1) holds `point`; only ready arms, while any arm is down."""
+        arms = [a for a in self.arms if a.engine.state == "ready"]
+        if not arms or len(arms) == len(self.arms):
+            arms = self.arms
+        edge, total = 0.0, sum(a.weight for a in arms)
+        for arm in arms:
+            edge += arm.weight / total
             if point < edge:
                 return arm
-        return self.arms[-1]  # rounding: the shares may sum to just under 1
+        return arms[-1]  # rounding: the shares may sum to just under 1
 
     def sticky_arm(self, request: GenerationRequest) -> Arm | None:
-        """The arm the request already has, or is bound to by its `user`; None: a random draw."""
+        """The arm the request already has, or its `user`'s arm; None: a random draw."""
         if request.version in self._by_name:
             return self._by_name[request.version]
         if self.sticky == "user" and request.user:

@@ -139,6 +139,25 @@ def test_promote_while_streaming_keeps_the_stream_and_switches(
     assert series == ['slm_alias_version_info{model="support",version="v2"} 1.0']
 
 
+def test_a_version_that_cannot_start_leaves_the_old_one_serving(
+    server: ServerProcess, home: Path
+) -> None:
+    broken = home / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(64))  # a header and nothing else: llama-server refuses it
+    registry = Registry(home / "registry.db")
+    version = registry.register(broken, "export").id
+    registry.promote(version, "support")
+    deadline = time.monotonic() + 90
+    while _health(server).get("skipped_version") != version:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.2)
+    assert _health(server)["version"] == "v2" and f"version {version} did not start" in server.log()
+    answer = server.client().chat.completions.create(
+        model="support", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4
+    )
+    assert answer.choices[0].message.content
+
+
 def test_unknown_alias_stops_the_start_with_one_line(tmp_path: Path) -> None:
     import yaml
 

@@ -19,7 +19,8 @@ import pytest
 from serve_helpers import REPO, ServerProcess, needs_llama_server
 from slmkit.config import load_config
 from slmkit.distill.config import DistillSettings
-from slmkit.distill.run import distill
+from slmkit.distill.run import DistillIncomplete, check_complete, distill, done_keys
+from slmkit.distill.teacher import TeacherError
 from slmkit.errors import ConfigError, DataError
 from slmkit.recipe import Recipe, load_recipe
 
@@ -67,6 +68,18 @@ def distill_args(teacher: str, prompts: Path, out: Path, *extra: str) -> list[st
     ]
 
 
+def settings(teacher: str, prompts: Path, **extra: object) -> DistillSettings:
+    """The settings of `distill_args`, for runs in this process."""
+    return DistillSettings(
+        teacher=teacher,
+        prompts=str(prompts),
+        max_tokens=12,
+        max_answer_chars=MAX_CHARS,
+        keep_truncated=True,
+        **extra,
+    )
+
+
 def counts(stdout: str) -> dict[str, int]:
     """The counts table: `│ kept │ 3 │` -> {"kept": 3}."""
     return {
@@ -98,7 +111,7 @@ def test_killed_run_resumes_without_duplicates_and_counts_add_up(
     rejected = tmp_path / "data.jsonl.rejected.jsonl"
     url = teacher.base_url + "/v1"
 
-    # 1. one request at a time, SIGKILLed once two prompts are done
+    # 1. one request at a time, SIGKILLed once a prompt is done
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -111,28 +124,28 @@ def test_killed_run_resumes_without_duplicates_and_counts_add_up(
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 240
-    while len(ids(out) + ids(rejected)) < 2 and proc.poll() is None:
+    while not ids(out) + ids(rejected) and proc.poll() is None:
         assert time.monotonic() < deadline, "no answer within 240 s"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL, "the run finished before it was killed"
     done_at_kill = set(ids(out) + ids(rejected))
-    assert 2 <= len(done_at_kill) < UNIQUE
+    assert 1 <= len(done_at_kill) < UNIQUE
 
     # 2. three at once against a queue of one, no retries: the 429s leave prompts unanswered
     first_429s = teacher.metric("slm_requests_total", status="429")
-    partial = slm(*distill_args(url, prompts, out, "--concurrency", "3", "--retries", "0"))
-    assert partial.returncode == 1, partial.stderr
-    assert "got no answer from the teacher" in partial.stderr and "HTTP 429" in partial.stderr
-    assert "run the same command again" in partial.stderr
-    table = counts(partial.stdout)
-    assert table["done before (skipped)"] == len(done_at_kill)
-    assert table["no answer (failed)"] >= 1
+    partial = distill(settings(url, prompts, concurrency=3, retries=0), out)
+    assert partial.counts["done_before"] == len(done_at_kill)
+    assert partial.counts["failed"] >= 1 and "HTTP 429" in partial.failures[0]
+    with pytest.raises(DistillIncomplete, match="run the same command again") as incomplete:
+        check_complete(partial)
+    assert incomplete.value.exit_code == 1
     assert teacher.metric("slm_requests_total", status="429") > first_429s
+    assert len(set(ids(out) + ids(rejected))) == len(ids(out) + ids(rejected)) < UNIQUE
 
-    # 3. the same with retries and backoff: every prompt is answered, none twice
+    # 3. two at once with retries and backoff: every prompt is answered, none twice
     before_429s = teacher.metric("slm_requests_total", status="429")
-    final = slm(*distill_args(url, prompts, out, "--concurrency", "3", "--retries", "8"))
+    final = slm(*distill_args(url, prompts, out, "--concurrency", "2", "--retries", "8"))
     assert final.returncode == 0, final.stderr
     table = counts(final.stdout)
     assert table["no answer (failed)"] == 0
@@ -166,20 +179,17 @@ def test_killed_run_resumes_without_duplicates_and_counts_add_up(
     valid = slm("data", "validate", str(out))
     assert valid.returncode == 0, valid.stdout + valid.stderr
     assert f"ok: {len(kept)} valid record(s)" in valid.stdout
-    again = slm(*distill_args("http://127.0.0.1:1/v1", prompts, out))
-    assert again.returncode == 0, again.stderr
-    assert counts(again.stdout)["done before (skipped)"] == UNIQUE
+    again = distill(settings("http://127.0.0.1:1/v1", prompts), out)
+    assert again.counts["done_before"] == UNIQUE and not again.counts["accepted"]
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--teacher", "ftp://host/v1"], "--teacher ftp://host/v1: unsupported URL scheme 'ftp'"),
-        (["--prompts", "missing.jsonl"], "missing.jsonl: prompts file not found"),
         (["--prompts", "BAD"], "bad.jsonl:2: prompt: give either `prompt`"),
-        (["--teacher", "http://127.0.0.1:1/v1"], "--teacher http://127.0.0.1:1/v1: cannot reach"),
     ],
-    ids=["url-scheme", "missing-prompts", "bad-row", "unreachable"],
+    ids=["url-scheme", "bad-row"],
 )
 def test_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     good = tmp_path / "good.txt"
@@ -188,8 +198,6 @@ def test_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) ->
     bad.write_text('{"prompt": "Say hi."}\n{"promt": "typo"}\n')
     given = dict(zip(args[::2], args[1::2], strict=True))
     prompts = given.get("--prompts", str(good)).replace("BAD", str(bad))
-    if prompts == "missing.jsonl":
-        prompts = str(tmp_path / "missing.jsonl")
     teacher = given.get("--teacher", "http://127.0.0.1:1/v1")
     result = slm("distill", "--teacher", teacher, "--prompts", prompts, "-o", str(tmp_path / "o"))
     assert result.returncode == 2
@@ -205,6 +213,11 @@ def test_bad_input_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     def run(teacher: str = "http://127.0.0.1:1/v1", **settings: object) -> None:
         distill(DistillSettings(teacher=teacher, prompts=str(prompts), **settings), out)
 
+    with pytest.raises(DataError, match=r"p.jsonl: prompts file not found"):
+        run()
+    prompts.write_text('{"prompt": "Say hi."}\n')
+    with pytest.raises(TeacherError, match=r"--teacher http://127.0.0.1:1/v1: cannot reach it"):
+        run()
     prompts.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n')
     with pytest.raises(DataError, match=r"p.jsonl:2: id: 'a' is already used on line 1"):
         run()
@@ -281,3 +294,11 @@ def test_pipeline_distill_stage_is_fingerprinted(teacher: ServerProcess, tmp_pat
         json.loads(line)["messages"][-1]["content"] for line in data.read_text().splitlines()
     ]
     assert all(len(answer) < 40 for answer in answers)  # 4 tokens each
+
+
+def test_a_line_cut_by_a_kill_is_asked_again(tmp_path: Path) -> None:
+    out = tmp_path / "data.jsonl"
+    whole = json.dumps({"id": "a", "messages": []}) + "\n"
+    out.write_text(whole + '{"id": "b", "messages": [{"role": "us')
+    assert done_keys(out) == {"a"}
+    assert out.read_text() == whole  # the cut line is gone, so the next line starts clean

@@ -167,3 +167,16 @@ def test_unknown_alias_stops_the_start_with_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert "unknown alias 'nowhere'" in lines[-1] and "registry.db" in lines[-1]
+
+
+def test_alias_entries_validate() -> None:
+    from pydantic import ValidationError
+
+    from slmkit.serve.config import ModelEntry
+
+    assert ModelEntry(id="support", ref="@support").follows_alias
+    assert not ModelEntry(id="fixed", ref="@v3").follows_alias  # a version never moves
+    with pytest.raises(ValidationError, match="served by one engine: drop `replicas`"):
+        ModelEntry(id="support", ref="@support", replicas=2)
+    with pytest.raises(ValidationError, match="reload_s"):
+        ModelEntry(id="support", ref="@support", reload_s=0)

@@ -116,7 +116,8 @@ class ModelEntry(StrictModel):
     id: str = Field(description="Model id clients use in requests (letters, digits, . _ : -).")
     ref: str | None = Field(
         default=None,
-        description="Model reference: `default`, a .gguf, an export folder, a run folder, an HF folder.",
+        description="Model reference: `default`, a .gguf, an export folder, a run folder, an HF folder, "
+        "a registry version `@v3`, or an alias `@support` (followed while serving).",
     )
     upstream: UpstreamSettings | None = Field(
         default=None,
@@ -229,7 +230,9 @@ class ModelEntry(StrictModel):
         if self.deployments is not None and not self.deployments:
             raise ValueError("deployments: list at least one `{ref: ...}` or `{upstream: ...}`")
         if self.follows_alias and self.replicas > 1:
-            raise ValueError("a registry alias (`ref: '@NAME'`) is served by one engine: drop `replicas`")
+            raise ValueError(
+                "a registry alias (`ref: '@NAME'`) is served by one engine: drop `replicas`"
+            )
         if self.replicas > 1 and self.ref is None:
             raise ValueError("replicas copies a local `ref`; list remote replicas in `deployments`")
         return self

@@ -87,6 +87,19 @@ def test_aliases_move_with_history_and_resolve(tmp_path: Path) -> None:
     assert registry.alias_target("support") == "v2"  # refused moves left no trace
 
 
+def test_a_broken_registry_warns_and_never_fails_the_stage(
+    tmp_path: Path, slm_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from slmkit.registry.hooks import record_eval, record_run
+
+    (slm_home / "registry.db").mkdir()  # a folder where the database file should be
+    data = write_jsonl(tmp_path / "train.jsonl", FACT_ROWS)
+    record_run(_run_folder(tmp_path / "run", data, "default"))  # returns, does not raise
+    assert record_eval([tmp_path / "run"], {"main": 1.0}) is None
+    err = capsys.readouterr().err
+    assert "model registry: run " in err and "not recorded" in err
+
+
 WRITER = textwrap.dedent(
     """
     import sys

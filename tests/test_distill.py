@@ -7,6 +7,7 @@ A recipe's `distill:` section, and the pipeline stage that runs it, fingerprinte
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -40,13 +41,14 @@ UNIQUE = len(PROMPTS) - 1
 MAX_CHARS = 40  # "The capital of France is Paris." (and of Italy) fit; 12 tokens of a story do not
 
 
-def slm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def slm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "slmkit.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        timeout=300,
     )
 
 
@@ -145,8 +147,11 @@ def test_killed_run_resumes_without_duplicates_and_counts_add_up(
 
     # 3. two at once with retries and backoff: every prompt is answered, none twice
     before_429s = teacher.metric("slm_requests_total", status="429")
-    final = slm(*distill_args(url, prompts, out, "--concurrency", "2", "--retries", "8"))
+    key = {"TEACHER_KEY": "sk-distill-secret-0042"}  # the gateway has no keys: any key is fine
+    more = ("--concurrency", "2", "--retries", "8", "--api-key-env", "TEACHER_KEY")
+    final = slm(*distill_args(url, prompts, out, *more), env=key)
     assert final.returncode == 0, final.stderr
+    assert key["TEACHER_KEY"] not in final.stdout + final.stderr
     table = counts(final.stdout)
     assert table["no answer (failed)"] == 0
     assert teacher.metric("slm_requests_total", status="429") > before_429s  # retried, not lucky

@@ -286,9 +286,11 @@ def _distill(ctx: _Context) -> dict[str, Any]:
         output.unlink(missing_ok=True)
         rejected_path(output).unlink(missing_ok=True)
     settings = ctx.recipe.distill
-    assert settings.prompts is not None
-    prompts = str(ctx.paths([settings.prompts])[0])
-    result = distill(settings.model_copy(update={"prompts": prompts}), output, log=ctx.log)
+    assert settings.prompts is not None and settings.teacher is not None
+    update = {"prompts": str(ctx.paths([settings.prompts])[0])}
+    if (ctx.recipe_dir / settings.teacher).exists():  # a .gguf or run folder next to the recipe
+        update["teacher"] = str(ctx.paths([settings.teacher])[0])
+    result = distill(settings.model_copy(update=update), output, log=ctx.log)
     check_complete(result)  # unanswered prompts: the stage stays unfinished, a re-run asks them
     if not result.counts["accepted"] and not ctx.recipe.data.train:
         raise DataError(

@@ -81,8 +81,15 @@ def recipe_hash(recipe: Recipe) -> str:
     """Hash of everything in the recipe that changes what is trained (output_dir excluded)."""
     data = recipe.model_dump(mode="json")
     data.pop("output_dir", None)
-    # later pipeline stages, not training; SFT/PT never read the dpo: section
-    unread = ("preference", "evaluate", "export", *(() if recipe.method == "dpo" else ("dpo",)))
+    # other pipeline stages, not training (distill: writes a data file, hashed as data); SFT/PT
+    # never read the dpo: section
+    unread = (
+        "distill",
+        "preference",
+        "evaluate",
+        "export",
+        *(() if recipe.method == "dpo" else ("dpo",)),
+    )
     for section in unread:
         data.pop(section, None)
     data["train"].pop("report_to", None)

@@ -147,7 +147,9 @@ def export_model(
     ).name
     result = ExportResult(out_dir, recommended, files, steps.timings, quant_result, parity, notes)
     _write_artefacts(result, resolved, hf_dir, checked, cfg)
-    source = resolved.ref if resolved.ref.startswith("@") else str(resolved.run_dir or resolved.path)
+    source = (
+        resolved.ref if resolved.ref.startswith("@") else str(resolved.run_dir or resolved.path)
+    )
     record_export(out_dir, source, [Path(f.file) for f in files])  # a registry problem only warns
     return result
 

@@ -326,12 +326,12 @@ class Gateway:
             "created": self.created,
             "owned_by": f"slmkit:{engine}",
         }
-        version = getattr(self.engines.get(model_id), "version", None) if kind is None else None
-        if isinstance(version, str):  # a registry alias: the version answering now
-            card["version"] = version
         arms = getattr(self.engines.get(model_id), "arm_cards", None) if kind is None else None
         if arms is not None:  # an A/B split: its versions and their weights
             card["versions"] = arms()
+        version = getattr(self.engines.get(model_id), "version", None) if kind is None else None
+        if isinstance(version, str):  # a registry alias: the version answering now
+            card["version"] = version
         return card
 
     def model_card(self, model_id: str) -> dict[str, Any]:

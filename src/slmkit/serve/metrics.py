@@ -163,7 +163,6 @@ class GatewayMetrics:
             registry=r,
         )
 
-
     def observe_tokens(self, model: str, outcome: Outcome, cached: bool) -> None:
         """Token counts, time to first token and (not for cached answers) time per output token."""
         if outcome.prompt_tokens:

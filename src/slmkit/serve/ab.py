@@ -23,11 +23,10 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from slmkit.serve.engine_group import group_state, pass_on_restart_hook
 from slmkit.serve.engines.base import Delta, Engine, EngineState
 from slmkit.serve.metrics import GatewayMetrics
 from slmkit.serve.protocol import GenerationRequest
-
-STATE_ORDER: tuple[EngineState, ...] = ("ready", "restarting", "starting", "failed", "stopped")
 
 
 @dataclass
@@ -114,8 +113,7 @@ class ABEngine:
     # -- the Engine protocol --------------------------------------------------------------------
     @property
     def state(self) -> EngineState:
-        states = {arm.engine.state for arm in self.arms}
-        return next((s for s in STATE_ORDER if s in states), "stopped")
+        return group_state(arm.engine for arm in self.arms)
 
     @property
     def capacity(self) -> int:
@@ -132,9 +130,7 @@ class ABEngine:
     @on_restart.setter
     def on_restart(self, hook: Callable[[str], None] | None) -> None:
         self._on_restart = hook
-        for arm in self.arms:
-            if hasattr(arm.engine, "on_restart"):
-                arm.engine.on_restart = hook  # type: ignore[attr-defined]
+        pass_on_restart_hook((arm.engine for arm in self.arms), hook)
 
     def attach_metrics(self, metrics: GatewayMetrics) -> None:
         self._requests = metrics.ab_requests

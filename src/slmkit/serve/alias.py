@@ -17,6 +17,7 @@ from typing import Any
 
 from slmkit.console import info, warn
 from slmkit.registry.store import Registry, Version
+from slmkit.serve.engine_group import pass_on_restart_hook
 from slmkit.serve.engines.base import Delta, Engine, EngineState
 from slmkit.serve.protocol import GenerationRequest
 
@@ -87,8 +88,7 @@ class AliasEngine:
     @on_restart.setter
     def on_restart(self, hook: Callable[[str], None] | None) -> None:
         self._on_restart = hook
-        if self.current is not None and hasattr(self.current.engine, "on_restart"):
-            self.current.engine.on_restart = hook  # type: ignore[attr-defined]
+        pass_on_restart_hook([self.current.engine] if self.current else [], hook)
 
     def attach_metrics(self, metrics: Any) -> None:
         self._gauge = metrics.alias_version
@@ -136,8 +136,7 @@ class AliasEngine:
 
     async def _start_version(self, version: Version) -> Serving:
         engine = await asyncio.to_thread(self.build, version)
-        if hasattr(engine, "on_restart"):
-            engine.on_restart = self._on_restart  # type: ignore[attr-defined]
+        pass_on_restart_hook([engine], self._on_restart)
         await engine.start()
         return Serving(version.id, engine)
 

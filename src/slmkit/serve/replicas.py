@@ -20,12 +20,12 @@ from typing import Any
 
 from slmkit.console import warn
 from slmkit.serve.api_errors import ApiError, engine_unavailable
+from slmkit.serve.engine_group import group_state, pass_on_restart_hook
 from slmkit.serve.engines.base import Delta, Engine, EngineState
 from slmkit.serve.metrics import GatewayMetrics
 from slmkit.serve.protocol import GenerationRequest
 
 LATENCY_WEIGHT = 0.3  # weight of the newest sample in the moving average of time to first token
-STATE_ORDER: tuple[EngineState, ...] = ("ready", "restarting", "starting", "failed", "stopped")
 
 
 @dataclass
@@ -87,8 +87,7 @@ class ReplicaPool:
     @property
     def state(self) -> EngineState:
         """Ready while any replica is; else the most hopeful state among them."""
-        states = {r.engine.state for r in self.replicas}
-        return next((s for s in STATE_ORDER if s in states), "stopped")
+        return group_state(r.engine for r in self.replicas)
 
     @property
     def capacity(self) -> int:
@@ -106,9 +105,7 @@ class ReplicaPool:
     @on_restart.setter
     def on_restart(self, hook: Callable[[str], None] | None) -> None:
         self._on_restart = hook
-        for replica in self.replicas:
-            if hasattr(replica.engine, "on_restart"):
-                replica.engine.on_restart = hook  # type: ignore[attr-defined]
+        pass_on_restart_hook((r.engine for r in self.replicas), hook)
 
     def attach_metrics(self, metrics: GatewayMetrics) -> None:
         """Per-replica series: requests by outcome, in flight, up (ready and not cooled)."""

@@ -1,0 +1,24 @@
+"""What engines made of other engines (replica pools, A/B splits, registry aliases) share: the
+state they report and the restart hook they pass on to their members."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from slmkit.serve.engines.base import Engine, EngineState
+
+# best first: a group is as ready as its readiest member
+STATE_ORDER: tuple[EngineState, ...] = ("ready", "restarting", "starting", "failed", "stopped")
+
+
+def group_state(members: Iterable[Engine]) -> EngineState:
+    """The state of a group: its best member's (ready while any member is)."""
+    states = {engine.state for engine in members}
+    return next((s for s in STATE_ORDER if s in states), "stopped")
+
+
+def pass_on_restart_hook(members: Iterable[Engine], hook: Callable[[str], None] | None) -> None:
+    """Give the gateway's restart hook to the members that report restarts."""
+    for engine in members:
+        if hasattr(engine, "on_restart"):
+            engine.on_restart = hook  # type: ignore[attr-defined]

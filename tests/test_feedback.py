@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from slmkit.feedback.audit_reader import parse_flat_prompt, parse_time
+from slmkit.feedback.audit_reader import parse_flat_prompt
 from slmkit.feedback.export import feedback_eval_rows
 from slmkit.serve.audit import AuditLog, AuditRecord
 from slmkit.serve.config import AuditSettings
+from slmkit.serve.logs import parse_time
 
 NOW = time.time()
 SYSTEM = {"role": "system", "content": "You are Brindlewood's support desk.\nBe brief."}

@@ -249,7 +249,10 @@ def test_a_model_that_only_took_escalations_has_no_versions(traffic: Traffic, ho
 
 def test_since_takes_a_date_a_time_or_a_duration() -> None:
     from slmkit.errors import SlmError
-    from slmkit.serve.ab_report import parse_since
+    from slmkit.serve.logs import parse_time
+
+    def parse_since(text: str, now: float | None = None) -> float:
+        return parse_time(text, "--since", now)
 
     assert parse_since("2026-11-27") == 1795737600.0  # midnight UTC
     assert parse_since("2026-11-27T01:00+01:00") == 1795737600.0

@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from slmkit.errors import SlmError
-from slmkit.serve.logs import parse_window
 
 GENERATION_ENDPOINTS = ("chat", "completions")
 # requests columns read here that older audit files may lack (an old file is read as it is)
@@ -69,24 +66,6 @@ def parse_flat_prompt(text: str) -> list[dict[str, Any]]:
         end = starts[i + 1].start() - 1 if i + 1 < len(starts) else len(text)
         messages.append({"role": match.group(1), "content": text[match.end() : end]})
     return messages
-
-
-def parse_time(text: str, option: str, now: float | None = None) -> float:
-    """`2026-11-27`, an ISO time (naive = UTC) or a duration back from now (`7d`, `12h`) -> epoch s."""
-    raw = text.strip()
-    try:
-        stamp = datetime.fromisoformat(raw)
-    except ValueError:
-        try:
-            return (now or time.time()) - parse_window(raw)
-        except SlmError:
-            raise SlmError(
-                f"{option}: {text!r} is not a date (YYYY-MM-DD, an ISO time like "
-                "2026-11-27T14:00, or a duration back from now like 7d, 12h)"
-            ) from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
-    return stamp.timestamp()
 
 
 def open_audit(path: Path) -> sqlite3.Connection:

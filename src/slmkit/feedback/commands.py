@@ -64,8 +64,8 @@ def export_cmd(
     """Rated and escalated answers -> SFT, DPO or eval data: latest feedback per request,
     de-duplicated, PII-masked with the gateway's output filter, validated; counts printed."""
     from slmkit.console import out as stdout
-    from slmkit.feedback.audit_reader import parse_time
     from slmkit.feedback.export import TARGETS, export_feedback
+    from slmkit.serve.logs import parse_time
 
     if to not in TARGETS:
         raise SlmError(f"--to: {to!r} is not one of {', '.join(TARGETS)}")
@@ -128,8 +128,8 @@ def stats_cmd(
     from rich.table import Table
 
     from slmkit.console import out as stdout
-    from slmkit.feedback.audit_reader import parse_time
     from slmkit.feedback.stats import feedback_stats
+    from slmkit.serve.logs import parse_time
 
     start = parse_time(since, "--since") if since is not None else None
     lines = feedback_stats(_audit_path(audit, _serve_config(config)), start, model)

@@ -113,8 +113,8 @@ def _set_name(path: Path) -> str:
 
 
 def _feedback_items(config: MonitorConfig) -> list[EvalItem]:
-    from slmkit.feedback.audit_reader import parse_time
     from slmkit.feedback.export import feedback_eval_rows
+    from slmkit.serve.logs import parse_time
 
     assert config.feedback_audit is not None
     since = parse_time(config.since, "--since") if config.since is not None else None

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import math
 import sqlite3
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from slmkit.errors import SlmError
 from slmkit.serve.alerts import is_failure
-from slmkit.serve.logs import parse_window, percentile
+from slmkit.serve.logs import percentile
 
 Z_95 = 1.959964  # two-sided 95%
 Z_POWER = 0.841621  # one-sided 80% power
@@ -186,23 +184,6 @@ def compare(base: VersionStats, other: VersionStats) -> Comparison:
         f"version would detect a {DETECT * 100:.0f}-point difference"
     )
     return Comparison(base.version, other.version, p, difference, latency_p, more, verdict)
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """`2026-11-27`, an ISO time (naive = UTC) or a duration back from now (`7d`) -> epoch s."""
-    try:
-        stamp = datetime.fromisoformat(text.strip())
-    except ValueError:
-        try:
-            return (now or time.time()) - parse_window(text)
-        except SlmError:
-            raise SlmError(
-                f"--since: {text!r} is not a date (YYYY-MM-DD, an ISO time like "
-                "2026-11-27T14:00, or a duration back from now like 7d, 12h)"
-            ) from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
-    return stamp.timestamp()
 
 
 # -- the audit log ---------------------------------------------------------------------------

@@ -265,11 +265,12 @@ def _print_ab_report(
 ) -> None:
     from rich.table import Table
 
-    from slmkit.serve.ab_report import ab_report, parse_since
+    from slmkit.serve.ab_report import ab_report
+    from slmkit.serve.logs import parse_time
 
     entry = next((m for m in _load_config(config, []).models if m.id == model), None)
     order = [arm.version for arm in entry.ab or []] if entry is not None else []
-    start = parse_since(since) if since is not None else None
+    start = parse_time(since, "--since") if since is not None else None
     report = ab_report(path, model, start, order)
     if as_json:
         text = json.dumps(report.as_dict(), indent=2)

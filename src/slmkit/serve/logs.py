@@ -6,6 +6,7 @@ import math
 import sqlite3
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,24 @@ def parse_window(text: str) -> float:
     if not seconds > 0 or math.isinf(seconds):
         raise SlmError(f"--window: {text!r} is not a duration (e.g. 300, 90s, 5m, 1h, 7d)")
     return seconds
+
+
+def parse_time(text: str, option: str, now: float | None = None) -> float:
+    """`2026-11-27`, an ISO time (naive = UTC) or a duration back from now (`7d`, `12h`) -> epoch s."""
+    raw = text.strip()
+    try:
+        stamp = datetime.fromisoformat(raw)
+    except ValueError:
+        try:
+            return (now or time.time()) - parse_window(raw)
+        except SlmError:
+            raise SlmError(
+                f"{option}: {text!r} is not a date (YYYY-MM-DD, an ISO time like "
+                "2026-11-27T14:00, or a duration back from now like 7d, 12h)"
+            ) from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.timestamp()
 
 
 @dataclass

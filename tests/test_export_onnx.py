@@ -72,12 +72,13 @@ def test_every_precision_is_a_loadable_genai_folder_with_tokenizer_and_template(
         )
         og.Model(str(folder))  # the runtime loads it
     sizes = {p: files[f"onnx-{p}"]["size_bytes"] for p in PRECISIONS}
-    assert sizes["int4"] < sizes["fp32"], sizes
-    # every MatMul of the fp32 graph is quantized: dynamic INT8 (MatMulInteger), 4-bit (MatMulNBits);
-    # int8 is not smaller here: the tiny model is mostly its fp32 embedding table, kept for Gather
+    # int8 vs fp32 is not compared: this tiny model is mostly its embedding table, which stays
+    # fp32 for the Gather while the tied output MatMul gets its own quantized copy
+    assert sizes["int4"] < sizes["int8"], sizes
+    # every MatMul of the fp32 graph is weight-only quantized (MatMulNBits) at int8 and int4
     ops = {p: _op_counts(onnx_export / files[f"onnx-{p}"]["file"]) for p in PRECISIONS}
     matmuls = ops["fp32"]["MatMul"]
-    assert matmuls > 0 and ops["int8"]["MatMulInteger"] == ops["int4"]["MatMulNBits"] == matmuls
+    assert matmuls > 0 and ops["int8"]["MatMulNBits"] == ops["int4"]["MatMulNBits"] == matmuls
     assert "MatMul" not in ops["int8"] and "MatMul" not in ops["int4"]
     assert manifest["recommended"] in {f["file"] for f in manifest["files"]}
     assert {"report.json", "report.html"} <= {p.name for p in onnx_export.iterdir()}

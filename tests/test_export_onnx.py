@@ -177,3 +177,31 @@ def test_engine_and_folder_mismatch_is_a_one_line_error(
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "onnx" in lines[0].lower(), proc.stderr
+
+
+def test_slm_eval_compares_an_onnx_export_with_pytorch(
+    onnx_export: Path, tiny_model_dir: Path, tmp_path: Path, slm
+) -> None:
+    data = tmp_path / "eval.jsonl"
+    data.write_text(
+        "\n".join(
+            json.dumps({"prompt": p, "reference": "red", "must_include": ["red"]})
+            for p in ("Name a colour.", "What colour is the sky?")
+        )
+        + "\n"
+    )
+    models = f"pt={tiny_model_dir},onnx={precision_folder(onnx_export, 'fp32')}"
+    proc = slm(
+        "eval", "-m", models, "-d", str(data), "--max-tokens", "6", "-o", str(tmp_path / "r")
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [(m["name"], m["engine"]) for m in report["models"]] == [
+        ("pt", "transformers"),
+        ("onnx", "onnx"),
+    ]
+    for item in report["items"]:  # fp32 ONNX answers exactly what PyTorch answers, greedy
+        onnx, pt = item["answers"]["onnx"], item["answers"]["pt"]
+        assert onnx["error"] is None and pt["error"] is None, (onnx, pt)
+        assert onnx["text"] == pt["text"]
+        assert onnx["completion_tokens"] == pt["completion_tokens"] > 0

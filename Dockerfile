@@ -47,7 +47,10 @@ RUN useradd --create-home --uid 10001 slm \
 COPY --from=build /opt/slmkit /opt/slmkit
 COPY --from=build /opt/slm /opt/slm
 COPY deploy/serve.yaml /etc/slm/serve.yaml
+# The tools' RUNPATH names the build folder of the build stage, which is not copied: the shared
+# libraries they need lie beside them in bin/.
 ENV PATH=/opt/slmkit/.venv/bin:$PATH \
+    LD_LIBRARY_PATH=/opt/slm/tools/bin \
     SLM_HOME=/var/lib/slm \
     SLM_TOOLS_DIR=/opt/slm/tools \
     SLM_MODEL_CACHE=/opt/slm/models \

@@ -155,7 +155,9 @@ def test_dockerfile_env_vars_are_read_by_the_code(dockerfile: list[Instruction])
     code = "\n".join(p.read_text() for p in (REPO / "src" / "slmkit").rglob("*.py"))
     code += (REPO / "scripts" / "setup.sh").read_text()
     env = env_of(final_stage(dockerfile))
-    for name in set(env) - {"PATH"}:
+    # read by the dynamic loader: the tools' shared libraries lie beside them
+    assert env["LD_LIBRARY_PATH"] == f"{env['SLM_TOOLS_DIR']}/bin"
+    for name in set(env) - {"PATH", "LD_LIBRARY_PATH"}:
         assert re.search(rf"\b{name}\b", code), f"ENV {name}: nothing in src/ or setup.sh reads it"
     # the baked tools and models stay outside SLM_HOME, the writable volume
     assert one(final_stage(dockerfile), "VOLUME").exec_form() == [env["SLM_HOME"]]

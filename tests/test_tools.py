@@ -25,6 +25,7 @@ from slmkit.tools_build import (
     compile_config,
     configs_to_try,
     installed_build,
+    point_runpath_at_own_folder,
 )
 
 
@@ -270,3 +271,33 @@ def test_amx_opt_in_tries_native_amx_first(monkeypatch: pytest.MonkeyPatch) -> N
     assert [c.name for c in configs_to_try()] == ["native", "portable", "baseline"]
     monkeypatch.setenv("SLM_LLAMA_AMX", "1")
     assert [c.name for c in configs_to_try()] == ["native-amx", "native", "portable", "baseline"]
+
+
+def _runpath(binary: Path) -> str:
+    dynamic = subprocess.run(["readelf", "-d", str(binary)], capture_output=True, text=True)
+    found = re.search(r"\((?:RUNPATH|RPATH)\)\s+Library r(?:un)?path: \[(.*)\]", dynamic.stdout)
+    return found.group(1) if found else ""
+
+
+def test_installed_tools_find_their_libraries_beside_them_when_copied(tmp_path: Path) -> None:
+    # cmake bakes the build folder into RUNPATH; set-up rewrites it to $ORIGIN so the tools
+    # survive a removed build folder and a copy into a container image
+    installed = llama_tool("llama-server").parent
+    copy = tmp_path / "bin"
+    shutil.copytree(installed, copy, symlinks=True)
+    before = _runpath(copy / "llama-server")
+    if before != "$ORIGIN":  # tools installed before the rewrite existed: apply it to the copy
+        build_bin = Path(before.rstrip(":"))
+        assert point_runpath_at_own_folder(copy, build_bin) >= 2  # the binary and its libraries
+        assert point_runpath_at_own_folder(copy, build_bin) == 0  # done once, nothing left
+    assert _runpath(copy / "llama-server") == "$ORIGIN"
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    linked = subprocess.run(
+        ["ldd", str(copy / "llama-server")], capture_output=True, text=True, env=env
+    )
+    libllama = next(ln for ln in linked.stdout.splitlines() if "libllama" in ln)
+    assert f"=> {copy}/" in libllama, libllama
+    version = subprocess.run(
+        [str(copy / "llama-server"), "--version"], capture_output=True, text=True, env=env
+    )
+    assert version.returncode == 0 and "version" in (version.stdout + version.stderr)

@@ -156,6 +156,7 @@ def install(bin_dir: Path, src: Path, dest: Path, result: BuildResult) -> None:
     for name in ("bin", "gguf-py", "conversion"):
         shutil.rmtree(dest / name, ignore_errors=True)
     shutil.copytree(bin_dir, dest / "bin", symlinks=True)
+    point_runpath_at_own_folder(dest / "bin", bin_dir)
     shutil.copy2(src / "convert_hf_to_gguf.py", dest / "convert_hf_to_gguf.py")
     shutil.copytree(src / "gguf-py", dest / "gguf-py")
     if (src / "conversion").is_dir():  # newer converters import their model classes from it
@@ -171,6 +172,32 @@ def install(bin_dir: Path, src: Path, dest: Path, result: BuildResult) -> None:
     lines = [ln for ln in (version.stdout + version.stderr).splitlines() if ln.strip()]
     (dest / "VERSION").write_text("\n".join(lines[:2]) + "\n")
     (dest / BUILD_STAMP).write_text(json.dumps(asdict(result), indent=2) + "\n")
+
+
+def point_runpath_at_own_folder(folder: Path, build_bin: Path) -> int:
+    """Make installed binaries find their shared libraries beside them, not in the build folder.
+
+    cmake bakes the build folder into each ELF file's RUNPATH, so the installed tools broke once
+    that folder was removed or the tools were copied elsewhere (a container image). As `chrpath`
+    does, the RUNPATH string is overwritten in place with the shorter `$ORIGIN` (padded with
+    NULs), so nothing in the file moves. Returns how many files were changed."""
+    old = str(build_bin).encode()
+    changed = 0
+    for path in sorted(folder.iterdir()):
+        if path.is_symlink() or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if not data.startswith(b"\x7fELF"):
+            continue
+        patched = data
+        for entry in (old + b":", old):  # cmake may end the list with a ':'
+            whole = b"\0" + entry + b"\0"  # the whole string in .dynstr, not a longer one
+            replacement = b"\0" + b"$ORIGIN".ljust(len(entry), b"\0") + b"\0"
+            patched = patched.replace(whole, replacement)
+        if patched != data:
+            path.write_bytes(patched)
+            changed += 1
+    return changed
 
 
 def build_tools(

@@ -283,7 +283,8 @@ def winners(routes: dict[str, dict[str, Any]]) -> list[str]:
         top = pick(list(routes))
         other = pick([n for n in routes if routes[n]["engine"] != routes[top]["engine"]])
         a, b = routes[top][key], routes[other][key]
-        return f"{top} ({a:.1f}; best of the other runtime: {other}, {b:.1f}, {b / a:.2f}×)"
+        ratio = f", {b / a:.2f}×" if a else ""
+        return f"{top} ({a:.3g}; best of the other runtime: {other}, {b:.3g}{ratio})"
 
     return [
         f"one stream, output tok/s: {best('tok_s_1', True)}",

@@ -19,6 +19,7 @@ from typing import Any
 from slmkit.serve.api_errors import ApiError, context_length_exceeded, engine_unavailable
 from slmkit.serve.config import TransformersSettings
 from slmkit.serve.engines.base import Delta, EngineState
+from slmkit.serve.engines.prompt_tokens import encode_request
 from slmkit.serve.protocol import GenerationRequest
 
 BASE = "__base__"
@@ -159,20 +160,7 @@ class TransformersEngine:
         }
 
     def _encode(self, request: GenerationRequest) -> list[int]:
-        if request.messages is not None:
-            from slmkit.models.chat import render_chat_prompt
-
-            messages = [
-                {"role": m["role"], "content": _text(m.get("content"))} for m in request.messages
-            ]
-            try:
-                prompt = render_chat_prompt(self.tokenizer, messages)
-            except Exception as exc:  # template errors are caused by what the client sent
-                raise ApiError(
-                    400, f"cannot render the chat template: {exc}", code="invalid_messages"
-                ) from exc
-            return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        return list(self.tokenizer(request.prompt or "")["input_ids"])
+        return encode_request(self.tokenizer, request)
 
     async def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
         return len(self._encode(request))
@@ -277,12 +265,6 @@ class TransformersEngine:
             return self.model.disable_adapter()
         self.model.set_adapter(name)
         return contextlib.nullcontext()
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
 
 
 class _RowStreamer:

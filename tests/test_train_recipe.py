@@ -170,3 +170,37 @@ def test_docs_recipe_reference_is_current() -> None:
         "\n<!-- /reference:recipe -->", 1
     )[0]
     assert block == recipe_reference_markdown(), "regenerate the table in docs/train.md"
+
+
+@pytest.mark.parametrize(
+    "export", [{}, {"format": "onnx"}, {"format": "onnx", "precisions": "fp32,int4"}]
+)
+def test_a_recipe_written_back_and_read_again_keeps_its_export_settings(export: dict) -> None:
+    # the pipeline re-reads dumped recipes: the defaults of the format not chosen must not trip
+    # the check that refuses a setting of the other format
+    from slmkit.recipe import Recipe
+
+    recipe = Recipe.model_validate(
+        {"model": "default", "data": {"train": ["a.jsonl"]}, "export": export}
+    )
+    again = Recipe.model_validate(recipe.model_dump(mode="json"))
+    assert again.export == recipe.export
+    assert again.export.onnx_precisions == (
+        ["fp32", "int4"] if "precisions" in export else ["int8"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("export", "field"),
+    [({"precisions": "int8"}, "precisions"), ({"format": "onnx", "quants": "q8_0"}, "quants")],
+)
+def test_a_setting_of_the_other_export_format_is_refused(export: dict, field: str) -> None:
+    from pydantic import ValidationError
+
+    from slmkit.recipe import Recipe
+
+    with pytest.raises(ValidationError) as caught:
+        Recipe.model_validate(
+            {"model": "default", "data": {"train": ["a.jsonl"]}, "export": export}
+        )
+    assert caught.value.errors()[0]["loc"] == ("export", field)

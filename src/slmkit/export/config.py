@@ -114,10 +114,10 @@ class ExportConfig(StrictModel):
         default_factory=lambda: list(DEFAULT_QUANTS),
         description="llama-quantize levels to produce.",
     )
-    precisions: list[OnnxPrecision] = Field(
-        default_factory=lambda: list[OnnxPrecision](["int8"]),
-        description="ONNX precisions to produce with format onnx (fp32, int8 = dynamic INT8, int4 = "
-        "block-wise weight-only).",
+    precisions: list[OnnxPrecision] | None = Field(
+        default=None,
+        description="ONNX precisions to produce with format onnx (fp32; int8 and int4 = the model "
+        "builder's weight-only quantization; default int8).",
     )
     heldout: Path | None = Field(
         default=None,
@@ -174,7 +174,9 @@ class ExportConfig(StrictModel):
     @field_validator("quants")
     @classmethod
     def _known_quants(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        if info.data.get("format") == "onnx":
+        # only a value other than the default is a mistake for format onnx: a recipe written
+        # back out and read again carries the defaults of both formats
+        if info.data.get("format") == "onnx" and value != list(DEFAULT_QUANTS):
             raise ValueError("llama.cpp levels apply to format gguf; for ONNX give precisions")
         for name in value:
             if name not in KNOWN_QUANTS:
@@ -192,12 +194,17 @@ class ExportConfig(StrictModel):
 
     @field_validator("precisions")
     @classmethod
-    def _onnx_only(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        if info.data.get("format") != "onnx":
+    def _some_precision(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is not None and info.data.get("format") != "onnx":
             raise ValueError("ONNX precisions apply to format onnx (`--format onnx`)")
-        if not value:
+        if value is not None and not value:
             raise ValueError("give at least one of fp32, int8, int4")
         return value
+
+    @property
+    def onnx_precisions(self) -> list[str]:
+        """The ONNX precisions to build: those given, else int8."""
+        return list(self.precisions or ["int8"])
 
 
 class ExportSection(ExportConfig):

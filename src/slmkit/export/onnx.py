@@ -120,8 +120,8 @@ def export_onnx(
         # no answers here: the ONNX eval takes PyTorch's from the merged folder it measures against
         hf_dir, _, _ = gguf_pipeline._merged_folder(resolved, out_dir, cfg, None, notes)
     stem = resolved.name.replace(" ", "-")
-    with steps.step("onnx", f"ONNX Runtime GenAI build: {', '.join(cfg.precisions)}"):
-        builds = build_onnx(hf_dir, out_dir, stem, list(cfg.precisions))
+    with steps.step("onnx", f"ONNX Runtime GenAI build: {', '.join(cfg.onnx_precisions)}"):
+        builds = build_onnx(hf_dir, out_dir, stem, cfg.onnx_precisions)
     files = [LevelResult(f"onnx-{b.precision}", str(b.folder), b.size_bytes) for b in builds]
     quant_result = None
     if not cfg.skip_eval:

@@ -220,13 +220,13 @@ def test_key_appears_nowhere(gateway: ServerProcess, home: Path) -> None:
         (
             "models:\n  - id: big\n    ref: default\n    upstream: {url: http://127.0.0.1:9/v1}\n",
             {},
-            "serve.yaml:2: models.0: give only one of `ref`, `upstream`, `deployments` "
+            "serve.yaml:2: models.0: give only one of `ref`, `upstream`, `deployments`, `ab` "
             "(got ref and upstream)",
         ),
         (
             "models:\n  - id: big\n",
             {},
-            "serve.yaml:2: models.0: give `ref`, `upstream` or `deployments`",
+            "serve.yaml:2: models.0: give `ref`, `upstream`, `deployments` or `ab`",
         ),
         (
             "models:\n  - id: big\n    upstream: {url: ftp://host/v1}\n",

@@ -31,7 +31,8 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    """One line on stderr, never wrapped at the terminal width (log readers and greps see it whole)."""
+    console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
 
 
 @contextmanager

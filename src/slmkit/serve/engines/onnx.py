@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmkit.serve.api_errors import ApiError, context_length_exceeded, engine_unavailable
+from slmkit.serve.api_errors import ApiError
 from slmkit.serve.engines.base import Delta, EngineState
-from slmkit.serve.engines.prompt_tokens import encode_request
+from slmkit.serve.engines.in_process import admit, encode_request, relay
 from slmkit.serve.protocol import GenerationRequest
 
 
@@ -110,20 +110,11 @@ class OnnxEngine:
         return len(self._encode(request))
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
-        if self._state != "ready":
-            raise engine_unavailable(request.model_id, self._state)
-        input_ids = self._encode(request)
-        if self._n_ctx is not None and len(input_ids) >= self._n_ctx:
-            raise context_length_exceeded(len(input_ids), self._n_ctx)
+        input_ids = admit(self.tokenizer, request, self._state, self._n_ctx)
         job = _Job(request, input_ids, asyncio.get_running_loop(), asyncio.Queue())
         self._jobs.put(job)
-        try:
-            while (item := await job.events.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            job.cancelled = True  # the worker stops this generation at its next token
+        async for delta in relay(job):
+            yield delta
 
     # -- worker thread ------------------------------------------------------------------------
     def _work(self) -> None:

@@ -1,0 +1,70 @@
+"""What the in-process engines (transformers, ONNX) share: a request as prompt token ids (chat
+messages through the model's own chat template, a completion prompt as it is), the checks before a
+job is queued, and the relay of a job's deltas from the worker thread to the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any, Protocol
+
+from slmkit.serve.api_errors import ApiError, context_length_exceeded, engine_unavailable
+from slmkit.serve.engines.base import Delta, EngineState
+from slmkit.serve.protocol import GenerationRequest
+
+
+class WorkerJob(Protocol):
+    """A queued generation: the worker thread puts deltas (then None) on `events`."""
+
+    events: asyncio.Queue[Delta | BaseException | None]
+    cancelled: bool
+
+
+def message_text(content: Any) -> str:
+    """A message's text: a string as is, the text parts of a content list joined."""
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def encode_request(tokenizer: Any, request: GenerationRequest) -> list[int]:
+    """Prompt token ids; a chat template the messages break is a 400 (the client's input)."""
+    if request.messages is None:
+        return list(tokenizer(request.prompt or "")["input_ids"])
+    from slmkit.models.chat import render_chat_prompt
+
+    messages = [
+        {"role": m["role"], "content": message_text(m.get("content"))} for m in request.messages
+    ]
+    try:
+        prompt = render_chat_prompt(tokenizer, messages)
+    except Exception as exc:  # template errors are caused by what the client sent
+        raise ApiError(
+            400, f"cannot render the chat template: {exc}", code="invalid_messages"
+        ) from exc
+    return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+def admit(
+    tokenizer: Any, request: GenerationRequest, state: EngineState, n_ctx: int | None
+) -> list[int]:
+    """The prompt's token ids, once the engine is ready and the prompt leaves room to answer."""
+    if state != "ready":
+        raise engine_unavailable(request.model_id, state)
+    input_ids = encode_request(tokenizer, request)
+    if n_ctx is not None and len(input_ids) >= n_ctx:
+        raise context_length_exceeded(len(input_ids), n_ctx)
+    return input_ids
+
+
+async def relay(job: WorkerJob) -> AsyncGenerator[Delta, None]:
+    """The job's deltas as they arrive; a worker's exception is raised here. However the consumer
+    stops (done, disconnect, error), the job is marked cancelled so the worker stops at its next
+    token."""
+    try:
+        while (item := await job.events.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        job.cancelled = True

@@ -199,23 +199,26 @@ def test_leakage_finds_exact_and_near_duplicate_prompts() -> None:
     assert "near-duplicate" in problems[1].message
 
 
-def test_preference_rows_for_dpo() -> None:
+def test_preference_rows_for_dpo_are_the_inference_prompt_and_each_answer(
+    embedded_model_dir: Path,
+) -> None:
+    from transformers import AutoTokenizer
+
+    from slmkit.data.template import ChatRenderer, resolve_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
+    renderer = ChatRenderer(tokenizer, resolve_chat_template(tokenizer))
     records = load_records(
         [GOOD / "preference.jsonl", GOOD / "llamafactory"], names=["support_dpo"]
     ).records
-    rows = to_preference_rows(records)
-    assert rows[0] == {
-        "prompt": [{"role": "user", "content": "Can I return a used sleeping bag?"}],
-        "chosen": [
-            {
-                "role": "assistant",
-                "content": "Used sleeping bags can be exchanged within 30 days but not refunded.",
-            }
-        ],
-        "rejected": [{"role": "assistant", "content": "No. Read the policy."}],
-    }
-    assert rows[2]["rejected"] == [
-        {"role": "assistant", "content": "You probably broke it yourself."}
-    ]
+    rows = to_preference_rows(records, renderer)
+    prompt = [{"role": "user", "content": "Can I return a used sleeping bag?"}]
+    expected = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(rows[0]["prompt_ids"]) == expected
+    assert tokenizer.decode(rows[0]["chosen_ids"]) == (
+        "Used sleeping bags can be exchanged within 30 days but not refunded.<|im_end|>"
+    )
+    assert tokenizer.decode(rows[0]["rejected_ids"]) == "No. Read the policy.<|im_end|>"
+    assert tokenizer.decode(rows[2]["rejected_ids"]) == "You probably broke it yourself.<|im_end|>"
     with pytest.raises(DataError, match="not a preference pair"):
-        to_preference_rows(_records(1))
+        to_preference_rows(_records(1), renderer)

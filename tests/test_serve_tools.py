@@ -106,7 +106,7 @@ def test_served_prompt_is_the_trained_prompt(
 
 @needs_llama_server
 def test_rendered_prompt_holds_the_tool_description(server: ServerProcess) -> None:
-    from slmkit.data.template import prepare_messages
+    from slmkit.models.messages import prepare_messages
 
     engine = engine_url(server)
     template = httpx.get(engine + "/props").json()["chat_template"]
@@ -230,7 +230,7 @@ def test_tool_call_deltas_are_merged_and_sent_in_openai_shape() -> None:
 def test_tool_calls_after_multi_part_content_become_a_text_part() -> None:
     # found by the schemathesis fuzz: a developer message with content parts and tool_calls
     # made `list + str` a 500; the calls' JSON is added as one more text part
-    from slmkit.data.template import TOOLS_PREAMBLE, prepare_messages
+    from slmkit.models.messages import TOOLS_PREAMBLE, prepare_messages
 
     call = {"type": "function", "function": {"name": "lookup", "arguments": "{}"}}
     message = {

@@ -68,6 +68,14 @@ def converter_script() -> Path:
     return path
 
 
+def llama_models_dir() -> Path:
+    """The pinned source's vocab-only GGUFs and family chat templates (installed by set-up)."""
+    path = tools_dir() / "models"
+    if not (path / "templates").is_dir():
+        raise ToolMissingError(f"llama.cpp's model assets not found at {path}", hint=SETUP_HINT)
+    return path
+
+
 def gguf_py_dir() -> Path:
     """The `gguf-py` package that ships with the pinned llama.cpp (the converter needs this exact one)."""
     return tools_dir() / "gguf-py"

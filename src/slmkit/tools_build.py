@@ -248,6 +248,28 @@ def build_tools(
     raise BuildError(f"no llama.cpp build runs on this machine ({'; '.join(tried)}): {failure}")
 
 
+VOCABS = ("llama-bpe", "qwen2", "llama-spm", "phi-3", "gemma-4")
+
+
+def install_model_assets(src: Path, dest: Path) -> None:
+    """The source's vocab-only GGUFs of the families we test (with llama.cpp's reference
+    tokenizations, `.inp`/`.out`) and its chat templates, into `dest/models` (kept when present)."""
+    target = dest / "models"
+    if (target / "templates").is_dir() and all(
+        (target / f"ggml-vocab-{name}.gguf").is_file() for name in VOCABS
+    ):
+        return
+    models = src / "models"
+    if not models.is_dir():
+        return  # an older source release without them
+    target.mkdir(parents=True, exist_ok=True)
+    for name in VOCABS:
+        for path in models.glob(f"ggml-vocab-{name}.gguf*"):
+            shutil.copy2(path, target / path.name)
+    shutil.rmtree(target / "templates", ignore_errors=True)
+    shutil.copytree(models / "templates", target / "templates")
+
+
 def installed_build(dest: Path) -> dict[str, object] | None:
     """The stamp of the tools in `dest` when set-up built them with a known configuration."""
     stamp = dest / BUILD_STAMP
@@ -290,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.gguf = embedded_gguf_path()
     try:
         ensure_tools(args.src, args.work, args.dest, args.gguf)
+        install_model_assets(args.src, args.dest)
     except BuildError as exc:
         print(f"[setup] error: {exc.message}", file=sys.stderr, flush=True)
         return 1

@@ -49,12 +49,13 @@ def _tokenizer(model: str) -> Any:
 
 def _check_format(fmt: str, template: str | None = None) -> None:
     from slmkit.data.loader import FORMAT_CHOICES
-    from slmkit.data.template import TEMPLATE_CHOICES
+    from slmkit.models.templates import NAMED_TEMPLATES, named_template
 
-    if template is not None and template not in TEMPLATE_CHOICES:
-        raise DataError(
-            f"--template {template!r}: unknown template (expected one of {', '.join(TEMPLATE_CHOICES)})"
-        )
+    if template is not None and template.lower() not in NAMED_TEMPLATES:
+        try:
+            named_template(template)
+        except DataError as exc:
+            raise DataError(f"--template {template!r}: {exc.message}") from None
 
     if fmt not in FORMAT_CHOICES:
         raise DataError(
@@ -295,3 +296,35 @@ def split_cmd(
     config = from_options(SplitConfig, {**values, "format": fmt, "to": to}, FLAGS)
     result = split_data(config)
     out.print(f"train: {result.train} record(s), val: {result.val} record(s) -> {output_dir}")
+
+
+@data_app.command("templates")
+def templates_cmd(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="Also say which named template this model's own one renders like."
+        ),
+    ] = None,
+) -> None:
+    """The named chat templates (recipe `data.template`, `--template`): who uses each, and
+    whether a training variant marks the assistant's tokens."""
+    from slmkit.models.templates import NAMED_TEMPLATES, template_name
+
+    table = Table("name", "models", "loss mask from")
+    for named in NAMED_TEMPLATES.values():
+        how = "{% generation %} markers" if named.training else "rendering turn by turn"
+        table.add_row(named.name, named.models, how)
+    print_table(table, 110)
+    if model is not None:
+        from slmkit.data.template import resolve_chat_template
+
+        own = resolve_chat_template(_tokenizer(model))
+        name = template_name(own)
+        out.print(
+            f"{model}: its own template renders like {name!r}"
+            if name
+            else f"{model}: its own template is not one of the named ones (used as it is)",
+            markup=False,
+            soft_wrap=True,
+        )

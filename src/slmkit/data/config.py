@@ -16,7 +16,6 @@ from slmkit.config import StrictModel
 from slmkit.train.config import DataSection
 
 DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "preference", "text"]
-TemplateName = Literal["chatml", "llama2", "alpaca"]
 SplitTarget = Literal["messages", "alpaca", "sharegpt"]
 
 # DataSection fields the data stage uses as they are.
@@ -39,7 +38,7 @@ class DataConfig(StrictModel):
     files: list[Path] = Field(min_length=1, description=FILES_DESCRIPTION)
     names: list[str] | None = _recipe_field("names")
     format: DataFormat = _recipe_field("format")
-    template: TemplateName | None = _recipe_field("template")
+    template: str | None = _recipe_field("template")
     cutoff_len: int = _recipe_field("cutoff_len")
     overflow: Literal["truncate", "drop"] = _recipe_field("overflow")
     train_on_prompt: bool = _recipe_field("train_on_prompt")

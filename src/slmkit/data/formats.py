@@ -13,6 +13,8 @@ from typing import Any
 
 from slmkit.data.readers import json_type
 from slmkit.data.records import Problem, Record
+from slmkit.models.reasoning import FIELDS as REASONING_FIELDS
+from slmkit.models.reasoning import normalize_message
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -135,12 +137,33 @@ def normalise(
         record = Record([], ctx.source, kind="text", text=text) if text else None
     else:
         raise ValueError(f"unknown format {fmt!r}")
+    if record is not None and record.kind != "text":
+        _split_reasoning(record, ctx, _messages_field(fmt, tags))
     if record is not None and record.kind == "sft":
         check_conversation(record.messages, ctx, _messages_field(fmt, tags))
     if record is not None and fmt != "text":
         record.tools = tool_schemas(data.get("tools"), "tools", ctx)
     errors = len([p for p in ctx.problems if p.severity == "error"])
     return record if errors == before else None
+
+
+def _split_reasoning(record: Record, ctx: RowContext, field_name: str) -> None:
+    """Reasoning in `reasoning_content` (also from LLaMA-Factory's inline `<think>...</think>`); an
+    assistant turn that is all reasoning and no answer is an error."""
+    for name, messages in (("", record.messages), ("rejected", record.rejected)):
+        if messages is None:
+            continue
+        for i, message in enumerate(messages):
+            messages[i] = normalize_message(message)
+            if (
+                messages[i].get("reasoning_content") is not None
+                and not str(messages[i].get("content") or "").strip()
+                and not messages[i].get("tool_calls")
+            ):
+                ctx.error(
+                    f"{name or field_name}[{i}]",
+                    "reasoning but no answer after it (expected the reply after </think>)",
+                )
 
 
 def _messages_field(fmt: str, tags: ShareGPTTags | None) -> str:
@@ -367,6 +390,14 @@ def _openai_message(item: Any, where: str, ctx: RowContext) -> dict[str, Any] | 
     for extra in ("tool_calls", "name", "tool_call_id"):
         if item.get(extra) is not None:
             message[extra] = item[extra]
+    for key in REASONING_FIELDS:
+        value = item.get(key)
+        if value is None:
+            continue
+        if role != "assistant" or not isinstance(value, str):
+            ctx.error(f"{where}.{key}", "expected a string on an assistant message (its reasoning)")
+            return None
+        message["reasoning_content"] = value
     return message
 
 

@@ -1,4 +1,11 @@
-"""Preference pairs for TRL's DPOTrainer (conversational format)."""
+"""Preference pairs for TRL's DPOTrainer, tokenized the way SFT samples are.
+
+TRL would render conversational pairs itself with the tokenizer's template and take the answer as
+what follows the prompt, which fails for templates that rewrite the last turn (R1 drops the
+reasoning of every assistant turn it renders) and ignores a recipe's `data.template`. So the rows
+are given to TRL already tokenized: the prompt as inference renders it, each answer as the model
+writes it after that prompt (`data.template.reply_ids`).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,10 @@ from slmkit.data.records import Record
 from slmkit.errors import DataError
 
 
-def to_preference_rows(records: list[Record]) -> list[dict[str, Any]]:
-    """`{"prompt": [messages], "chosen": [assistant msg], "rejected": [assistant msg]}` per preference record."""
+def to_preference_rows(records: list[Record], renderer: Any) -> list[dict[str, list[int]]]:
+    """`{"prompt_ids", "chosen_ids", "rejected_ids"}` per preference record."""
+    from slmkit.data.template import reply_ids
+
     rows = []
     for record in records:
         if record.kind != "preference" or record.rejected is None:
@@ -17,12 +26,9 @@ def to_preference_rows(records: list[Record]) -> list[dict[str, Any]]:
                 f"{record.source}: not a preference pair (expected prompt/chosen/rejected fields)",
                 hint="DPO needs preference data; SFT data trains with `slm train sft`",
             )
-        prompt = record.prompt_messages()
+        prompt_ids, chosen_ids = reply_ids(record.messages, record.tools, renderer)
+        _, rejected_ids = reply_ids(record.rejected, record.tools, renderer)
         rows.append(
-            {
-                "prompt": prompt,
-                "chosen": record.messages[len(prompt) :],
-                "rejected": record.rejected[len(prompt) :],
-            }
+            {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
         )
     return rows

@@ -1,52 +1,33 @@
 """Render records with a chat template and build labels so that only assistant turns carry loss.
 
-The mask is found by rendering the conversation incrementally: for each assistant turn, the text up
-to the turn (with the generation prompt) and the text including the turn must both be prefixes of
-the full rendering; the characters between them (minus trailing whitespace) are the assistant's
-reply plus its end-of-turn token. Tokens are mapped to characters through the fast tokenizer's
-offsets, so BPE merges across a boundary cannot shift the mask. Templates that rewrite earlier
-turns (not prefix-preserving) are refused with a clear error instead of a silently wrong mask.
+For each assistant turn the prompt is what inference renders for it (the conversation so far plus
+the generation prompt, in the model's own template), and the target is what the model must write
+after that prompt: found with TRL's training variant of the template (its `{% generation %}`
+markers) where one exists, else as the text the template adds when the turn is rendered. When
+every turn's prompt + target is a prefix of the next turn's prompt, the conversation is one sample
+with a span per turn; a template that rewrites history (R1 drops earlier reasoning, Mistral v0.3
+moves the system prompt into the last user turn) gives one sample per turn, each exactly what
+inference produces for that turn. Tokens are mapped to characters through the fast tokenizer's
+offsets, so BPE merges across a boundary cannot shift the mask.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from slmkit.data.records import Problem, Record, Severity
 from slmkit.errors import DataError
+from slmkit.models import reasoning
+from slmkit.models.messages import prepare_messages, template_knows_tools
+from slmkit.models.templates import TEMPLATE_NAMES, named_template, training_template_for
 
 IGNORE_INDEX = -100
 Overflow = Literal["truncate", "drop"]
-
-BUILTIN_TEMPLATES: dict[str, str] = {
-    "chatml": (
-        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
-        "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-        "{% endif %}"
-    ),
-    "llama2": (
-        "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
-        "{% set loop_messages = messages[1:] %}{% else %}{% set system = '' %}{% set loop_messages = messages %}"
-        "{% endif %}{% for message in loop_messages %}{% if message['role'] == 'assistant' %}"
-        "{{ ' ' + message['content'] + ' ' + (eos_token or '') }}{% else %}{{ (bos_token or '') + '[INST] ' }}"
-        "{% if loop.first and system %}{{ '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' }}{% endif %}"
-        "{% if message['role'] != 'user' %}{{ message['role'] + ': ' }}{% endif %}"
-        "{{ message['content'] + ' [/INST]' }}{% endif %}{% endfor %}"
-    ),
-    "alpaca": (
-        "{% if not messages or messages[0]['role'] != 'system' %}{{ 'Below is an instruction that describes a "
-        "task. Write a response that appropriately completes the request.\\n\\n' }}{% endif %}"
-        "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
-        "{% elif message['role'] == 'user' %}{{ '### Instruction:\\n' + message['content'] + "
-        "'\\n\\n### Response:\\n' }}{% elif message['role'] == 'assistant' %}"
-        "{{ message['content'] + (eos_token or '') + '\\n\\n' }}{% else %}{{ '### Input:\\n' + "
-        "message['content'] + '\\n\\n' }}{% endif %}{% endfor %}"
-    ),
-}
-TEMPLATE_CHOICES = tuple(BUILTIN_TEMPLATES)
+TEMPLATE_CHOICES = TEMPLATE_NAMES
 
 
 class TemplateMismatch(DataError):
@@ -104,20 +85,16 @@ class TokenizeResult:
 
 
 def resolve_chat_template(tokenizer: Any, template: str | None = None) -> str:
-    """The Jinja template to render with: a built-in one by name, else the tokenizer's own."""
+    """The Jinja template to render with: a named one (`slm data templates`), else the tokenizer's own."""
     if template is not None:
-        if template not in BUILTIN_TEMPLATES:
-            raise DataError(
-                f"unknown template {template!r} (expected one of {', '.join(TEMPLATE_CHOICES)})"
-            )
-        return BUILTIN_TEMPLATES[template]
+        return named_template(template).text
     own = getattr(tokenizer, "chat_template", None)
     if isinstance(own, dict):  # several named templates: use the default one
         own = own.get("default")
     if not own:
         raise DataError(
             "this model has no chat template (tokenizer.chat_template is empty; a base model?)",
-            hint=f"pass --template {'|'.join(TEMPLATE_CHOICES)} (recipe: data.template)",
+            hint="pass --template NAME (recipe: data.template); `slm data templates` lists them",
         )
     return str(own)
 
@@ -161,24 +138,37 @@ class ChatRenderer:
     tokenizer: Any
     chat_template: str
     train_on_prompt: bool = False
+    training_template: str | None = field(init=False)
 
-    def sample(self, record: Record) -> TokenizedSample:
-        input_ids, trainable = render_with_mask(
-            record.messages, self.tokenizer, self.chat_template, record.tools
-        )
-        labels = [
-            t if (ok or self.train_on_prompt) else IGNORE_INDEX
-            for t, ok in zip(input_ids, trainable, strict=True)
-        ]
-        return TokenizedSample(input_ids, labels, record.source)
+    def __post_init__(self) -> None:
+        self.training_template = training_template_for(self.chat_template)
+
+    def samples(self, record: Record) -> list[TokenizedSample]:
+        """One sample for a conversation the template renders by appending turns, else one per
+        assistant turn (see the module docstring)."""
+        out = []
+        for input_ids, trainable in render_with_mask(
+            record.messages,
+            self.tokenizer,
+            self.chat_template,
+            record.tools,
+            training_template=self.training_template,
+        ):
+            labels = [
+                t if (ok or self.train_on_prompt) else IGNORE_INDEX
+                for t, ok in zip(input_ids, trainable, strict=True)
+            ]
+            out.append(TokenizedSample(input_ids, labels, record.source))
+        return out
 
     def length(
         self, messages: list[dict[str, Any]], tools: Any, *, generation_prompt: bool = False
     ) -> int:
         """Token count of a rendering (no mask)."""
-        text = _render(
+        prepared = prepare_messages(messages, self.chat_template, tools, keep_reasoning=True)
+        text = render_text(
             self.tokenizer,
-            prepare_messages(messages, self.chat_template, tools),
+            _as_reply(prepared, self.chat_template),
             self.chat_template,
             generation_prompt=generation_prompt,
             tools=tools,
@@ -199,10 +189,11 @@ def _add_chat_record(
     overflow: Overflow,
     result: TokenizeResult,
 ) -> None:
-    sample = renderer.sample(record)
-    result.lengths.append(len(sample))
+    samples = renderer.samples(record)
+    longest = max((len(s) for s in samples), default=0)
+    result.lengths.append(longest)
     result.length_sources.append(record.source)
-    if sample.n_trainable == 0:
+    if not any(s.n_trainable for s in samples):
         result.problems.append(
             located(
                 record.source,
@@ -212,14 +203,14 @@ def _add_chat_record(
             )
         )
         return
-    if len(sample) > cutoff_len:
+    if longest > cutoff_len:
         result.n_over_cutoff += 1
-        fitted = _fit_over_cutoff(record, len(sample), renderer, cutoff_len, overflow, result)
+        fitted = _fit_over_cutoff(record, longest, renderer, cutoff_len, overflow, result)
         if fitted is None:
             return
-        record, sample = fitted
+        record, samples = fitted
     result.records.append(record)
-    result.samples.append(sample)
+    result.samples.extend(s for s in samples if s.n_trainable)
 
 
 def _fit_over_cutoff(
@@ -229,20 +220,20 @@ def _fit_over_cutoff(
     cutoff_len: int,
     overflow: Overflow,
     result: TokenizeResult,
-) -> tuple[Record, TokenizedSample] | None:
+) -> tuple[Record, list[TokenizedSample]] | None:
     """The record shortened to `cutoff_len` (prompt cut from its start), or None when dropped."""
     from slmkit.data.overflow import shorten_record
 
     over = f"{length} tokens, over cutoff_len {cutoff_len}"
     if overflow == "truncate":
         record, how = shorten_record(record, renderer, cutoff_len)
-        sample = renderer.sample(record).cut(cutoff_len)
-        if sample.n_trainable:
+        samples = [s.cut(cutoff_len) for s in renderer.samples(record)]
+        if any(s.n_trainable for s in samples):
             result.n_truncated += 1
             result.problems.append(
                 located(record.source, "(record)", f"{over}: truncated, {how}", "warning")
             )
-            return record, sample
+            return record, samples
         over += " and the system prompt alone leaves no room for the answer"
     result.n_dropped += 1
     result.problems.append(located(record.source, "(record)", f"{over}: dropped", "warning"))
@@ -276,43 +267,182 @@ def _add_text_record(
             result.samples.append(TokenizedSample(chunk, list(chunk), record.source))
 
 
+def reply_ids(
+    messages: list[dict[str, Any]], tools: Any, renderer: ChatRenderer
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of a conversation's last assistant turn: the prompt as inference
+    renders it, the answer as the model writes it after that prompt."""
+    prepared = prepare_messages(messages, renderer.chat_template, tools, keep_reasoning=True)
+    turn = _turn_target(
+        prepared,
+        len(prepared) - 1,
+        renderer.tokenizer,
+        renderer.chat_template,
+        renderer.training_template,
+        tools,
+    )
+    ids, trainable = _tokens_with_spans(
+        renderer.tokenizer, turn.prompt + turn.target, [(len(turn.prompt), turn.end)]
+    )
+    cut = trainable.index(True) if True in trainable else len(ids)
+    return ids[:cut], ids[cut:]
+
+
+@dataclass
+class TurnTarget:
+    """One assistant turn: the prompt inference renders for it and the text the model must write."""
+
+    prompt: str
+    target: str
+
+    @property
+    def end(self) -> int:
+        return len(self.prompt) + len(self.target)
+
+
 def render_with_mask(
     messages: list[dict[str, Any]],
     tokenizer: Any,
     chat_template: str,
     tools: list[dict[str, Any]] | None = None,
+    *,
+    training_template: str | None = None,
+) -> list[tuple[list[int], list[bool]]]:
+    """The samples of a conversation: token ids, and for each token whether the model writes it."""
+    messages = prepare_messages(messages, chat_template, tools, keep_reasoning=True)
+    turns = [
+        _turn_target(messages, i, tokenizer, chat_template, training_template, tools)
+        for i, message in enumerate(messages)
+        if message["role"] == "assistant"
+    ]
+    if not turns:
+        text = render_text(
+            tokenizer, reasoning.for_history(messages, chat_template), chat_template, False, tools
+        )
+        return [_tokens_with_spans(tokenizer, text, [])]
+    appends = all(
+        later.prompt.startswith(earlier.prompt + earlier.target)
+        for earlier, later in itertools.pairwise(turns)
+    )
+    if not appends:  # the template rewrites history: one sample per turn, as inference sees it
+        return [
+            _tokens_with_spans(tokenizer, t.prompt + t.target, [(len(t.prompt), t.end)])
+            for t in turns
+        ]
+    last = turns[-1]
+    full = render_text(tokenizer, _as_reply(messages, chat_template), chat_template, False, tools)
+    text = full if full.startswith(last.prompt + last.target) else last.prompt + last.target
+    return [_tokens_with_spans(tokenizer, text, [(len(t.prompt), t.end) for t in turns])]
+
+
+def _turn_target(
+    messages: list[dict[str, Any]],
+    index: int,
+    tokenizer: Any,
+    chat_template: str,
+    training_template: str | None,
+    tools: list[dict[str, Any]] | None,
+) -> TurnTarget:
+    """The prompt of assistant turn `index` and the text after it that the model must write."""
+    if index == 0:
+        raise TemplateMismatch(
+            "the conversation opens with an assistant reply, which cannot be masked apart from "
+            "what the template puts before it (expected a user turn first)"
+        )
+    history = reasoning.for_history(messages[:index], chat_template)
+    prompt = render_text(tokenizer, history, chat_template, True, tools)
+    if training_template is not None:
+        target = _marked_target(messages, index, prompt, tokenizer, training_template, tools)
+        if target is not None:
+            return TurnTarget(prompt, target)
+    reply = [*history, reasoning.for_reply(messages[index], chat_template)]
+    text = render_text(tokenizer, reply, chat_template, False, tools)
+    if text.startswith(prompt):
+        return TurnTarget(prompt, text[len(prompt) :].rstrip())
+    same = _common_prefix(prompt, text)
+    raise TemplateMismatch(
+        f"turn {index}: the chat template's prompt for this reply ends with "
+        f"{prompt[same:][-40:]!r}, but rendering the reply puts {text[same:][:40]!r} there, so the "
+        "reply cannot be located after its prompt (no loss mask can be built; choose a named "
+        "template with --template NAME, listed by `slm data templates`)"
+    )
+
+
+_SENTINEL = "\u2063SLMKIT-REPLY\u2063"
+
+
+def _marked_target(
+    messages: list[dict[str, Any]],
+    index: int,
+    prompt: str,
+    tokenizer: Any,
+    training_template: str,
+    tools: list[dict[str, Any]] | None,
+) -> str | None:
+    """The reply as the training variant marks it (`{% generation %}`), less the part the prompt
+    already ends with (a generation prompt that opens the reply: R1's `<think>\n`). None when
+    the variant does not mark this turn as expected."""
+    turn = sum(1 for m in messages[:index] if m["role"] == "assistant")
+    history = reasoning.for_history(messages[:index], training_template)
+    reply = reasoning.for_reply(messages[index], training_template)
+    text, spans = render_spans(tokenizer, [*history, reply], training_template, tools)
+    probe = reasoning.for_reply({"role": "assistant", "content": _SENTINEL}, training_template)
+    blank, blank_spans = render_spans(tokenizer, [*history, probe], training_template, tools)
+    if len(spans) <= turn or len(blank_spans) <= turn:
+        return None
+    start, end = spans[turn]
+    reply = text[start:end]
+    marked = blank[blank_spans[turn][0] : blank_spans[turn][1]]
+    header = marked[: marked.find(_SENTINEL)] if _SENTINEL in marked else ""
+    opened = next(
+        (k for k in range(len(header), 0, -1) if prompt.endswith(reply[:k])),
+        0,
+    )
+    return reply[opened:]
+
+
+def _as_reply(messages: list[dict[str, Any]], chat_template: str) -> list[dict[str, Any]]:
+    """Earlier turns in their history form, the last one as the answer being trained."""
+    if not messages:
+        return messages
+    history = reasoning.for_history(messages[:-1], chat_template)
+    return [*history, reasoning.for_reply(messages[-1], chat_template)]
+
+
+def _common_prefix(a: str, b: str) -> int:
+    return len(os.path.commonprefix([a, b]))  # noqa: RUF071 (characters, not paths)
+
+
+def _tokens_with_spans(
+    tokenizer: Any, text: str, spans: list[tuple[int, int]]
 ) -> tuple[list[int], list[bool]]:
-    """Token ids of the rendered conversation, and for each token whether it belongs to an assistant reply."""
-    messages = prepare_messages(messages, chat_template, tools)
-    full = _render(tokenizer, messages, chat_template, generation_prompt=False, tools=tools)
-    spans: list[tuple[int, int]] = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        if i == 0:
-            raise TemplateMismatch(
-                "the conversation opens with an assistant reply, which cannot be masked apart from "
-                "what the template puts before it (expected a user turn first)"
-            )
-        before = _render(
-            tokenizer, messages[:i], chat_template, generation_prompt=True, tools=tools
-        )
-        upto = _render(
-            tokenizer, messages[: i + 1], chat_template, generation_prompt=False, tools=tools
-        )
-        if not (upto.startswith(before) and full.startswith(upto)):
-            raise TemplateMismatch(
-                f"the chat template is not prefix-preserving at turn {i} (the rendering up to this "
-                "reply is not a prefix of the full rendering), so no loss mask can be built "
-                f"(expected a template that appends turns; try --template {'|'.join(TEMPLATE_CHOICES)})"
-            )
-        spans.append((len(before), len(upto.rstrip())))
+    """Token ids of `text` and, per token, whether it starts inside a span. A token that straddles
+    the start of a reply (byte-level BPE merges R1's `<think>\n` + `\n</think>` into one `\n\n`)
+    would put the reply's first token in the prompt; at inference the prompt is tokenized alone and
+    the model writes the rest, so then each part is tokenized on its own."""
     if not getattr(tokenizer, "is_fast", False):
-        return _mask_by_prefix_lengths(tokenizer, full, spans)
-    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(encoded["input_ids"])
-    trainable = [any(s <= start < e for s, e in spans) for start, _ in encoded["offset_mapping"]]
+        return _mask_by_prefix_lengths(tokenizer, text, spans)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(encoded["input_ids"]), list(encoded["offset_mapping"])
+    starts = {s for s, _ in spans}
+    straddles = any(a < b < e for a, e in offsets for b in starts)
+    if straddles and not _adds_prefix_space(tokenizer):
+        ids, offsets = [], []
+        cuts = sorted({0, *starts, len(text)})
+        for a, b in itertools.pairwise(cuts):
+            part = tokenizer(text[a:b], add_special_tokens=False, return_offsets_mapping=True)
+            ids += part["input_ids"]
+            offsets += [(a + x, a + y) for x, y in part["offset_mapping"]]
+    trainable = [any(s <= start < e for s, e in spans) for start, _ in offsets]
     return ids, trainable
+
+
+def _adds_prefix_space(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts a space before a text it starts on (SentencePiece's dummy prefix),
+    which makes a piece tokenized alone differ from the same piece inside a text."""
+    ids = tokenizer("a", add_special_tokens=False)["input_ids"]
+    first = tokenizer.convert_ids_to_tokens(ids[:1])
+    return bool(first) and str(first[0]).startswith(("▁", "Ġ", " "))
 
 
 def _mask_by_prefix_lengths(
@@ -329,14 +459,15 @@ def _mask_by_prefix_lengths(
     return ids, trainable
 
 
-def _render(
+def render_text(
     tokenizer: Any,
     messages: list[dict[str, Any]],
     chat_template: str,
-    *,
     generation_prompt: bool,
     tools: list[dict[str, Any]] | None = None,
+    **context: Any,
 ) -> str:
+    """The template's text for `messages` with the tokenizer's special tokens."""
     return str(
         tokenizer.apply_chat_template(
             messages,
@@ -344,58 +475,26 @@ def _render(
             chat_template=chat_template,
             tokenize=False,
             add_generation_prompt=generation_prompt,
+            **context,
         )
     )
 
 
-def template_knows_tools(chat_template: str) -> bool:
-    """Whether a chat template renders the `tools` it is given (else they go in the system prompt)."""
-    return "tools" in chat_template
-
-
-TOOLS_PREAMBLE = (
-    "You can call these functions. To call one, answer with a JSON object "
-    '{"name": <function name>, "arguments": <arguments object>}:'
-)
-
-
-def prepare_messages(
+def render_spans(
+    tokenizer: Any,
     messages: list[dict[str, Any]],
-    chat_template: str,
+    template: str,
     tools: list[dict[str, Any]] | None = None,
-) -> list[dict[str, Any]]:
-    """Messages as a template can render them: for templates that know nothing of tools, the tool
-    schemas go in the system prompt and tool calls become JSON text in the assistant's content."""
-    if tools and not template_knows_tools(chat_template):
-        messages = _tools_in_system_prompt(messages, tools)
-    if "tool_calls" in chat_template:
-        return messages
-    prepared = []
-    for message in messages:
-        if message.get("tool_calls"):
-            calls = [c.get("function", c) for c in message["tool_calls"]]
-            text = json.dumps(calls if len(calls) > 1 else calls[0], ensure_ascii=False)
-            message = {
-                "role": message["role"],
-                "content": _append_text(message.get("content"), text),
-            }
-        prepared.append(message)
-    return prepared
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendering of a template with `{% generation %}` markers and the character spans they mark."""
+    from transformers.utils.chat_template_utils import render_jinja_template
 
-
-def _append_text(content: Any, text: str) -> Any:
-    """`text` after a message's content: a string, None, or a list of content parts."""
-    if isinstance(content, list):
-        return [*content, {"type": "text", "text": text}]
-    return (content or "") + text
-
-
-def _tools_in_system_prompt(
-    messages: list[dict[str, Any]], tools: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    listing = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
-    text = f"{TOOLS_PREAMBLE}\n{listing}"
-    if messages and messages[0]["role"] == "system":
-        system = {**messages[0], "content": _append_text(messages[0].get("content"), f"\n\n{text}")}
-        return [system, *messages[1:]]
-    return [{"role": "system", "content": text}, *messages]
+    rendered, indices = render_jinja_template(
+        conversations=[messages],
+        tools=tools if template_knows_tools(template) else None,
+        chat_template=template,
+        return_assistant_tokens_mask=True,
+        add_generation_prompt=False,
+        **tokenizer.special_tokens_map,
+    )
+    return str(rendered[0]), [(int(s), int(e)) for s, e in indices[0]]

@@ -122,9 +122,11 @@ class LlamaServerProcess:
         """The prompt text llama-server builds for `messages` (generation prompt included)."""
         return str(self.post("/apply-template", {"messages": messages})["prompt"])
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """Token ids of `text`; `add_special` adds what the GGUF says to add (BOS), as a chat
+        request's prompt gets it."""
         tokens = self.post(
-            "/tokenize", {"content": text, "add_special": False, "parse_special": True}
+            "/tokenize", {"content": text, "add_special": add_special, "parse_special": True}
         )["tokens"]
         return [int(t) for t in tokens]
 

@@ -13,13 +13,30 @@ from slmkit.models.resolve import resolve_model
 from slmkit.models.settings import GenerationSettings
 
 
-def render_chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """The prompt text for `messages` in the model's own template, ending where the assistant speaks."""
-    if not getattr(tokenizer, "chat_template", None):
+def render_chat_prompt(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> str:
+    """The prompt text for `messages` in the model's own template, ending where the assistant
+    speaks: prepared as for training and serving (`models.messages`), with the variables
+    llama-server passes to every template (today's date), so both render the same prompt."""
+    from slmkit.models.messages import prepare_messages, template_knows_tools
+    from slmkit.models.templates import runtime_context
+
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
         raise ModelNotFoundError(
             "this model has no chat template; use a chat model or pass --template when training"
         )
-    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    template = str(template.get("default") if isinstance(template, dict) else template)
+    return str(
+        tokenizer.apply_chat_template(
+            prepare_messages(messages, template, tools),
+            tools=tools if tools and template_knows_tools(template) else None,
+            tokenize=False,
+            add_generation_prompt=True,
+            **runtime_context(),
+        )
+    )
 
 
 def generate_reply(

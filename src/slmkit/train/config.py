@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from slmkit.config import StrictModel
+from slmkit.errors import DataError
+from slmkit.models.templates import TEMPLATE_NAMES, named_template
 
 Method = Literal["sft", "dpo", "pt"]
 FinetuningType = Literal["lora", "qlora", "full", "freeze"]
@@ -29,8 +31,10 @@ class DataSection(StrictModel):
     format: Literal["auto", "alpaca", "sharegpt", "messages", "preference", "text"] = Field(
         default="auto", description="Record format; `auto` detects it per file."
     )
-    template: Literal["chatml", "llama2", "alpaca"] | None = Field(
-        default=None, description="Chat template override; empty = the model's own chat template."
+    template: str | None = Field(
+        default=None,
+        description="Chat template by name (" + ", ".join(TEMPLATE_NAMES) + "); empty = the "
+        "model's own. The template used is saved with the run and written into its GGUF exports.",
     )
     cutoff_len: int = Field(default=1024, ge=16, le=131072, description="Most tokens per sample.")
     overflow: Literal["truncate", "drop"] = Field(
@@ -63,6 +67,16 @@ class DataSection(StrictModel):
     max_samples: int | None = Field(
         default=None, ge=1, description="Use only the first N records (quick trials)."
     )
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return named_template(value).name
+        except DataError as exc:
+            raise ValueError(exc.message) from None
 
 
 class LoraSection(StrictModel):

@@ -163,13 +163,15 @@ def prepare_dpo_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any = None) ->
     `data.cutoff_len` has its prompt cut from its start (or is dropped) before TRL sees it, since
     TRL would cut the answers' ends or leave the pair out."""
     from slmkit.data.preference import to_preference_rows
+    from slmkit.data.template import ChatRenderer, resolve_chat_template
 
     train_records, val_records = split_train_val(recipe, recipe_dir)
     _check_kinds(train_records, "preference")
     tokenizer = tokenizer or _recipe_tokenizer(recipe)
     fitted = _fit_pairs(recipe, train_records, tokenizer)
-    rows = to_preference_rows(fitted.records)
-    val_rows = to_preference_rows(_fit_pairs(recipe, val_records, tokenizer).records)
+    renderer = ChatRenderer(tokenizer, resolve_chat_template(tokenizer, recipe.data.template))
+    rows = to_preference_rows(fitted.records, renderer)
+    val_rows = to_preference_rows(_fit_pairs(recipe, val_records, tokenizer).records, renderer)
     stats = {
         "records": len(train_records),
         "val_records": len(val_records),
@@ -201,7 +203,7 @@ def _fit_pairs(recipe: Recipe, records: list[Any], tokenizer: Any) -> Any:
 def _recipe_tokenizer(recipe: Recipe) -> Any:
     from slmkit.train.modeling import load_tokenizer_for, resolve_base
 
-    return load_tokenizer_for(resolve_base(recipe))
+    return load_tokenizer_for(resolve_base(recipe), recipe.data.template)
 
 
 def _report_overflow(result: Any, cutoff_len: int) -> None:

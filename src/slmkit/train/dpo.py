@@ -41,7 +41,7 @@ def build_dpo_trainer(
     )
     train_set = Dataset.from_list(data.preference_rows)
     val_set = Dataset.from_list(data.val_preference_rows) if data.val_preference_rows else None
-    return DPOTrainer(
+    return pretokenized(DPOTrainer)(
         model=model,
         args=config,
         train_dataset=train_set,
@@ -49,6 +49,19 @@ def build_dpo_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+
+
+def pretokenized(trainer_class: Any) -> Any:
+    """The trainer class, taking rows that are already `prompt_ids / chosen_ids / rejected_ids`
+    (see `data.preference`) as they are instead of rendering and tokenizing them again."""
+
+    class PretokenizedDPOTrainer(trainer_class):  # type: ignore[misc, valid-type]
+        def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+            if "prompt_ids" in getattr(dataset, "column_names", []):
+                return dataset
+            return super()._prepare_dataset(dataset, *args, **kwargs)
+
+    return PretokenizedDPOTrainer
 
 
 def score_only_labelled_positions() -> None:

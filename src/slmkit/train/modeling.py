@@ -87,10 +87,18 @@ def resolve_base(recipe: Recipe) -> BaseModelInfo:
     return BaseModelInfo(recipe.model, resolved, resolved.hf_path)
 
 
-def load_tokenizer_for(base: BaseModelInfo) -> Any:
-    from transformers import AutoTokenizer
+def load_tokenizer_for(base: BaseModelInfo, template: str | None = None) -> Any:
+    """The base's tokenizer; a named `template` replaces its chat template, so the run folder
+    (and every GGUF exported from it) carries the template the model was trained with."""
+    from slmkit.data.template import resolve_chat_template
+    from slmkit.models.load import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base.init_adapter or base.hf_path)
+    source = base.resolved
+    if base.init_adapter is not None:  # DPO after SFT: the SFT run's tokenizer and template
+        source = resolve_model(str(base.init_adapter.parent))
+    tokenizer = load_tokenizer(source)
+    if template is not None:
+        tokenizer.chat_template = resolve_chat_template(tokenizer, template)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

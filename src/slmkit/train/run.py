@@ -83,7 +83,7 @@ def train(
     )
     checkpoint = _decide_resume(run_dir, manifest, resume, force)
     precision = resolve_precision(recipe)
-    tokenizer = load_tokenizer_for(base)
+    tokenizer = load_tokenizer_for(base, recipe.data.template)
     data = (
         prepare_dpo_data(recipe, recipe_dir, tokenizer)
         if recipe.method == "dpo"

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 
 from slmkit import child_process
-from slmkit.data.template import prepare_messages
 from slmkit.errors import ServeError
+from slmkit.models.messages import prepare_messages
 from slmkit.serve.config import LlamaCppSettings
 from slmkit.serve.engines.upstream import UpstreamEngine
 from slmkit.serve.protocol import GenerationRequest

@@ -32,6 +32,7 @@ from ui_helpers import board, browser, page  # noqa: E402, F401
 # start last and leave the other worker idle at the end.
 LONG_FILES = (
     "test_train_e2e.py",
+    "test_families_e2e.py",
     "test_pipeline.py",
     "test_export_e2e.py",
     "test_export_quant.py",

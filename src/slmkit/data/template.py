@@ -391,14 +391,14 @@ def _marked_target(
     if len(spans) <= turn or len(blank_spans) <= turn:
         return None
     start, end = spans[turn]
-    reply = text[start:end]
+    written = text[start:end]
     marked = blank[blank_spans[turn][0] : blank_spans[turn][1]]
     header = marked[: marked.find(_SENTINEL)] if _SENTINEL in marked else ""
     opened = next(
-        (k for k in range(len(header), 0, -1) if prompt.endswith(reply[:k])),
+        (k for k in range(len(header), 0, -1) if prompt.endswith(written[:k])),
         0,
     )
-    return reply[opened:]
+    return written[opened:]
 
 
 def _as_reply(messages: list[dict[str, Any]], chat_template: str) -> list[dict[str, Any]]:
@@ -489,12 +489,13 @@ def render_spans(
     """The rendering of a template with `{% generation %}` markers and the character spans they mark."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    rendered, indices = render_jinja_template(
+    result: Any = render_jinja_template(  # annotated `str`, returns (texts, spans)
         conversations=[messages],
-        tools=tools if template_knows_tools(template) else None,
+        tools=tools if template_knows_tools(template) else None,  # type: ignore[arg-type]
         chat_template=template,
         return_assistant_tokens_mask=True,
         add_generation_prompt=False,
         **tokenizer.special_tokens_map,
     )
+    rendered, indices = result
     return str(rendered[0]), [(int(s), int(e)) for s, e in indices[0]]

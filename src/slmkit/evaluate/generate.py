@@ -21,6 +21,7 @@ from typing import Any
 from slmkit.evaluate.config import EvalSettings, ModelSpec
 from slmkit.evaluate.evalset import EvalItem
 from slmkit.models import ResolvedModel, resolve_model
+from slmkit.models.reasoning import split_reasoning
 from slmkit.paths import slm_home
 
 CACHE_VERSION = 1
@@ -30,7 +31,7 @@ CACHE_VERSION = 1
 class Generation:
     """One model's answer to one eval item, with its timing."""
 
-    text: str
+    text: str  # the answer, without a reasoning model's thinking (that is in `reasoning`)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_s: float = 0.0
@@ -38,6 +39,7 @@ class Generation:
     finish_reason: str | None = None
     error: str | None = None
     cached: bool = False
+    reasoning: str | None = None
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -216,5 +218,6 @@ async def _ask(engine: Any, model_id: str, item: EvalItem, settings: EvalSetting
     except ApiError as exc:
         out.error = f"{exc.status}: {exc.message}"
     out.latency_s = time.perf_counter() - started
-    out.text = "".join(parts).strip()
+    out.reasoning, text = split_reasoning("".join(parts))  # scored: the answer alone
+    out.text = text.strip()
     return out

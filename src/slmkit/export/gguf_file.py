@@ -7,7 +7,10 @@ says how to fix it, because a GGUF that lost its template or EOS "works" but ans
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,8 @@ ARCH_ALIASES = {
 def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16") -> Path:
     """Run `convert_hf_to_gguf.py` on `hf_dir`; returns `out_file`."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    proc = run_converter([str(hf_dir), "--outfile", str(out_file), "--outtype", outtype])
+    with conversion_source(hf_dir) as source:
+        proc = run_converter([str(source), "--outfile", str(out_file), "--outtype", outtype])
     if "No module named 'conversion'" in proc.stderr:
         raise ToolMissingError(
             f"llama.cpp's converter is installed without its conversion/ package ({tools_dir()})",
@@ -42,6 +46,58 @@ def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16") -> Path:
             hint="the architecture may be unsupported by the pinned llama.cpp; see `slm export --debug`",
         )
     return out_file
+
+
+@contextlib.contextmanager
+def conversion_source(hf_dir: Path) -> Iterator[Path]:
+    """`hf_dir`, or a folder of links to it whose `tokenizer_config.json` says to add BOS exactly
+    when the chat template writes one. Training renders the template and adds no special tokens,
+    so a GGUF that adds BOS to a template without one (Phi-3.5's vocabulary says to) would serve
+    other tokens than were trained; llama-server drops a template's own BOS text when it adds it."""
+    config_path = hf_dir / "tokenizer_config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        yield hf_dir
+        return
+    wanted = template_writes_bos(hf_dir, config)
+    if wanted is None or config.get("add_bos_token") == wanted:
+        yield hf_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="slm-convert-") as tmp:
+        folder = Path(tmp)
+        for path in hf_dir.iterdir():
+            (folder / path.name).symlink_to(path.resolve())
+        (folder / "tokenizer_config.json").unlink()
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps({**config, "add_bos_token": wanted, "add_eos_token": False}, indent=2)
+        )
+        yield folder
+
+
+def template_writes_bos(hf_dir: Path, config: dict[str, Any]) -> bool | None:
+    """Whether the folder's chat template starts its prompts with the BOS token (None: no template)."""
+    from slmkit.models.templates import render_plain
+
+    template = config.get("chat_template")
+    if (hf_dir / "chat_template.jinja").is_file():
+        template = (hf_dir / "chat_template.jinja").read_text()
+    if not isinstance(template, str) or not template:
+        return None
+    bos = config.get("bos_token")
+    bos = bos.get("content") if isinstance(bos, dict) else bos
+    if not bos:
+        return False
+    try:
+        text = render_plain(
+            template,
+            [{"role": "user", "content": "Hi"}],
+            generation_prompt=True,
+            special_tokens={"bos_token": bos, "eos_token": "</eos>"},
+        )
+    except Exception:
+        return None
+    return text.startswith(bos)
 
 
 def read_metadata(gguf_path: Path, *, arrays: bool = False) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 from slmkit.export.adapter_checks import AdapterPlan, check_adapter
 from slmkit.export.agreement import Messages
 from slmkit.export.errors import ExportError
+from slmkit.models.load import copy_sentencepiece_model
 from slmkit.models.resolve import ResolvedModel, resolve_model
 
 PROBE_MESSAGES = (
@@ -172,6 +173,7 @@ def save_merged(
     ):
         (out_dir / "chat_template.jinja").write_text(tokenizer.chat_template)
     assert resolved.base is not None
+    copy_sentencepiece_model([resolved.adapter, resolved.base.hf_path], out_dir)
     base_gen = Path(str(resolved.base.hf_path)) / "generation_config.json"
     if base_gen.is_file() and not (out_dir / "generation_config.json").is_file():
         shutil.copy(base_gen, out_dir / "generation_config.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from slmkit.errors import ModelNotFoundError
@@ -86,6 +87,25 @@ def _source(resolved: ResolvedModel) -> tuple[Any, dict[str, Any]]:
             f"{resolved.ref!r} is a hub id but HF_HUB_OFFLINE=1; use a local folder"
         )
     return resolved.path, {}
+
+
+SENTENCEPIECE_FILES = ("tokenizer.model",)
+
+
+def copy_sentencepiece_model(sources: list[Path | str | None], dest: Path) -> None:
+    """Copy `tokenizer.model` into `dest` from the first source folder that has one.
+
+    transformers 5 saves a tokenizer as `tokenizer.json` only; llama.cpp's converter reads the
+    SentencePiece model of SPM families (Llama-2, Mistral v0.2, Phi-3, Gemma) from this file."""
+    import shutil
+
+    for name in SENTENCEPIECE_FILES:
+        if (dest / name).is_file():
+            continue
+        for source in sources:
+            if source is not None and (Path(str(source)) / name).is_file():
+                shutil.copy2(Path(str(source)) / name, dest / name)
+                break
 
 
 def _first_line(exc: BaseException) -> str:

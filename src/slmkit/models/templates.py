@@ -179,13 +179,13 @@ def render_plain(
     """Render a template the way transformers does, without a tokenizer."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    rendered, _ = render_jinja_template(
+    result: Any = render_jinja_template(  # annotated `str`, returns (texts, spans)
         conversations=[messages],
         chat_template=template,
         add_generation_prompt=generation_prompt,
         **{**(special_tokens or _PROBE_TOKENS), **context},
     )
-    return str(rendered[0])
+    return str(result[0][0])
 
 
 def _fingerprint(template: str) -> tuple[str, ...]:

@@ -686,6 +686,12 @@ class ServeConfig(StrictModel):
         default_factory=list,
         description="Public model ids answered by a chain of served models (rules, escalation).",
     )
+    reasoning: Literal["separate", "hide", "raw"] = Field(
+        default="separate",
+        description="A reasoning model's thinking (`<think>...</think>`): `separate` returns it in "
+        "`reasoning_content` beside `content`, `hide` leaves it out, `raw` keeps it in `content` as "
+        "generated. A chat request's `include_reasoning: false` hides it for that request.",
+    )
 
     @model_validator(mode="after")
     def _unique_ids(self) -> ServeConfig:

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from slmkit.serve import api_errors
 from slmkit.serve.admission import Admission, AdmissionSlot
 from slmkit.serve.alerts import AlertWatcher, default_server_name
+from slmkit.serve.answer_text import AnswerText
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.audit import AuditLog, AuditRecord
 from slmkit.serve.config import ServeConfig
@@ -33,7 +34,7 @@ from slmkit.serve.generation import (
     generate_with_retry,
     prompt_text,
 )
-from slmkit.serve.guards import ResponseCache, StreamingFilter
+from slmkit.serve.guards import ResponseCache
 from slmkit.serve.key_limits import KeyLimits
 from slmkit.serve.logs import tokens_today_by_key
 from slmkit.serve.metrics import GatewayMetrics
@@ -177,7 +178,7 @@ class Gateway:
         )
         return RequestContext(
             rec=rec,
-            gen=generation_request(body, body.model, self._max_tokens(body)),
+            gen=generation_request(body, body.model, self._max_tokens(body), self.config.reasoning),
             started=started,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
             headers={"x-request-id": rec.id},
@@ -242,14 +243,14 @@ class Gateway:
         return on_close
 
     def _json_response(self, ctx: RequestContext, outcome: Outcome) -> JSONResponse:
-        text = StreamingFilter(self.config.output_filter)
-        content = text.filter_all(outcome.text)
+        text = AnswerText(ctx.gen.reasoning, self.config.output_filter)
+        reasoning, content = text.whole(outcome.text)
         if text.redactions:
             self.metrics.redactions.labels(ctx.gen.model_id).inc(text.redactions)
         ctx.rec.response_text = content
         ctx.outcome = outcome
         self._finish(ctx)
-        body = completion_body(ctx.rec.id, ctx.gen, content, outcome, self.created)
+        body = completion_body(ctx.rec.id, ctx.gen, content, outcome, self.created, reasoning)
         return JSONResponse(body, headers=ctx.headers)
 
     async def _fit_context(self, engine: Engine, ctx: RequestContext, policy: str) -> None:

@@ -64,6 +64,10 @@ class ChunkWriter:
     def content(self, text: str, extra: dict[str, Any]) -> bytes:
         return self._sse([self._choice(text, extra, None)])
 
+    def reasoning(self, text: str) -> bytes:
+        """A chunk of a reasoning model's thinking (`delta.reasoning_content`)."""
+        return self._sse([self._choice(None, {"reasoning_content": text}, None)])
+
     def ending(self, outcome: Outcome, include_usage: bool) -> list[bytes]:
         """The finish chunk, the usage chunk when asked for, and `[DONE]`."""
         reason = outcome.finish_reason or "stop"
@@ -75,7 +79,12 @@ class ChunkWriter:
 
 
 def completion_body(
-    request_id: str, gen: GenerationRequest, content: str, outcome: Outcome, created: int
+    request_id: str,
+    gen: GenerationRequest,
+    content: str,
+    outcome: Outcome,
+    created: int,
+    reasoning: str | None = None,
 ) -> dict[str, Any]:
     """The body of a non-streamed `chat.completion` or `text_completion`."""
     finish = outcome.finish_reason or "stop"
@@ -83,6 +92,8 @@ def completion_body(
         choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish}
     else:
         message: dict[str, Any] = {"role": "assistant", "content": content}
+        if reasoning is not None:
+            message["reasoning_content"] = reasoning
         if outcome.extra.get("tool_calls"):
             message["tool_calls"] = outcome.extra["tool_calls"]
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}

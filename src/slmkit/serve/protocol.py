@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
+ReasoningMode = Literal["separate", "hide", "raw"]
 
 
 class _OpenAIBody(BaseModel):
@@ -81,6 +82,11 @@ class ChatCompletionRequest(_SamplingFields):
     tool_choice: str | dict[str, Any] | None = None
     context_policy: Literal["reject", "prune", "summarize"] | None = Field(
         None, description="slmkit extension: what to do when the prompt is longer than the context."
+    )
+    include_reasoning: bool | None = Field(
+        None,
+        description="false: leave a reasoning model's thinking out of the answer (default: the "
+        "server's `reasoning:` setting).",
     )
 
     @field_validator("tool_choice")
@@ -169,6 +175,9 @@ class GenerationRequest:
     replica: str | None = None  # set by a ReplicaPool: the replica that answered (audit log)
     version: str | None = None  # set by an A/B split or a registry alias: the version that answered
     user: str | None = None  # the request's `user`: an A/B split with `sticky: user` keys on it
+    reasoning: ReasoningMode = (
+        "raw"  # how the answer's reasoning reaches the client (serve/answer_text.py)
+    )
 
     @property
     def deterministic(self) -> bool:
@@ -199,17 +208,24 @@ PASSTHROUGH_FIELDS = (
 
 
 def generation_request(
-    body: ChatCompletionRequest | CompletionRequest, model_id: str, max_tokens: int
+    body: ChatCompletionRequest | CompletionRequest,
+    model_id: str,
+    max_tokens: int,
+    reasoning: ReasoningMode = "separate",
 ) -> GenerationRequest:
-    """Engine request from a validated body (max_tokens already capped)."""
+    """Engine request from a validated body (max_tokens already capped); `reasoning` is the
+    server's setting, which a chat request can turn to `hide` (plain completions stay raw)."""
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     dumped = body.model_dump(exclude_unset=True)
     passthrough = {k: dumped[k] for k in PASSTHROUGH_FIELDS if dumped.get(k) is not None}
     messages = prompt = None
     if isinstance(body, ChatCompletionRequest):
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        if body.include_reasoning is False:
+            reasoning = "hide"
     else:
         prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+        reasoning = "raw"
     return GenerationRequest(
         model_id=model_id,
         messages=messages,
@@ -224,4 +240,5 @@ def generation_request(
         frequency_penalty=body.frequency_penalty,
         passthrough=passthrough,
         user=body.user,
+        reasoning=reasoning,
     )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from slmkit.errors import ConfigError
+from slmkit.models.reasoning import split_reasoning
 from slmkit.serve.admission import Admission, AdmissionSlot
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.config import RepetitionGuard, ServeConfig
@@ -109,7 +110,7 @@ def failed_check(
     logprobs: list[float],
 ) -> str | None:
     """The first escalation check the answer fails (its name in the reason), or None."""
-    text = outcome.text
+    text = split_reasoning(outcome.text)[1]  # the answer is judged, not the reasoning
     lowered = text.lower()
     if checks.empty and not text.strip() and not outcome.extra.get("tool_calls"):
         return "empty"

@@ -13,11 +13,12 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from slmkit.serve.answer_text import AnswerText
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.config import ServeConfig
 from slmkit.serve.engines.base import Delta, Engine
 from slmkit.serve.generation import Outcome, RequestContext, close_events, next_delta
-from slmkit.serve.guards import RepetitionDetector, StreamingFilter
+from slmkit.serve.guards import RepetitionDetector
 from slmkit.serve.metrics import GatewayMetrics
 from slmkit.serve.openai_wire import ChunkWriter, sse_error
 
@@ -66,9 +67,9 @@ class StreamResponder:
 
         async def close() -> None:
             await close_events(events)
-            # the audit row holds what the client was sent: the filtered text, as for other answers
-            filtered = StreamingFilter(self.config.output_filter).filter_all(outcome.text)
-            ctx.rec.response_text = filtered
+            # the audit row holds the answer the client was sent, filtered, as for other answers
+            answer = AnswerText(ctx.gen.reasoning, self.config.output_filter)
+            ctx.rec.response_text = answer.whole(outcome.text)[1]
             await on_close()
 
         body = self._live_body(first, events, ctx, outcome, deadline)
@@ -84,13 +85,15 @@ class StreamResponder:
     ) -> AsyncIterator[bytes]:
         model = ctx.gen.model_id
         chunk = ChunkWriter(ctx.rec.id, ctx.gen, self.created)
-        text_filter = StreamingFilter(self.config.output_filter)
+        text = AnswerText(ctx.gen.reasoning, self.config.output_filter)
         detector = RepetitionDetector(self.config.repetition)
         yield chunk.first()
         delta = first
         while delta is not None:
             outcome.absorb(delta, ctx.started)
-            piece = text_filter.feed(delta.text) if delta.text else ""
+            thought, piece = text.feed(delta.text) if delta.text else ("", "")
+            if thought:
+                yield chunk.reasoning(thought)
             if piece or delta.extra:
                 yield chunk.content(piece, delta.extra)
             if detector.feed(delta.text):
@@ -103,11 +106,13 @@ class StreamResponder:
                 ctx.status, ctx.error = exc.status, exc
                 yield sse_error(exc)
                 return
-        tail = text_filter.flush()
+        thought, tail = text.flush()
+        if thought:
+            yield chunk.reasoning(thought)
         if tail:
             yield chunk.content(tail, {})
-        if text_filter.redactions:
-            self.metrics.redactions.labels(model).inc(text_filter.redactions)
+        if text.redactions:
+            self.metrics.redactions.labels(model).inc(text.redactions)
         for event in chunk.ending(outcome, ctx.include_usage):
             yield event
         ctx.status = 200
@@ -115,11 +120,14 @@ class StreamResponder:
     def replay(self, ctx: RequestContext, outcome: Outcome, on_close: OnClose) -> GuardedStream:
         """A cached answer as a stream: one content chunk, then the usual ending."""
         chunk = ChunkWriter(ctx.rec.id, ctx.gen, self.created)
-        content = StreamingFilter(self.config.output_filter).filter_all(outcome.text)
+        answer = AnswerText(ctx.gen.reasoning, self.config.output_filter)
+        reasoning, content = answer.whole(outcome.text)
         ctx.outcome, ctx.status = outcome, 200
 
         async def body() -> AsyncIterator[bytes]:
             yield chunk.first()
+            if reasoning:
+                yield chunk.reasoning(reasoning)
             yield chunk.content(content, outcome.extra)
             for event in chunk.ending(outcome, ctx.include_usage):
                 yield event

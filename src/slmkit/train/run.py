@@ -16,6 +16,7 @@ from transformers import PrinterCallback, set_seed
 from slmkit import console
 from slmkit.config import dump_config
 from slmkit.errors import ConfigError, SlmError
+from slmkit.models.load import copy_sentencepiece_model
 from slmkit.recipe import Recipe
 from slmkit.registry.hooks import record_run
 from slmkit.train import runfolder
@@ -280,6 +281,7 @@ def _save_outputs(recipe: Recipe, trainer: Any, tokenizer: Any, run_dir: Path) -
     trainer.accelerator.wait_for_everyone()
     if main:
         _drop_trainer_extras(target, trainer.accelerator.unwrap_model(trainer.model))
+        copy_sentencepiece_model([getattr(tokenizer, "name_or_path", None)], target)
 
 
 def _drop_trainer_extras(target: Path, model: Any) -> None:

@@ -57,14 +57,36 @@ def admit(
     return input_ids
 
 
-async def relay(job: WorkerJob) -> AsyncGenerator[Delta, None]:
-    """The job's deltas as they arrive; a worker's exception is raised here. However the consumer
-    stops (done, disconnect, error), the job is marked cancelled so the worker stops at its next
-    token."""
+def opened_text(tokenizer: Any, request: GenerationRequest) -> str:
+    """`<think>\\n` when the chat template's generation prompt opened a reasoning block, so the
+    answer reads as llama-server returns it (it repeats the opening in the text it streams)."""
+    from slmkit.models.reasoning import OPEN, opens_thinking
+
+    template = getattr(tokenizer, "chat_template", None)
+    if request.messages is None or not isinstance(template, str):
+        return ""
+    return f"{OPEN}\n" if opens_thinking(template) else ""
+
+
+def eos_ids(tokenizer: Any, model: Any = None) -> set[int]:
+    """Every token that ends an answer: the tokenizer's EOS and the generation config's (Phi-3
+    ends its turns with `<|end|>`, Llama-3 with `<|eot_id|>` beside `<|end_of_text|>`)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, list) else {configured}
+    return {int(i) for i in ids if i is not None}
+
+
+async def relay(job: WorkerJob, opened: str = "") -> AsyncGenerator[Delta, None]:
+    """The job's deltas as they arrive (`opened` before the first text); a worker's exception is
+    raised here. However the consumer stops (done, disconnect, error), the job is marked cancelled
+    so the worker stops at its next token."""
     try:
         while (item := await job.events.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
+            if opened and item.text:
+                item.text, opened = opened + item.text, ""
             yield item
     finally:
         job.cancelled = True

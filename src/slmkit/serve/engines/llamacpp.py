@@ -67,6 +67,8 @@ class LlamaServerEngine(UpstreamEngine):
             "-t",
             str(s.threads or threads_setting() or os.cpu_count() or 1),
             "--jinja",
+            "--reasoning-format",
+            "none",  # the text as generated: the gateway splits reasoning for every engine alike
             "--no-webui",
             "--slots",
             "--metrics",

@@ -19,7 +19,7 @@ from typing import Any
 
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.engines.base import Delta, EngineState
-from slmkit.serve.engines.in_process import admit, encode_request, relay
+from slmkit.serve.engines.in_process import admit, encode_request, opened_text, relay
 from slmkit.serve.protocol import GenerationRequest
 
 
@@ -113,7 +113,7 @@ class OnnxEngine:
         input_ids = admit(self.tokenizer, request, self._state, self._n_ctx)
         job = _Job(request, input_ids, asyncio.get_running_loop(), asyncio.Queue())
         self._jobs.put(job)
-        async for delta in relay(job):
+        async for delta in relay(job, opened_text(self.tokenizer, request)):
             yield delta
 
     # -- worker thread ------------------------------------------------------------------------
@@ -151,7 +151,7 @@ class OnnxEngine:
         r = job.request
         room = (self._n_ctx or 2048) - len(job.input_ids)
         limit = min(r.max_tokens, room)
-        eos = {self.tokenizer.eos_token_id}
+        eos = {self.tokenizer.eos_token_id}  # the GenAI folder's config holds only this one
         tokens = stream_tokens(
             self.model,
             job.input_ids,

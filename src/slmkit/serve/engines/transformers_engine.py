@@ -19,7 +19,7 @@ from typing import Any
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.config import TransformersSettings
 from slmkit.serve.engines.base import Delta, EngineState
-from slmkit.serve.engines.in_process import admit, encode_request, relay
+from slmkit.serve.engines.in_process import admit, encode_request, eos_ids, opened_text, relay
 from slmkit.serve.protocol import GenerationRequest
 
 BASE = "__base__"
@@ -170,7 +170,7 @@ class TransformersEngine:
         adapter = request.model_id if self.adapters.get(request.model_id) is not None else BASE
         job = _Job(request, adapter, input_ids, asyncio.get_running_loop(), asyncio.Queue())
         self._jobs.put(job)
-        async for delta in relay(job):
+        async for delta in relay(job, opened_text(self.tokenizer, request)):
             yield delta
 
     # -- worker thread ------------------------------------------------------------------------
@@ -234,7 +234,7 @@ class TransformersEngine:
             kwargs["repetition_penalty"] = first.repeat_penalty
         if first.seed is not None:
             torch.manual_seed(first.seed)
-        streamer = _RowStreamer(batch, tok)
+        streamer = _RowStreamer(batch, tok, eos_ids(tok, self.model))
         from transformers import StoppingCriteriaList
 
         with torch.inference_mode(), self._adapter(batch[0].adapter):
@@ -261,12 +261,10 @@ class TransformersEngine:
 class _RowStreamer:
     """A transformers streamer + stopping criterion that routes each batch row's tokens to its job."""
 
-    def __init__(self, batch: list[_Job], tokenizer: Any) -> None:
+    def __init__(self, batch: list[_Job], tokenizer: Any, eos: set[int]) -> None:
         self.batch = batch
         self.tokenizer = tokenizer
-        self.eos = {tokenizer.eos_token_id} | set(
-            getattr(tokenizer, "additional_eos_ids", []) or []
-        )
+        self.eos = eos
         self.prompt_seen = False
 
     def put(self, value: Any) -> None:

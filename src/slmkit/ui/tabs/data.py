@@ -4,13 +4,14 @@ histogram, and a rendered sample whose no-loss part is greyed."""
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any
 
 from slmkit.config import describe, field_default
 from slmkit.data.commands import data_config
-from slmkit.data.config import DataConfig, TemplateName
+from slmkit.data.config import DataConfig
 from slmkit.data.loader import FORMAT_CHOICES
 from slmkit.data.validate import ValidationReport, validate_data
+from slmkit.models.templates import TEMPLATE_NAMES
 from slmkit.ui.context import Board
 from slmkit.ui.data_view import (
     FILE_COLUMNS,
@@ -85,7 +86,7 @@ def build(board: Board) -> None:
                     elem_id="data-format",
                 )
                 template = gr.Dropdown(
-                    [OWN_TEMPLATE, *get_args(TemplateName)],
+                    [OWN_TEMPLATE, *TEMPLATE_NAMES],
                     value=OWN_TEMPLATE,
                     label="chat template",
                     elem_id="data-template",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from families import FAMILIES, family_dir
 from serve_helpers import ServerProcess, needs_llama_server
 from train_helpers import write_jsonl

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from families import FAMILIES, family_dir, models_dir, reference_tokenizations
 
+from families import FAMILIES, family_dir, models_dir, reference_tokenizations
 from slmkit.data import Record
 from slmkit.data.template import IGNORE_INDEX, tokenize_sft
 from slmkit.models.reasoning import normalize_message

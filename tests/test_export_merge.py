@@ -111,3 +111,39 @@ def test_non_lora_adapter_is_refused(tiny_run: Path, tmp_path: Path) -> None:
 def test_merge_needs_an_adapter_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="nothing to merge"):
         merge_adapter(str(tiny_model_dir), tmp_path / "merged")
+
+
+def test_a_sharded_base_merged_shard_by_shard_equals_the_in_memory_merge(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The streamed merge (for bases that do not fit in memory twice) writes every shard with
+    W + scale * B @ A, tensor for tensor what peft's merge gives, and keeps the shard layout."""
+    from safetensors.torch import load_file
+
+    sharded = tmp_path / "sharded-base"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.save_pretrained(sharded, max_shard_size="2MB")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (sharded / name).write_bytes((tiny_model_dir / name).read_bytes())
+    shards = sorted(p.name for p in sharded.glob("*.safetensors"))
+    assert len(shards) > 1
+    run = make_random_lora_run(sharded, tmp_path / "run")
+    streamed = merge_adapter(run, tmp_path / "streamed", dtype="float32", stream=True)
+    in_memory = merge_adapter(run, tmp_path / "in-memory", dtype="float32", stream=False)
+    assert "merged shard by shard" in " ".join(streamed.notes)
+    assert sorted(p.name for p in streamed.out_dir.glob("*.safetensors")) == shards
+    got: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        got.update(load_file(streamed.out_dir / shard))
+    want: dict[str, torch.Tensor] = {}
+    for shard in in_memory.out_dir.glob("*.safetensors"):
+        want.update(load_file(shard))
+    changed = 0
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, atol=1e-5, rtol=1e-5)
+        original = model.state_dict()[name]
+        changed += int(not torch.equal(tensor, original))
+    assert changed == 2 * 7  # every targeted projection of both layers, nothing else
+    reloaded = AutoModelForCausalLM.from_pretrained(streamed.out_dir, dtype=torch.float32)
+    assert (streamed.out_dir / "chat_template.jinja").is_file()
+    assert reloaded.config.num_hidden_layers == 2

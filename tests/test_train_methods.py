@@ -71,7 +71,9 @@ def test_cpu_dpo_scores_only_the_answer_tokens_with_the_same_log_probs(
     labels[:, :7] = -100  # the prompt
     labels[1, 10:] = -100  # padding
     results = {}
-    original = trl_utils._use_triton
+    # an in-process DPO run earlier in this worker may have patched it already: start unpatched
+    original = getattr(trl_utils._use_triton, "original", trl_utils._use_triton)
+    trl_utils._use_triton = original
     try:
         for compact in (False, True):
             if compact:

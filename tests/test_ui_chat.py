@@ -103,3 +103,22 @@ def test_chat_streams_an_answer_and_a_thumbs_down_with_a_correction_is_stored(
     screenshot(page, "chat")
     listed = run_slm("logs", "--feedback", "--db", str(db), env={"COLUMNS": "200"}, timeout=120)
     assert listed.returncode == 0 and rows[0]["request_id"] in listed.stdout
+
+
+@needs_browser
+@pytest.mark.browser
+def test_a_reasoning_models_thinking_is_shown_folded_apart_from_the_answer(board, page) -> None:
+    """A tiny DeepSeek-R1-Distill-Qwen (its prompt opens `<think>`) through the transformers
+    engine: the thinking arrives in `reasoning_content` and the chat folds it under a title."""
+    from families import family_dir
+
+    open_tab(page, board, "Chat")
+    _choose_model(page, "a", str(family_dir("deepseek-r1")))
+    page.locator("#chat-max-tokens input").fill("8")
+    page.locator("#chat-prompt textarea").fill(QUESTION)
+    page.locator("#chat-send").click()
+    page.locator("#chat-status-a .slm-ok").wait_for(timeout=180_000)
+    chat = page.locator("#chat-a")
+    folded = chat.get_by_text("Thinking", exact=False).first
+    folded.wait_for()
+    assert "<think>" not in chat.inner_text() and "</think>" not in chat.inner_text()

@@ -84,7 +84,7 @@ def chat_cmd(
     settings = from_options(GenerationSettings, values)
     session = ChatSession.open(model, system=system, settings=settings)
     if prompt is not None:
-        session.ask(prompt, on_text=_stream_to_stdout)
+        session.ask(prompt, on_text=_stream_to_stdout, on_thinking=_thinking_to_stderr)
         sys.stdout.write("\n")
         return
     console.print(
@@ -103,13 +103,41 @@ def chat_cmd(
             continue
         if line.strip():
             sys.stdout.write("model> ")
-            session.ask(line, on_text=_stream_to_stdout)
+            session.ask(line, on_text=_stream_to_stdout, on_thinking=_thinking_to_stderr)
             sys.stdout.write("\n")
 
 
 def _stream_to_stdout(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def _thinking_to_stderr(text: str) -> None:
+    """A reasoning model's thinking, dimmed on stderr: stdout carries only the answer."""
+    console.print(text, style="dim", end="", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("pull")
+def pull_cmd(
+    model: Annotated[
+        str, typer.Argument(help="Hub model ORG/NAME, optionally @REVISION (branch, tag, commit).")
+    ],
+) -> None:
+    """Download a model from the Hugging Face hub into its cache (resumes an interrupted
+    download); every command then takes ORG/NAME, also with HF_HUB_OFFLINE=1. A gated model
+    needs its licence accepted on the hub and HF_TOKEN set."""
+    from slmkit.errors import ModelNotFoundError
+    from slmkit.models.hub import parse_hub_ref, pull
+
+    ref = parse_hub_ref(model)
+    if ref is None:
+        raise ModelNotFoundError(
+            f"{model!r} is not a hub model id", hint="expected ORG/NAME or ORG/NAME@REVISION"
+        )
+    folder = pull(ref)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    console.print(f"{ref}: {size / 2**30:.2f} GiB in the Hugging Face cache", soft_wrap=True)
+    out.print(str(folder), markup=False, soft_wrap=True)
 
 
 @app.command("doctor")

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from slmkit.console import out
 from slmkit.errors import SlmError
+from slmkit.models.precision import BF16_PROBE
 from slmkit.paths import models_cache_dir, slm_home, tools_dir
 from slmkit.tools import LLAMA_BINARIES, SETUP_HINT, converter_script, llama_tool, tool_version
 
@@ -48,17 +49,6 @@ def _torch_check() -> Check:
     device = f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}" if cuda else "CPU only"
     bf16 = _bf16_runs(cuda)
     return Check("torch", "ok", f"{torch.__version__} ({device}, {bf16})")
-
-
-BF16_PROBE = """
-import torch
-dev = "cuda" if torch.cuda.is_available() else "cpu"
-a = torch.randn(64, 64, device=dev)
-exact = a @ a
-got = (a.bfloat16() @ a.bfloat16()).float()
-assert torch.allclose(got, exact, rtol=0.05, atol=0.5), "wrong result"
-print("ok")
-"""
 
 
 def _bf16_runs(cuda: bool) -> str:

@@ -73,10 +73,13 @@ def merge_adapter(
     atol: float = 1e-3,
     prompts: list[Messages] | None = None,
     max_tokens: int = 64,
+    stream: bool | None = None,
 ) -> MergeResult:
     """Merge the adapter of run folder `source` into its base; write an HF folder to `out_dir`.
 
     With `prompts`, also answers them greedily before and after merging (for the parity gate).
+    `stream` (default: when the base would not fit in memory twice in fp32) merges shard by
+    shard instead (`merge_stream.py`): no in-memory checks and no PyTorch answers then.
     """
     import torch
 
@@ -84,6 +87,12 @@ def merge_adapter(
 
     resolved = resolve_adapter_run(source)
     plan = check_adapter(resolved)  # before any loading: refuse what cannot be merged
+    if stream is None:
+        stream = base_too_big(resolved)
+    if stream:
+        streamed = _merge_streamed(resolved, plan, out_dir, dtype)
+        if streamed is not None:
+            return streamed
     model, tokenizer = load_base_with_adapter(resolved, plan)
     probes = probe_inputs(tokenizer)
     reference_answers = torch_answers(model, tokenizer, prompts, max_tokens) if prompts else []
@@ -118,6 +127,44 @@ def merge_adapter(
         reference_answers,
         merged_answers,
     )
+
+
+def base_too_big(resolved: ResolvedModel) -> bool:
+    """Whether the in-memory merge (base + adapter in fp32, then the reloaded folder) would need
+    more than 80% of the memory available now."""
+    import psutil
+
+    from slmkit.models.precision import checkpoint_dtype
+
+    assert resolved.base is not None
+    base_dir = Path(str(resolved.base.hf_path))
+    on_disk = sum(p.stat().st_size for p in base_dir.glob("*.safetensors"))
+    width = 2 if checkpoint_dtype(base_dir) in ("bfloat16", "float16") else 4
+    needed = 2 * on_disk * (4 / width)
+    return needed > 0.8 * psutil.virtual_memory().available
+
+
+def _merge_streamed(
+    resolved: ResolvedModel, plan: AdapterPlan, out_dir: Path, dtype: str
+) -> MergeResult | None:
+    """The shard-by-shard merge, or None when this adapter needs the in-memory one."""
+    from slmkit.export.merge_stream import can_stream, merge_streaming
+    from slmkit.models.load import load_tokenizer
+
+    assert resolved.adapter is not None and resolved.base is not None
+    why = can_stream(resolved.adapter)
+    if plan.adapter_vocab or plan.untie_embeddings:
+        why = "trained embeddings"
+    if why is not None:
+        return None
+    streamed = merge_streaming(resolved, out_dir, dtype)
+    save_tokenizer_files(load_tokenizer(resolved), resolved, out_dir)
+    note = (
+        f"merged shard by shard ({streamed.shards} shard(s), {streamed.merged_modules} LoRA "
+        f"modules, largest shard {streamed.peak_shard_bytes / 2**30:.2f} GiB): the base does not "
+        "fit in memory twice, so the in-memory merge checks and PyTorch answers were skipped"
+    )
+    return MergeResult(out_dir, dtype, 0.0, 1.0, 0.0, [*plan.notes, note])
 
 
 def load_base_with_adapter(resolved: ResolvedModel, plan: AdapterPlan) -> tuple[Any, Any]:
@@ -166,6 +213,12 @@ def save_merged(
         merged.config.tie_word_embeddings = False
     merged.to(getattr(torch, dtype))
     merged.save_pretrained(out_dir, safe_serialization=True)
+    save_tokenizer_files(tokenizer, resolved, out_dir)
+
+
+def save_tokenizer_files(tokenizer: Any, resolved: ResolvedModel, out_dir: Path) -> None:
+    """The run's tokenizer and chat template (what training used), the SentencePiece model and
+    the base's generation config, beside the merged weights."""
     tokenizer.save_pretrained(out_dir)
     if (
         getattr(tokenizer, "chat_template", None)

@@ -78,12 +78,12 @@ def _hf_source(resolved: ResolvedModel) -> Path:
             f"{resolved.ref} is already a GGUF",
             hint="use `slm quant-eval REFERENCE.gguf QUANT.gguf ...`",
         )
-    if resolved.kind == "hub":
+    if isinstance(resolved.path, str):  # a hub id that is not in the cache
         raise ExportError(
-            f"{resolved.ref} is a hub id",
-            hint="download it to a local folder first and export the folder",
+            f"{resolved.ref} is not in the local Hugging Face cache",
+            hint=f"run `slm pull {resolved.ref}` first",
         )
-    return Path(str(resolved.path))
+    return Path(resolved.path)
 
 
 def export_model(
@@ -172,6 +172,8 @@ def _merged_folder(
             max_tokens=cfg.max_tokens,
         )
         notes += merged.notes
+        if prompts is not None and not merged.reference_answers:  # merged shard by shard
+            return merged.out_dir, [], []
         notes.append(
             f"merge check: max |logit diff| {merged.max_logit_diff:.1e} (fp32); saved {cfg.merge_dtype} "
             f"folder top-1 agreement {merged.saved_top1:.1%}"
@@ -200,6 +202,8 @@ def _parity_gate(
 
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     probe = probe_gguf(reference, prompts, max_tokens=cfg.max_tokens, threads=cfg.threads)
+    if not reference_answers:  # no PyTorch answers (a streamed merge): template and tokens only
+        reference_answers = merged_answers = probe.answers
     report = compare_parity(
         prompts, tokenizer, reference_answers, merged_answers, probe, cfg.thresholds
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 from slmkit.errors import ModelNotFoundError
 from slmkit.models.load import load_model
+from slmkit.models.reasoning import ReasoningSplitter, opens_thinking
 from slmkit.models.resolve import resolve_model
 from slmkit.models.settings import GenerationSettings
 
@@ -106,14 +107,42 @@ class ChatSession:
     def reset(self) -> None:
         self.history.clear()
 
-    def ask(self, prompt: str, on_text: Callable[[str], None] | None = None) -> str:
+    def ask(
+        self,
+        prompt: str,
+        on_text: Callable[[str], None] | None = None,
+        on_thinking: Callable[[str], None] | None = None,
+    ) -> str:
+        """The answer to `prompt`; a reasoning model's thinking goes to `on_thinking` and stays
+        out of the answer and of the history (as a client sends back what it was answered)."""
         messages = (
             [{"role": "system", "content": self.system}] if self.system else []
         ) + self.history
         messages.append({"role": "user", "content": prompt})
-        reply = generate_reply(self.model, self.tokenizer, messages, self.settings, on_text)
+        template = getattr(self.tokenizer, "chat_template", None)
+        splitter = ReasoningSplitter(inside=isinstance(template, str) and opens_thinking(template))
+
+        def piece(text: str) -> None:
+            _route(splitter.feed(text), on_text, on_thinking)
+
+        generate_reply(self.model, self.tokenizer, messages, self.settings, piece)
+        _route(splitter.finish(), on_text, on_thinking)
+        reply = "".join(splitter.content).strip()
         self.history += [
             {"role": "user", "content": prompt},
             {"role": "assistant", "content": reply},
         ]
         return reply
+
+
+def _route(
+    parts: tuple[str, str],
+    first: Callable[[str], None] | None,
+    second: Callable[[str], None] | None,
+) -> None:
+    """Send (thinking, answer) pieces to their callbacks (`first` gets the answer)."""
+    thinking, answer = parts
+    if answer and first is not None:
+        first(answer)
+    if thinking and second is not None:
+        second(thinking)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ def load_tokenizer(model: ResolvedModel | str) -> Any:
         source, kwargs = resolved.adapter, {}
     try:
         return AutoTokenizer.from_pretrained(source, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise ModelNotFoundError(
             f"cannot load tokenizer of {resolved.ref!r}: {_first_line(exc)}"
         ) from exc
@@ -47,18 +46,23 @@ def load_tokenizer(model: ResolvedModel | str) -> Any:
 def load_model(
     model: ResolvedModel | str,
     *,
-    dtype: str = "float32",
+    dtype: str = "auto",
     device: str = "cpu",
     merge_adapter: bool = False,
 ) -> tuple[Any, Any]:
-    """(model, tokenizer) in eval mode; a run folder's adapter is applied on top of its base."""
+    """(model, tokenizer) in eval mode; a run folder's adapter is applied on top of its base.
+    `auto`: a bf16/fp16 checkpoint stays in bf16 where bf16 runs, anything else is fp32."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from slmkit.models.precision import resolve_dtype
 
     quiet_transformers()
     resolved = resolve_model(model) if isinstance(model, str) else model
     tokenizer = load_tokenizer(resolved)
     source, kwargs = _source(resolved)
+    folder = None if resolved.kind == "gguf" else resolved.hf_path
+    dtype = resolve_dtype(dtype, folder, device)
     try:
         lm: Any = AutoModelForCausalLM.from_pretrained(
             source, dtype=getattr(torch, dtype), **kwargs
@@ -82,10 +86,6 @@ def _source(resolved: ResolvedModel) -> tuple[Any, dict[str, Any]]:
         path = resolved.path
         assert not isinstance(path, str)
         return path.parent, {"gguf_file": path.name}
-    if resolved.kind == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ModelNotFoundError(
-            f"{resolved.ref!r} is a hub id but HF_HUB_OFFLINE=1; use a local folder"
-        )
     return resolved.path, {}
 
 

@@ -98,30 +98,42 @@ class ReasoningSplitter:
     """Splits generated text into reasoning and answer as it streams.
 
     `inside=True` when the prompt already opened the block (the output starts with reasoning).
-    Text that could be the start of a tag is held back until it is known not to be one."""
+    Text that could be the start of a tag is held back until it is known not to be one; blanks
+    before the block are passed on as they come."""
 
     inside: bool = False
-    started: bool = False  # a first non-blank character has been seen
     done: bool = False  # the block closed (or there was none): everything after is answer
     _held: str = ""
+    _trim: bool = False  # newlines right after a tag are dropped, however the pieces fall
     reasoning: list[str] = field(default_factory=list)
     content: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._trim = self.inside
 
     def feed(self, text: str) -> tuple[str, str]:
         """(new reasoning, new answer) from the next piece of generated text."""
         self._held += text
         new_reasoning, new_content = [], []
         while self._held:
+            if self._trim:
+                self._held = self._held.lstrip("\n")
+                if not self._held:
+                    break
+                self._trim = False
             if self.done:
                 new_content.append(self._held)
                 self._held = ""
                 break
             if not self.inside:
                 stripped = self._held.lstrip()
-                if not stripped:
-                    break  # only blanks so far: wait
+                if not stripped:  # blanks before anything: pass them on, still undecided
+                    new_content.append(self._held)
+                    self._held = ""
+                    break
                 if stripped.startswith(OPEN):
-                    self.inside, self._held = True, stripped[len(OPEN) :].lstrip("\n")
+                    self.inside, self._trim = True, True
+                    self._held = stripped[len(OPEN) :]
                     continue
                 if OPEN.startswith(stripped):
                     break  # could still become "<think>"
@@ -130,8 +142,8 @@ class ReasoningSplitter:
             cut = self._held.find(CLOSE)
             if cut >= 0:
                 new_reasoning.append(self._held[:cut])
-                self._held = self._held[cut + len(CLOSE) :].lstrip("\n")
-                self.done = True
+                self._held = self._held[cut + len(CLOSE) :]
+                self.done = self._trim = True
                 continue
             keep = _partial_suffix(self._held, CLOSE)
             new_reasoning.append(self._held[: len(self._held) - keep])

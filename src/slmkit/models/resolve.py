@@ -9,19 +9,18 @@ Hugging Face hub id (`org/name`).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from slmkit.errors import ModelNotFoundError
 from slmkit.models import embedded
+from slmkit.models.hub import parse_hub_ref, resolve_hub
 
 ModelKind = Literal["embedded", "hf", "gguf", "run", "hub", "onnx"]
 RUN_MANIFEST = "manifest.json"
 EXPORT_MANIFEST = "export.json"
 ONNX_CONFIG = "genai_config.json"  # an ONNX Runtime GenAI folder (`slm export --format onnx`)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -76,8 +75,12 @@ def resolve_model(ref: str | Path, *, prepare: bool = True) -> ResolvedModel:
         return _resolve_path(text, path, prepare)
     if _looks_like_path(text):
         raise ModelNotFoundError(f"model path {text!r} does not exist", hint=_known_hint())
-    if _HUB_ID.match(text):
-        return ResolvedModel(ref=text, kind="hub", path=text, name=text.split("/")[-1].lower())
+    hub_ref = parse_hub_ref(text)
+    if hub_ref is not None:
+        folder = resolve_hub(hub_ref, prepare=prepare)
+        name = hub_ref.repo_id.split("/")[-1].lower()
+        extra: dict[str, object] = {"repo_id": hub_ref.repo_id, "revision": hub_ref.revision}
+        return ResolvedModel(ref=text, kind="hub", path=folder, name=name, extra=extra)
     raise ModelNotFoundError(f"unknown model {text!r}", hint=_known_hint())
 
 
@@ -105,7 +108,7 @@ def _looks_like_path(text: str) -> bool:
     return (
         text.startswith((".", "/", "~"))
         or text.endswith((".gguf", ".safetensors"))
-        or text.count("/") > 1
+        or text.split("@", 1)[0].count("/") > 1
     )
 
 

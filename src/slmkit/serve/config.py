@@ -286,8 +286,10 @@ class TransformersSettings(StrictModel):
     max_batch_size: int = Field(
         default=8, ge=1, description="Most queued requests generated together in one batch."
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        default="float32", description="Weights dtype."
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Weights dtype; `auto` keeps a bf16/fp16 checkpoint in bf16 where bf16 runs "
+        "(half the memory of fp32), and loads other checkpoints in fp32.",
     )
     device: str = Field(
         default="auto", description="`auto` (cuda when available), `cpu` or `cuda`."

@@ -90,8 +90,10 @@ def build_engines(config: ServeConfig) -> dict[str, Engine]:
         from slmkit.serve.engines.transformers_engine import TransformersEngine
 
         for base, adapters in transformers_groups.values():
-            if base.kind == "embedded":
-                base = resolve_model(base.ref)  # convert the embedded GGUF to an HF folder once
+            if base.kind == "embedded" or isinstance(base.path, str):
+                # the embedded GGUF becomes an HF folder once; a hub model not yet cached is
+                # downloaded now (or, offline, refused in one line)
+                base = resolve_model(base.ref)
             engine = TransformersEngine(base, adapters, config.transformers)
             for model_id in adapters:
                 engines[model_id] = engine

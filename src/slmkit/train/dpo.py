@@ -82,4 +82,5 @@ def score_only_labelled_positions() -> None:
         return device.type == "cpu" or bool(use_triton(device))
 
     compact_on_cpu.slmkit_compact = True  # type: ignore[attr-defined]
+    compact_on_cpu.original = use_triton  # type: ignore[attr-defined]
     trl_utils._use_triton = compact_on_cpu

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError
 
 from slmkit.config import StrictModel, format_validation_error, option_flag
 from slmkit.errors import ConfigError, SlmError
+from slmkit.models.shapes import SHAPES
 
 GIB = 1024**3
 BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.5 + 0.5 / 64 * 4 / 2}
@@ -57,14 +58,18 @@ def model_shape(model_ref: str) -> ModelShape:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from slmkit.models.resolve import resolve_model
+    from slmkit.models.shapes import SHAPES, shape_config
 
-    resolved = resolve_model(model_ref)
-    try:
-        config = AutoConfig.from_pretrained(resolved.hf_path)
-    except OSError as exc:
-        raise SlmError(
-            f"--model {model_ref!r}: cannot read its config ({str(exc).splitlines()[0]})"
-        ) from exc
+    if model_ref.lower() in SHAPES:
+        config = shape_config(model_ref)
+    else:
+        resolved = resolve_model(model_ref)
+        try:
+            config = AutoConfig.from_pretrained(resolved.hf_path)
+        except OSError as exc:
+            raise SlmError(
+                f"--model {model_ref!r}: cannot read its config ({str(exc).splitlines()[0]})"
+            ) from exc
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     params = sum(p.numel() for p in model.parameters())
@@ -162,7 +167,9 @@ class EstimateConfig(StrictModel):
     """What `slm estimate` (and the board's Train tab) sizes."""
 
     model: str = Field(
-        default="default", description="Model reference (default, a folder, a hub id with config)."
+        default="default",
+        description="Model reference (default, a folder, a hub id with config), or a published "
+        "shape: " + ", ".join(SHAPES) + ".",
     )
     method: Literal["lora", "qlora", "full"] = Field(
         default="lora", description="lora | qlora | full"

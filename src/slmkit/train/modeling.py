@@ -40,7 +40,8 @@ def check_device(recipe: Recipe) -> None:
         )
     if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:
         raise DeviceError(
-            "finetuning: qlora needs the bitsandbytes package", hint="pip install bitsandbytes"
+            "finetuning: qlora needs the bitsandbytes package",
+            hint="pip install -e .[gpu] (bitsandbytes), on the CUDA machine",
         )
     if recipe.train.precision == "fp16" and not torch.cuda.is_available():
         raise DeviceError(
@@ -125,9 +126,9 @@ def load_base_model(recipe: Recipe, base: BaseModelInfo, tokenizer: Any) -> Any:
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
         model = AutoModelForCausalLM.from_pretrained(base.hf_path, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError, KeyError) as exc:  # missing files, unknown architecture
         raise ModelNotFoundError(
-            f"model: cannot load {base.ref!r}: {str(exc).splitlines()[0]}"
+            f"model: cannot load {base.ref!r}: {(str(exc).strip().splitlines() or [repr(exc)])[0]}"
         ) from exc
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

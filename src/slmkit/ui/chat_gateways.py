@@ -62,6 +62,7 @@ class ChatReply:
     text: str = ""
     id: str = ""
     completion_tokens: int | None = None
+    reasoning: str = ""  # a reasoning model's thinking (`reasoning_content`), shown folded
 
 
 class ChatGateways:
@@ -135,11 +136,14 @@ def stream_reply(
         base_url=f"{gateway.url}/v1", api_key="board", max_retries=0, timeout=600
     )
     wire = [{"role": "system", "content": settings.system}] if settings.system.strip() else []
+    history = [  # the folded thinking is shown, never sent back (as the API's clients do)
+        {"role": m["role"], "content": m["content"]} for m in messages if not m.get("metadata")
+    ]
     reply = ChatReply()
     try:
         stream = client.chat.completions.create(
             model=gateway.model_id,
-            messages=cast(Any, [*wire, *messages]),
+            messages=cast(Any, [*wire, *history]),
             temperature=settings.temperature,
             max_tokens=settings.max_tokens,
             stream=True,
@@ -150,8 +154,13 @@ def stream_reply(
             reply.id = chunk.id or reply.id
             if chunk.usage is not None:
                 reply.completion_tokens = chunk.usage.completion_tokens
-            if chunk.choices and chunk.choices[0].delta.content:
-                reply.text += chunk.choices[0].delta.content
+            delta = chunk.choices[0].delta if chunk.choices else None
+            thinking = getattr(delta, "reasoning_content", None) if delta else None
+            if thinking:
+                reply.reasoning += thinking
+            if delta is not None and delta.content:
+                reply.text += delta.content
+            if thinking or (delta is not None and delta.content):
                 yield reply
     except openai.APIStatusError as exc:
         raise SlmError(f"{gateway.model_id}: {_api_message(exc.body, exc.message)}") from None

@@ -80,16 +80,22 @@ def reply(
         started = time.perf_counter()  # the answer's time, without the gateway's start
         answer = None
         for answer in stream_reply(gateway, asked, settings):
-            yield gr.skip(), [*asked, {"role": "assistant", "content": answer.text}], gr.skip()
+            yield gr.skip(), [*asked, *answer_messages(answer)], gr.skip()
     except Exception as exc:
         yield error_html(exc), state.messages, gr.skip()
         return
     if answer is None or not answer.id:
         yield status_html(f"{ref}: no answer", "error"), state.messages, gr.skip()
         return
-    state.messages = [*asked, {"role": "assistant", "content": answer.text}]
+    state.messages = [*asked, *answer_messages(answer)]
     state.answers[len(state.messages) - 1] = {"id": answer.id, "url": gateway.url, "ref": ref}
     yield _answer_line(gateway.model_id, answer.completion_tokens, started), state.messages, state
+
+
+def answer_messages(answer: Any) -> list[dict[str, Any]]:
+    """The answer as chat messages: a reasoning model's thinking first, folded under a title."""
+    folded = [{"role": "assistant", "content": answer.reasoning, "metadata": {"title": "Thinking"}}]
+    return [*(folded if answer.reasoning else []), {"role": "assistant", "content": answer.text}]
 
 
 def _answer_line(model_id: str, tokens: int | None, started: float) -> str:

@@ -117,3 +117,22 @@ def test_route_checks_judge_the_answer_not_the_thinking() -> None:
     assert failed_check(thinking_only, checks, gen, RepetitionGuard(), []) is None
     empty_answer = Outcome(["<think>long thought</think>\n\n"])
     assert failed_check(empty_answer, checks, gen, RepetitionGuard(), []) == "empty"
+
+
+def test_eval_scores_the_answer_and_keeps_the_thinking_apart() -> None:
+    import asyncio
+
+    from slmkit.evaluate.config import EvalSettings
+    from slmkit.evaluate.evalset import EvalItem
+    from slmkit.evaluate.generate import _ask
+    from slmkit.serve.engines.base import Delta
+
+    class ThinkingEngine:  # what llama-server streams for an R1 model
+        async def generate(self, request: object):  # type: ignore[no-untyped-def]
+            for piece in ("<think>\n", "Oslo is in ", "Norway.", "\n</think>", "\n\nYes."):
+                yield Delta(text=piece)
+            yield Delta(finish_reason="stop", prompt_tokens=9, completion_tokens=7)
+
+    item = EvalItem(1, [{"role": "user", "content": "Ship to Oslo?"}], "Yes.")
+    answer = asyncio.run(_ask(ThinkingEngine(), "r1", item, EvalSettings()))
+    assert (answer.text, answer.reasoning) == ("Yes.", "Oslo is in Norway.")

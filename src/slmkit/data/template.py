@@ -23,11 +23,10 @@ from slmkit.data.records import Problem, Record, Severity
 from slmkit.errors import DataError
 from slmkit.models import reasoning
 from slmkit.models.messages import prepare_messages, template_knows_tools
-from slmkit.models.templates import TEMPLATE_NAMES, named_template, training_template_for
+from slmkit.models.templates import named_template, training_template_for
 
 IGNORE_INDEX = -100
 Overflow = Literal["truncate", "drop"]
-TEMPLATE_CHOICES = TEMPLATE_NAMES
 
 
 class TemplateMismatch(DataError):

@@ -108,3 +108,84 @@ def test_a_hub_model_that_is_not_cached_offline_is_one_line_saying_what_to_run(
     assert "HF_HUB_OFFLINE" in lines[0]
     if command != "pull":
         assert f"slm pull {missing}" in lines[0]
+
+
+def test_pull_downloads_into_the_cache_and_then_works_offline(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from fake_hub import FakeHub
+
+    repo = FakeHub.from_folder(tiny_model_dir)
+    repo.files["pytorch_model.bin"] = b"not wanted beside safetensors"
+    with FakeHub({"acme/pulled": repo}) as hub:
+        env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
+        pulled = run_slm("pull", "acme/pulled", env=env)
+        assert pulled.returncode == 0, pulled.stderr[-2000:]
+        folder = Path(pulled.stdout.strip().splitlines()[-1])
+        assert (folder / "model.safetensors").read_bytes() == repo.files["model.safetensors"]
+        assert not (folder / "pytorch_model.bin").exists()  # safetensors only
+        assert "in the Hugging Face cache" in pulled.stderr
+    offline = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    chat = run_slm("chat", "acme/pulled", "Hi", "--max-tokens", "2", env=offline)
+    assert chat.returncode == 0, chat.stderr[-2000:]
+
+
+def test_an_interrupted_pull_resumes_where_it_stopped(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fake_hub import FakeHub
+
+    repo = FakeHub.from_folder(tiny_model_dir, slow={"model.safetensors"})
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    with FakeHub({"acme/big": repo}) as hub:
+        env["HF_ENDPOINT"] = hub.url
+        first = subprocess.Popen(
+            [sys.executable, "-m", "slmkit.cli", "pull", "acme/big"],
+            env={**__import__("os").environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        blobs = tmp_path / "hf" / "hub" / "models--acme--big" / "blobs"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            partial = [p for p in blobs.glob("*.incomplete") if p.stat().st_size > 256 * 1024]
+            if partial:
+                break
+            time.sleep(0.1)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        assert partial, "the download never started"
+        again = run_slm("pull", "acme/big", env=env)
+        assert again.returncode == 0, again.stderr[-2000:]
+        ranges = [r for method, path, r in hub.requests if method == "GET" and r]
+        assert any(path.endswith("model.safetensors") for _, path, _ in hub.requests)
+        assert ranges and int(ranges[-1].split("=")[1].rstrip("-")) > 0  # resumed, not restarted
+    folder = Path(again.stdout.strip().splitlines()[-1])
+    assert (folder / "model.safetensors").read_bytes() == repo.files["model.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "message"),
+    [
+        ("acme/gated", "is a gated model: its licence must be accepted on its hub page first"),
+        ("acme/nothing", "no model 'acme/nothing' on the hub"),
+    ],
+)
+def test_gated_and_unknown_models_are_one_line_saying_what_to_do(
+    repo_id: str, message: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from fake_hub import FakeHub
+
+    repos = {"acme/gated": FakeHub.from_folder(tiny_model_dir, gated=True)}
+    with FakeHub(repos) as hub:
+        env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
+        env["HF_TOKEN"] = ""
+        result = run_slm("pull", repo_id, env=env)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert message in lines[0]
+    if "gated" in repo_id:
+        assert "HF_TOKEN" in lines[0]

@@ -108,9 +108,10 @@ def pull(ref: HubRef, *, token: str | None = None) -> Path:
         patterns = list(MODEL_FILES)
         if not any(n.endswith(".safetensors") for n in names):
             patterns += BIN_WEIGHTS
+        resume_partials(ref, info.sha or "", token)
         folder = snapshot_download(
             ref.repo_id,
-            revision=info.sha or ref.revision,
+            revision=ref.revision,  # a branch name: the cache records where it points
             allow_patterns=patterns,
             token=token,
             cache_dir=cache_dir(),
@@ -118,6 +119,65 @@ def pull(ref: HubRef, *, token: str | None = None) -> Path:
     except Exception as exc:
         raise hub_error(ref, exc) from exc
     return Path(folder)
+
+
+def resume_partials(ref: HubRef, sha: str, token: str | None) -> None:
+    """Finish the files an interrupted download left half-written in the cache.
+
+    The hub client writes each file to a temporary `<etag>.<random>.incomplete` beside the cache's
+    blobs and starts afresh in a new process; so the largest partial of each file is continued here
+    with an HTTP range request and moved in place, and the client then finds the file complete."""
+    from huggingface_hub import HfApi, constants, hf_hub_url
+    from huggingface_hub.hf_api import RepoFile
+
+    root = Path(cache_dir() or constants.HF_HUB_CACHE)
+    blobs = root / f"models--{ref.repo_id.replace('/', '--')}" / "blobs"
+    partials = sorted(blobs.glob("*.incomplete"), key=lambda p: p.stat().st_size, reverse=True)
+    if not partials or not sha:
+        return
+    files = {}
+    for entry in HfApi().list_repo_tree(ref.repo_id, revision=sha, recursive=True, token=token):
+        if isinstance(entry, RepoFile):
+            etag = entry.lfs.sha256 if entry.lfs is not None else entry.blob_id
+            files[etag] = (entry.path, entry.lfs.size if entry.lfs is not None else entry.size)
+    done: set[str] = set()
+    for partial in partials:
+        etag = partial.name.split(".", 1)[0]
+        if etag in done or etag not in files or (blobs / etag).exists():
+            partial.unlink(missing_ok=True)  # a shorter copy, or a file that is no longer wanted
+            continue
+        path, size = files[etag]
+        url = hf_hub_url(ref.repo_id, path, revision=sha)
+        _continue_download(url, partial, size, token)
+        partial.rename(blobs / etag)
+        done.add(etag)
+
+
+def _continue_download(url: str, partial: Path, size: int, token: str | None) -> None:
+    """Append the rest of `url` to `partial` (a range request), with a progress bar."""
+    import httpx
+    from huggingface_hub.utils import tqdm
+
+    have = partial.stat().st_size
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    with httpx.stream("GET", url, headers=headers, follow_redirects=True, timeout=60) as response:
+        response.raise_for_status()
+        mode = "ab" if response.status_code == 206 else "wb"  # 200: the server sent it all
+        start = have if mode == "ab" else 0
+        name = url.rsplit("/", 1)[-1]
+        with (
+            partial.open(mode) as out,
+            tqdm(
+                total=size, initial=start, unit="B", unit_scale=True, desc=f"{name} (resumed)"
+            ) as bar,
+        ):
+            for chunk in response.iter_bytes(1 << 20):
+                out.write(chunk)
+                bar.update(len(chunk))
+    if partial.stat().st_size != size:
+        raise OSError(f"{name}: got {partial.stat().st_size} of {size} bytes")
 
 
 def hub_error(ref: HubRef, exc: BaseException) -> ModelNotFoundError:

@@ -33,6 +33,7 @@ from ui_helpers import board, browser, page  # noqa: E402, F401
 LONG_FILES = (
     "test_train_e2e.py",
     "test_families_e2e.py",
+    "test_hub_models.py",
     "test_pipeline.py",
     "test_export_e2e.py",
     "test_export_quant.py",

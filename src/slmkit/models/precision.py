@@ -1,9 +1,10 @@
 """Which dtype to load weights in: `auto` keeps a bf16/fp16 checkpoint in bf16 where bf16 runs
-(a 7B model needs ~14 GiB instead of ~28 GiB in fp32), and loads everything else in fp32.
+well enough (a 7B model needs ~14 GiB instead of ~28 GiB in fp32), and loads everything else in fp32.
 
-Whether bf16 runs on this CPU is decided by running a bf16 matmul in a child process once (a CPU
-flag is a promise, not a proof: a VM may advertise AVX512-BF16 or AMX and refuse it); the answer is
-kept in `SLM_HOME` per CPU model and torch version.
+Whether bf16 runs on this CPU is decided by running bf16 and fp32 matmuls in a child process once
+(a CPU flag is a promise, not a proof: a VM may advertise AVX512-BF16 or AMX and refuse it); the
+answer is kept in `SLM_HOME` per CPU model and torch version. A CPU without native bf16 computes it
+slowly: there bf16 is chosen only when the fp32 weights would not fit in memory.
 """
 
 from __future__ import annotations
@@ -26,6 +27,19 @@ got = (a.bfloat16() @ a.bfloat16()).float()
 assert torch.allclose(got, exact, rtol=0.05, atol=0.5), "wrong result"
 print("ok")
 """
+# the same check, then how long bf16 takes against fp32 on a layer-sized product
+BF16_TIMED_PROBE = BF16_PROBE + """
+import json, time
+x, w = torch.randn(64, 512), torch.randn(512, 512)
+def timed(a, b):
+    a @ b
+    start = time.perf_counter()
+    for _ in range(3):
+        a @ b
+    return time.perf_counter() - start
+print(json.dumps({"ratio": timed(x.bfloat16(), w.bfloat16()) / timed(x, w)}))
+"""
+FAST_ENOUGH = 1.5  # bf16 at most this many times slower than fp32 counts as running well
 
 
 def checkpoint_dtype(folder: Path | str) -> str | None:
@@ -50,11 +64,27 @@ def resolve_dtype(requested: LoadDtype, folder: Path | str | None, device: str =
         import torch
 
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "bfloat16" if bf16_runs_on_cpu() else "float32"
+    ratio = bf16_speed_on_cpu()
+    if ratio is None:
+        return "float32"
+    if ratio <= FAST_ENOUGH or not _fits_in_fp32(folder):
+        return "bfloat16"
+    return "float32"
 
 
-def bf16_runs_on_cpu() -> bool:
-    """Whether a bf16 matmul gives the right result here (probed once, then remembered)."""
+def _fits_in_fp32(folder: Path | str | None) -> bool:
+    """Whether the fp32 weights of a half-precision checkpoint take under 60% of free memory."""
+    import psutil
+
+    if folder is None:
+        return True
+    on_disk = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+    return 2 * on_disk < 0.6 * psutil.virtual_memory().available
+
+
+def bf16_speed_on_cpu() -> float | None:
+    """bf16 / fp32 time of a matmul here, None when bf16 gives wrong results or crashes
+    (probed once per CPU model and torch version, then remembered)."""
     import torch
 
     from slmkit.paths import slm_home
@@ -66,26 +96,32 @@ def bf16_runs_on_cpu() -> bool:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
         known = {}
-    if key in known:
-        return bool(known[key])
-    ok = probe_bf16()
-    known[key] = ok
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(known))
-    except OSError:
-        pass
-    return ok
+    if key not in known:
+        known[key] = probe_bf16()
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(known))
+        except OSError:
+            pass
+    ratio = known[key]
+    return float(ratio) if isinstance(ratio, (int, float)) and ratio > 0 else None
 
 
-def probe_bf16() -> bool:
+def probe_bf16() -> float | None:
+    """Run the timed probe in a child process: a crash (SIGILL) must not take the caller down."""
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", BF16_PROBE], capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", BF16_TIMED_PROBE], capture_output=True, text=True, timeout=120
         )
     except subprocess.TimeoutExpired:
-        return False
-    return proc.returncode == 0 and proc.stdout.strip() == "ok"
+        return None
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or len(lines) < 2 or lines[0] != "ok":
+        return None
+    try:
+        return float(json.loads(lines[-1])["ratio"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _cpu_model() -> str:

@@ -28,7 +28,9 @@ assert torch.allclose(got, exact, rtol=0.05, atol=0.5), "wrong result"
 print("ok")
 """
 # the same check, then how long bf16 takes against fp32 on a layer-sized product
-BF16_TIMED_PROBE = BF16_PROBE + """
+BF16_TIMED_PROBE = (
+    BF16_PROBE
+    + """
 import json, time
 x, w = torch.randn(64, 512), torch.randn(512, 512)
 def timed(a, b):
@@ -39,6 +41,7 @@ def timed(a, b):
     return time.perf_counter() - start
 print(json.dumps({"ratio": timed(x.bfloat16(), w.bfloat16()) / timed(x, w)}))
 """
+)
 FAST_ENOUGH = 1.5  # bf16 at most this many times slower than fp32 counts as running well
 
 

@@ -80,8 +80,15 @@ def test_run_folder_with_full_weights(tmp_path: Path, tiny_model_dir: Path) -> N
 
 
 def test_hub_id_is_recognised_without_network() -> None:
-    resolved = resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct")
+    """Not cached and offline (the suite runs with HF_HUB_OFFLINE=1): recognised as a hub id;
+    using it stops with one line saying how to get it."""
+    resolved = resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct", prepare=False)
     assert resolved.kind == "hub" and resolved.path == "HuggingFaceTB/SmolLM2-360M-Instruct"
+    assert resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct@v1.0", prepare=False).extra[
+        "revision"
+    ] == "v1.0"
+    with pytest.raises(ModelNotFoundError, match=r"slm pull HuggingFaceTB/SmolLM2-360M-Instruct"):
+        resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct")
 
 
 @pytest.mark.parametrize(

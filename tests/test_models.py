@@ -84,9 +84,10 @@ def test_hub_id_is_recognised_without_network() -> None:
     using it stops with one line saying how to get it."""
     resolved = resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct", prepare=False)
     assert resolved.kind == "hub" and resolved.path == "HuggingFaceTB/SmolLM2-360M-Instruct"
-    assert resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct@v1.0", prepare=False).extra[
-        "revision"
-    ] == "v1.0"
+    assert (
+        resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct@v1.0", prepare=False).extra["revision"]
+        == "v1.0"
+    )
     with pytest.raises(ModelNotFoundError, match=r"slm pull HuggingFaceTB/SmolLM2-360M-Instruct"):
         resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct")
 

@@ -1,10 +1,11 @@
 """Tiny random-weight models of the families users bring (Llama-3, Qwen2.5, DeepSeek-R1-Distill-Qwen,
-Mistral, Phi-3), each with its family's real tokenizer and its own chat template. Nothing is downloaded:
+Mistral, Phi-3, Gemma 4), each with its family's real tokenizer and its own chat template. Nothing is downloaded:
 the vocabularies come from the vocab-only GGUFs in the pinned llama.cpp source (set-up installs them
 under the tools folder) and the templates from its `models/templates/` or our named ones.
 
 Tokenizers are rebuilt from the GGUF the way the hub files are made (byte-level BPE with the family's
-pre-tokenizer regex; SentencePiece BPE with a `tokenizer.model` for the SPM families) and checked
+pre-tokenizer regex; SentencePiece BPE with a `tokenizer.model` for the SPM families; Gemma's
+BPE over `▁`-joined text with byte fallback) and checked
 against llama.cpp's own reference tokenizations (`ggml-vocab-*.gguf.inp/.out`). A family folder is
 built once per machine into the model cache (under a file lock, so parallel workers share it).
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FIXTURE_VERSION = "5"
+FIXTURE_VERSION = "10"
 LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -58,10 +59,15 @@ class Family:
     extra_eos: tuple[str, ...] = ()  # more ids that end generation (generation_config)
     tie_embeddings: bool = False
     add_bos: bool = False
+    config: tuple[tuple[str, Any], ...] = ()  # architecture-specific model config
 
     @property
     def spm(self) -> bool:
-        return self.regex is None
+        return self.regex is None and not self.gemma
+
+    @property
+    def gemma(self) -> bool:
+        return self.vocab.startswith("gemma")
 
 
 FAMILIES: dict[str, Family] = {
@@ -118,6 +124,26 @@ FAMILIES: dict[str, Family] = {
             pad="<|endoftext|>",
             extra_eos=("<|end|>", "<|assistant|>"),
             add_bos=False,
+        ),
+        Family(
+            "gemma4",
+            "gemma-4",
+            "gemma4_text",
+            "named:gemma4",  # the E2B/E4B template
+            eos="<turn|>",
+            bos="<bos>",
+            pad="<pad>",
+            extra_eos=("<eos>",),
+            tie_embeddings=True,
+            add_bos=True,
+            config=(
+                ("head_dim", 16),
+                ("global_head_dim", 32),  # full-attention layers are wider, as in Gemma 4
+                ("layer_types", ["sliding_attention", "full_attention"]),
+                ("sliding_window", 512),
+                ("hidden_size_per_layer_input", 0),
+                ("final_logit_softcapping", 30.0),
+            ),
         ),
     )
 }
@@ -193,7 +219,12 @@ def build_tokenizer(family: Family, vocab: GgufVocab, out: Path) -> Any:
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
-    backend, added = _spm_backend(vocab, out) if family.spm else _bpe_backend(family, vocab)
+    if family.gemma:
+        backend, added = _gemma_backend(vocab)
+    elif family.spm:
+        backend, added = _spm_backend(vocab, out)
+    else:
+        backend, added = _bpe_backend(family, vocab)
     for index, (text, special) in family.specials.items():
         added[index] = (text, special)
     backend.add_tokens(
@@ -207,9 +238,18 @@ def build_tokenizer(family: Family, vocab: GgufVocab, out: Path) -> Any:
         bos_token=family.bos,
         eos_token=family.eos,
         pad_token=family.pad,
-        unk_token="<unk>" if family.spm else None,
+        unk_token="<unk>" if family.spm or family.gemma else None,
         add_bos_token=family.add_bos,
         add_eos_token=False,
+        # Gemma's control tokens sit inside the base vocabulary: llama.cpp's converter marks them
+        # control only when the tokenizer names them special, as the hub's tokenizer_config does
+        extra_special_tokens=[
+            text
+            for _, (text, special) in sorted(added.items())
+            if special
+            and family.gemma
+            and text not in (family.bos, family.eos, family.pad, "<unk>")
+        ],
     )
     for index, (text, _) in added.items():
         got = tokenizer.convert_tokens_to_ids(text)
@@ -236,6 +276,24 @@ def _bpe_backend(family: Family, vocab: GgufVocab) -> tuple[Any, dict[int, tuple
     )
     tk.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     added = {i: (t, True) for i, t in enumerate(vocab.tokens) if vocab.types[i] == 3}
+    return tk, added
+
+
+def _gemma_backend(vocab: GgufVocab) -> tuple[Any, dict[int, tuple[str, bool]]]:
+    """Gemma's tokenizer.json: spaces become `▁`, then BPE merges run over the whole text, with
+    `<0xXX>` byte fallback; no pre-tokenizer. The tokens llama.cpp marks user-defined (the tool-call
+    and thinking-channel markers) are added as visible, non-special tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    pieces = {t: i for i, t in enumerate(vocab.tokens)}  # the added ones keep their ids
+    tk = Tokenizer(models.BPE(pieces, vocab.merges, byte_fallback=True, fuse_unk=False))
+    tk.normalizer = normalizers.Replace(" ", "▁")
+    tk.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    added = {
+        i: (t, vocab.types[i] == 3) for i, t in enumerate(vocab.tokens) if vocab.types[i] in (3, 4)
+    }
     return tk, added
 
 
@@ -327,6 +385,7 @@ def build_family(family: Family, out: Path) -> None:
         eos_token_id=eos_ids[0],
         pad_token_id=ids(family.pad) if family.pad else None,
         tie_word_embeddings=family.tie_embeddings,
+        **dict(family.config),
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

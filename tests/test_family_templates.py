@@ -6,6 +6,7 @@ reasoning is trained the way each template expects."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +144,8 @@ def _trained_texts(sample: Any, tokenizer: Any) -> tuple[str, list[str]]:
     return tokenizer.decode(sample.input_ids), [tokenizer.decode(r) for r in runs]
 
 
-# What each family's model writes for the two replies: the first carries its reasoning inline (no
-# family template here reads `reasoning_content`), the second has none. R1's generation prompt
+# What each family's model writes for the two replies: the first carries its reasoning inline (the
+# templates here but Gemma 4's do not read `reasoning_content`), the second has none. R1's generation prompt
 # already opens `<think>\n`, so its replies start inside the block (an answer without reasoning is
 # an empty block); Qwen2.5's and Phi-3's end-of-turn includes the newline their templates write.
 THINK = "<think>\nThe customer wants tracking.\n</think>\n\n"
@@ -157,6 +158,11 @@ EXPECTED = {
     ],
     "mistral": [f"{THINK}It ships tomorrow.</s>", "You're welcome.</s>"],
     "phi3": [f"{THINK}It ships tomorrow.<|end|>\n", "You're welcome.<|end|>\n"],
+    # Gemma 4 reads `reasoning_content` and writes it in its own thinking channel
+    "gemma4": [
+        "<|channel>thought\nThe customer wants tracking.\n<channel|>It ships tomorrow.<turn|>",
+        "You're welcome.<turn|>",
+    ],
 }
 
 
@@ -202,6 +208,28 @@ def test_templates_that_move_the_system_prompt_train_one_sample_per_turn(
         assert trained[0].strip() == plain[turn]["content"] + "</s>"
 
 
+def test_a_generation_prompt_that_closes_an_empty_thinking_channel_is_trained_after(
+    tokenizers: dict[str, Any],
+) -> None:
+    """Gemma 4 31B's template ends the generation prompt with an empty thought channel that its
+    rendered history leaves out: each reply is one sample, trained after exactly that prompt."""
+    import copy
+
+    tokenizer = copy.deepcopy(tokenizers["gemma4"])
+    template = models_dir() / "templates" / "google-gemma-4-31B-it.jinja"
+    tokenizer.chat_template = template.read_text()
+    plain = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in CONVERSATION]
+    result = tokenize_sft([Record(plain, "chat.jsonl:1")], tokenizer)
+    assert result.problems == [] and len(result.samples) == 2
+    for sample, turn in zip(result.samples, (2, 4), strict=True):
+        text, trained = _trained_texts(sample, tokenizer)
+        prompt = tokenizer.apply_chat_template(
+            plain[:turn], tokenize=False, add_generation_prompt=True
+        )
+        assert prompt.endswith("<|turn>model\n<|channel>thought\n<channel|>")
+        assert text == prompt + trained[0] and trained == [plain[turn]["content"] + "<turn|>"]
+
+
 def test_a_template_chosen_by_name_is_saved_with_the_run_and_used_for_its_masks(
     tokenizers: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -224,3 +252,39 @@ def test_a_template_without_a_system_role_gets_it_in_the_first_turn(
     text, trained = _trained_texts(result.samples[0], tokenizer)
     assert f"<start_of_turn>user\n{SYSTEM}\nWhere is my order?" in text
     assert trained == ["It ships tomorrow.<end_of_turn>\n", "You're welcome.<end_of_turn>\n"]
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("named:gemma4", {"enable_thinking": False}),  # undefined means off
+        ("llama.cpp:google-gemma-4-31B-it.jinja", {"enable_thinking": False}),
+        ("named:qwen3", {"enable_thinking": True}),  # undefined means on
+        ("named:llama3.1", {}),  # does not read it
+    ],
+)
+def test_llama_server_is_told_the_thinking_default_transformers_renders(
+    template: str, expected: dict[str, Any], tmp_path: Path
+) -> None:
+    """llama-server turns `enable_thinking` on for every template that reads it; training renders
+    transformers' default, so the served prompt must be rendered with that default too."""
+    from slmkit.export.llama_server import server_args
+    from slmkit.models.templates import default_template_kwargs
+
+    kind, _, name = template.partition(":")
+    text = (
+        named_template(name).text
+        if kind == "named"
+        else (models_dir() / "templates" / name).read_text()
+    )
+    kwargs = default_template_kwargs(text)
+    assert kwargs == expected
+    probe = [{"role": "user", "content": "Hi"}]
+    assert render_plain(text, probe, generation_prompt=True, **kwargs) == render_plain(
+        text, probe, generation_prompt=True
+    )
+    args = server_args(tmp_path / "m.gguf", port=8080, kwargs=kwargs)
+    if kwargs:
+        assert args[args.index("--chat-template-kwargs") + 1] == json.dumps(kwargs)
+    else:
+        assert "--chat-template-kwargs" not in args

@@ -359,6 +359,13 @@ def _turn_target(
     if text.startswith(prompt):
         return TurnTarget(prompt, text[len(prompt) :].rstrip())
     same = _common_prefix(prompt, text)
+    answer = reply[-1].get("content")
+    if isinstance(answer, str) and answer.strip() and text[same:].startswith(answer.strip()):
+        # The generation prompt ends with what the stored reply leaves out (Gemma 4 closes an
+        # empty thinking channel there): the model writes the reply after the prompt it is given.
+        before = render_text(tokenizer, history, chat_template, False, tools)
+        if same >= len(before) and prompt.startswith(before):
+            return TurnTarget(prompt, text[same:].rstrip())
     raise TemplateMismatch(
         f"turn {index}: the chat template's prompt for this reply ends with "
         f"{prompt[same:][-40:]!r}, but rendering the reply puts {text[same:][:40]!r} there, so the "

@@ -161,9 +161,14 @@ def modelfile(gguf_name: str, parts: TemplateParts | None, stops: list[str], ctx
     return "\n".join(lines) + "\n"
 
 
-def server_command(gguf_name: str, ctx: int, port: int = 8080) -> str:
-    """The llama-server command line (run in the export folder); --jinja uses the GGUF's embedded template."""
-    args = server_args(Path(gguf_name), port=port, ctx=ctx, threads=4, host="0.0.0.0")
+def server_command(
+    gguf_name: str, ctx: int, port: int = 8080, kwargs: dict[str, Any] | None = None
+) -> str:
+    """The llama-server command line (run in the export folder); --jinja uses the GGUF's embedded
+    template, with `kwargs` (see `llama_server.template_kwargs`)."""
+    args = server_args(
+        Path(gguf_name), port=port, ctx=ctx, threads=4, host="0.0.0.0", kwargs=kwargs
+    )
     args.remove("--no-webui")
     return "llama-server " + " ".join(shlex.quote(a) for a in args)
 

@@ -24,6 +24,7 @@ from slmkit.tools import SETUP_HINT, run_converter
 ARCH_ALIASES = {
     "mistral": "llama",
     "gemma3_text": "gemma3",
+    "gemma4_text": "gemma4",
     "qwen3_moe": "qwen3moe",
     "qwen2_moe": "qwen2moe",
 }

@@ -6,6 +6,7 @@ template (`--jinja`), exactly as a deployment would.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -24,10 +25,33 @@ START_TIMEOUT_S = 120.0
 __all__ = ["DecodeCheck", "LlamaServerProcess", "decode_check", "free_port", "server_args"]
 
 
+def template_kwargs(gguf: Path) -> dict[str, Any]:
+    """What llama-server must pass to the GGUF's chat template so that it renders what training
+    rendered (transformers' defaults; see `default_template_kwargs`)."""
+    from slmkit.export.gguf_file import read_metadata
+    from slmkit.models.templates import default_template_kwargs
+
+    if not gguf.is_file():
+        return {}
+    template = read_metadata(gguf).get("tokenizer.chat_template")
+    return default_template_kwargs(template) if isinstance(template, str) else {}
+
+
+def template_args(kwargs: dict[str, Any]) -> list[str]:
+    return ["--chat-template-kwargs", json.dumps(kwargs)] if kwargs else []
+
+
 def server_args(
-    gguf: Path, *, port: int, ctx: int = 2048, threads: int = 2, host: str = "127.0.0.1"
+    gguf: Path,
+    *,
+    port: int,
+    ctx: int = 2048,
+    threads: int = 2,
+    host: str = "127.0.0.1",
+    kwargs: dict[str, Any] | None = None,
 ) -> list[str]:
-    """The llama-server flags export uses and writes into the export folder (one template: the GGUF's)."""
+    """The llama-server flags export uses and writes into the export folder (one template: the
+    GGUF's, given `kwargs`: see `template_kwargs`)."""
     return [
         "-m",
         str(gguf),
@@ -42,6 +66,7 @@ def server_args(
         "-np",
         "1",
         "--jinja",
+        *template_args(kwargs or {}),
         "--no-webui",
     ]
 
@@ -62,7 +87,9 @@ class LlamaServerProcess:
         self.binary = binary or llama_tool("llama-server")
         self.port = free_port()
         threads = threads or default_threads()  # see ExportConfig.threads
-        self.args = server_args(gguf, port=self.port, ctx=ctx, threads=threads)
+        self.args = server_args(
+            gguf, port=self.port, ctx=ctx, threads=threads, kwargs=template_kwargs(gguf)
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None

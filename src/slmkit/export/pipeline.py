@@ -36,6 +36,7 @@ from slmkit.export.quant_eval import (
 from slmkit.export.quantize import quantize
 from slmkit.export.report import quant_table_markdown, write_reports
 from slmkit.models.resolve import ResolvedModel, resolve_model
+from slmkit.models.templates import default_template_kwargs
 from slmkit.registry.hooks import record_export
 
 EXPORT_JSON = "export.json"
@@ -232,7 +233,8 @@ def _write_artefacts(
     stops = stop_tokens(tokenizer, parts)
     ctx = int(min(checked.get("context_length") or 4096, 4096))
     (out / "Modelfile").write_text(modelfile(result.recommended, parts, stops, ctx))
-    command = server_command(result.recommended, ctx)
+    kwargs = default_template_kwargs(tokenizer.chat_template) if tokenizer.chat_template else {}
+    command = server_command(result.recommended, ctx, kwargs=kwargs)
     (out / "serve.sh").write_text(
         f"#!/usr/bin/env bash\n# Serve the recommended GGUF (run in this folder)\n{command}\n"
     )

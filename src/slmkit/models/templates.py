@@ -111,6 +111,7 @@ NAMED_TEMPLATES: dict[str, NamedTemplate] = {
             "gemma", "Gemma and Gemma-2 it", "trl:gemma.jinja", "trl:gemma_training.jinja"
         ),
         NamedTemplate("gemma3", "Gemma-3 it", "trl:gemma3.jinja", "trl:gemma3_training.jinja"),
+        NamedTemplate("gemma4", "Gemma 4 it (thinking off unless asked)", "trl:gemma4_v5.jinja"),
         NamedTemplate("phi3", "Phi-3-mini instruct", "trl:phi3.jinja", "trl:phi3_training.jinja"),
         NamedTemplate(
             "phi3.5", "Phi-3.5-mini instruct", "trl:phi3_5.jinja", "trl:phi3_5_training.jinja"
@@ -186,6 +187,26 @@ def render_plain(
         **{**(special_tokens or _PROBE_TOKENS), **context},
     )
     return str(result[0][0])
+
+
+def default_template_kwargs(template: str) -> dict[str, Any]:
+    """The template variables that make a renderer with defaults of its own render what
+    transformers renders by default. llama-server turns `enable_thinking` on for any template that
+    reads it; Gemma 4's default (undefined) means off, Qwen3's means on."""
+    if "enable_thinking" not in template:
+        return {}
+    probe = [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}]
+    try:
+        default = render_plain(template, probe, generation_prompt=True)
+        rendered = {
+            value: render_plain(template, probe, generation_prompt=True, enable_thinking=value)
+            for value in (False, True)
+        }
+    except Exception:  # a template that cannot render the probe shows its error elsewhere
+        return {}
+    if rendered[False] == rendered[True]:
+        return {}
+    return {"enable_thinking": rendered[True] == default}
 
 
 def _fingerprint(template: str) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import httpx
 
 from slmkit import child_process
 from slmkit.errors import ServeError
+from slmkit.export.llama_server import template_args, template_kwargs
 from slmkit.models.messages import prepare_messages
 from slmkit.serve.config import LlamaCppSettings
 from slmkit.serve.engines.upstream import UpstreamEngine
@@ -67,6 +68,7 @@ class LlamaServerEngine(UpstreamEngine):
             "-t",
             str(s.threads or threads_setting() or os.cpu_count() or 1),
             "--jinja",
+            *template_args(template_kwargs(self.gguf)),  # render as training rendered
             "--reasoning-format",
             "none",  # the text as generated: the gateway splits reasoning for every engine alike
             "--no-webui",

@@ -19,13 +19,23 @@ PROBE = "How long do I have to return an item?"
 
 @pytest.fixture(scope="module")
 def dora_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    folder = tmp_path_factory.mktemp("dora-run")
+    # a run folder deeper than any terminal is wide: stdout is a pipe here
+    folder = tmp_path_factory.mktemp("dora-run") / ("a-long-folder-name-" * 6) / "dora"
+    folder.mkdir(parents=True)
     data = write_jsonl(folder / "sft.jsonl", read_jsonl(DEMO / "support_sft.jsonl")[:24])
     recipe = tiny_recipe(tiny_model_dir, folder / "run", data, max_steps=6, save_steps=6)
     recipe["lora"].update({"r": 4, "alpha": 8, "use_dora": True})
     result = run_slm("train", str(write_recipe(folder / "recipe.yaml", recipe)))
     assert result.returncode == 0, result.stderr[-3000:]
+    (folder / "train.stdout").write_text(result.stdout)
     return folder / "run"
+
+
+def test_the_run_folder_arrives_whole_on_stdout_for_scripts(dora_run: Path) -> None:
+    """`RUN=$(slm train r.yaml)` must get the path in one line, however long."""
+    stdout = (dora_run.parent / "train.stdout").read_text()
+    assert len(str(dora_run)) > 150
+    assert stdout.strip().splitlines()[-1] == str(dora_run)
 
 
 @pytest.fixture(scope="module")

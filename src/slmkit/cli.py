@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from slmkit import __version__
 from slmkit.config import from_options, option
-from slmkit.console import console, out
+from slmkit.console import console, out, result_line
 from slmkit.errors import SlmError
 from slmkit.models.settings import GenerationSettings
 from slmkit.tools import apply_threads_setting
@@ -137,7 +137,7 @@ def pull_cmd(
     folder = pull(ref)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     console.print(f"{ref}: {size / 2**30:.2f} GiB in the Hugging Face cache", soft_wrap=True)
-    out.print(str(folder), markup=False, soft_wrap=True)
+    result_line(str(folder))
 
 
 @app.command("doctor")

@@ -23,7 +23,14 @@ from rich.progress import (
 )
 
 console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)  # results go to stdout so they can be piped
+# Results go to stdout so they can be piped; a line is never wrapped at the terminal width (rich
+# wraps at 80 columns when stdout is not a terminal, which would split `RUN=$(slm train r.yaml)`).
+out = Console(highlight=False, soft_wrap=True)
+
+
+def result_line(text: str) -> None:
+    """One machine-readable line on stdout (a path, an id, JSON): whole, no markup or emoji."""
+    out.print(text, markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:

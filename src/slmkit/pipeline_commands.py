@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from slmkit.console import out
+from slmkit.console import out, result_line
 
 
 def run_cmd(
@@ -60,7 +60,7 @@ def run_cmd(
                 soft_wrap=True,
             )
     # paths and commands are printed unwrapped and without markup: they must survive copy-paste
-    out.print(f"report: {result.report_html}", soft_wrap=True, markup=False)
+    result_line(f"report: {result.report_html}")
     for command in next_commands(result.run_dir, result.final_model, result.stages):
         out.print(f"  {command}", soft_wrap=True, markup=False)
     if (strict or loaded.evaluate.strict) and not result.passed:

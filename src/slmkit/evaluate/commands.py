@@ -150,7 +150,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Evaluate models side by side (temperature 0, the serving engines) and write report.json + report.html."""
-        from slmkit.console import out
+        from slmkit.console import result_line
         from slmkit.evaluate.run import run_eval
         from slmkit.evaluate.summary import print_retrieval, print_summary
 
@@ -188,11 +188,11 @@ def register(app: typer.Typer) -> None:
 
             report = run_retrieval_eval(cfg)
             print_retrieval(report.result)
-            out.print(f"report: {report.report_html}  (data: {report.report_json})")
+            result_line(f"report: {report.report_html}  (data: {report.report_json})")
             return
         result = run_eval(cfg)
         print_summary(result)
-        out.print(f"report: {result.report_html}  (data: {result.report_json})")
+        result_line(f"report: {result.report_html}  (data: {result.report_json})")
         if cfg.strict and not result.passed:
             # SystemExit, not typer.Exit: with standalone_mode=False click turns typer.Exit into a return value
             raise SystemExit(1)

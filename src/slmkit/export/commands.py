@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from slmkit.config import from_options, option
-from slmkit.console import info, out, warn
+from slmkit.console import info, out, result_line, warn
 from slmkit.export.config import (
     DEFAULT_QUANTS,
     LOW_QUANTS,
@@ -95,7 +95,7 @@ def export_cmd(
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings_s.items())
     info(f"steps: {steps}")
     info(f"recommended: {result.recommended}; report: {result.out_dir / 'report.html'}")
-    out.print(str(result.out_dir / result.recommended), markup=False)
+    result_line(str(result.out_dir / result.recommended))
 
 
 def merge_cmd(
@@ -123,7 +123,7 @@ def merge_cmd(
         f"merge check: max |logit diff| {result.max_logit_diff:.1e}; saved {result.dtype} top-1 agreement "
         f"{result.saved_top1:.1%}"
     )
-    out.print(str(result.out_dir), markup=False)
+    result_line(str(result.out_dir))
 
 
 def quant_eval_cmd(

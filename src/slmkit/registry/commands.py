@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from slmkit.console import out
+from slmkit.console import out, result_line
 
 models_app = typer.Typer(invoke_without_command=True)
 
@@ -39,7 +39,7 @@ def warm_cmd(name: Annotated[str, typer.Argument(help="Model to prepare, e.g. de
     from slmkit.models import resolve_model
 
     resolved = resolve_model(name)
-    out.print(f"{resolved.name}: {resolved.path}")
+    result_line(f"{resolved.name}: {resolved.path}")
 
 
 @models_app.command("versions")
@@ -109,7 +109,7 @@ def register_cmd(
     from slmkit.registry.hooks import register_path
 
     version = register_path(path, note)
-    out.print(f"{version.id}: {version.kind} {escape(version.path)}")
+    result_line(f"{version.id}: {version.kind} {version.path}")
 
 
 def _when(ts: float) -> str:

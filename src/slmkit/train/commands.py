@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from slmkit.config import option
-from slmkit.console import info, out
+from slmkit.console import info, out, result_line
 from slmkit.train.estimate import EstimateConfig
 
 
@@ -64,7 +64,7 @@ def train_cmd(
     info(
         f"{result.steps} steps, final loss {final}{rate}; loss plot: {result.run_dir / 'loss.png'}"
     )
-    out.print(str(result.run_dir), markup=False)
+    result_line(str(result.run_dir))
 
 
 def _launch_torchrun(

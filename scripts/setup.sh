@@ -11,6 +11,7 @@ SLM_HOME="${SLM_HOME:-$HOME/.cache/slmkit}"
 LCP_VERSION="0.3.36"   # llama-cpp-python source release that carries our pinned llama.cpp
 TOOLS_DIR="${SLM_TOOLS_DIR:-$SLM_HOME/llama.cpp/lcp-$LCP_VERSION}"
 TORCH_VERSION="2.13.0"
+LLMCOMPRESSOR_VERSION="0.14.0.1"   # slmkit.export.compressor.LLMCOMPRESSOR_VERSION
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 step() {  # step NAME FUNCTION: run a step and print its time
@@ -19,6 +20,27 @@ step() {  # step NAME FUNCTION: run a step and print its time
     "$fn"
     t1=$(date +%s)
     printf '[setup] %-28s %4ss\n' "$name" "$((t1 - t0))"
+}
+
+prereqs() {
+    # What set-up needs from the system, checked before any download: a C/C++ compiler and cmake
+    # (the llama.cpp build) and Python's venv module.
+    local missing=()
+    command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || command -v clang >/dev/null 2>&1 || missing+=("C compiler")
+    command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1 || missing+=("C++ compiler")
+    command -v cmake >/dev/null 2>&1 || missing+=("cmake")
+    "$PY" -c "import sys; sys.exit(sys.version_info < (3, 10))" 2>/dev/null || missing+=("python3 >= 3.10")
+    [ -x "$VENV/bin/python" ] || "$PY" -c "import ensurepip, venv" 2>/dev/null || missing+=("python3-venv")
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "[setup] missing: ${missing[*]}" >&2
+        if [ "$(uname)" = "Darwin" ]; then
+            echo "[setup] install them: xcode-select --install && brew install cmake python@3.11" >&2
+        else
+            echo "[setup] install them: sudo apt-get install -y build-essential cmake git python3-venv python3-dev" >&2
+        fi
+        exit 1
+    fi
+    echo "[setup] prerequisites: compiler, cmake, python venv present"
 }
 
 venv() {
@@ -62,6 +84,18 @@ llama_cpp() {
     "$VENV/bin/python" -m slmkit.tools_build --src "$work/src/vendor/llama.cpp" --work "$work" --dest "$TOOLS_DIR"
 }
 
+compressor() {
+    # `slm export --format gptq|awq` runs llm-compressor in its own venv: its release pins an older
+    # transformers than ours. SLM_COMPRESSOR=0 skips it (those two formats then say how to get it).
+    local env="${SLM_COMPRESSOR_ENV:-$SLM_HOME/llmcompressor/lc-$LLMCOMPRESSOR_VERSION}"
+    if [ "${SLM_COMPRESSOR:-1}" = "0" ]; then echo "[setup] llm-compressor: skipped (SLM_COMPRESSOR=0)"; return; fi
+    if "$env/bin/python" -c "import llmcompressor,sys; sys.exit(llmcompressor.__version__ != '$LLMCOMPRESSOR_VERSION')" 2>/dev/null; then
+        echo "[setup] llm-compressor $LLMCOMPRESSOR_VERSION: cached ($env)"; return
+    fi
+    rm -rf "$env" && "$PY" -m venv "$env"
+    "$env/bin/pip" install -q "torch==$TORCH_VERSION" "llmcompressor==$LLMCOMPRESSOR_VERSION"
+}
+
 model_cache() {
     local cache="${SLM_MODEL_CACHE:-$SLM_HOME/models}/smollm2-135m-instruct"
     if [ -f "$cache/slmkit-embedded.json" ] && [ -f "$cache/model.safetensors" ]; then
@@ -83,10 +117,13 @@ browser() {
 }
 
 echo "[setup] SLM_HOME=$SLM_HOME"
+step "prerequisites" prereqs
+if [ "${1:-}" = "--check" ]; then exit 0; fi  # only the prerequisites
 step "venv" venv
 step "torch (CPU build)" torch_cpu
 step "python stack" stack
 step "llama.cpp tools" llama_cpp
+step "llm-compressor (GPTQ/AWQ)" compressor
 step "embedded model cache" model_cache
 step "chromium (browser tests)" browser
 echo "[setup] done"

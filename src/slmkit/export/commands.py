@@ -43,7 +43,8 @@ def export_cmd(
         typer.Option(
             "-o",
             "--output",
-            help="Export folder (default: RUN/export or exports/NAME; with --format onnx RUN/export-onnx).",
+            help="Export folder (default: RUN/export or exports/NAME; with --format onnx "
+            "RUN/export-onnx, gptq RUN/export-gptq, awq RUN/export-awq).",
         ),
     ] = None,
     export_format: str = option(ExportConfig, "format", "--format"),
@@ -65,7 +66,9 @@ def export_cmd(
 ) -> None:
     """Merge -> GGUF -> quantize -> measure each level against f16 -> recommend; writes Modelfile and model card.
 
-    With --format onnx: merge -> ONNX Runtime GenAI folders per --precision, measured against PyTorch fp32."""
+    With --format onnx: merge -> ONNX Runtime GenAI folders per --precision, measured against PyTorch fp32.
+    With --format gptq or awq: merge -> INT4 compressed-tensors folder for vLLM (llm-compressor),
+    measured against the unquantized model."""
     from slmkit.export.pipeline import export_model
     from slmkit.export.report import problem_lines, quant_table
 
@@ -73,7 +76,7 @@ def export_cmd(
     cfg = export_config(
         format=export_format,
         # --quant has a default: with --format onnx only a --quant the user typed is an error
-        quants=None if export_format == "onnx" and quant == default_quants else quant,
+        quants=None if export_format != "gguf" and quant == default_quants else quant,
         precisions=precision,
         force=force,
         merge_dtype=merge_dtype,
@@ -86,6 +89,8 @@ def export_cmd(
     result = export_model(source, output, cfg)
     if result.parity is not None and not result.parity.passed:
         warn(f"parity gate failed but --force was given: {'; '.join(result.parity.reasons)}")
+    if cfg.format in ("gptq", "awq"):
+        _print_compressed(result)
     if result.quant_eval is not None:
         _print_table(quant_table(result.quant_eval))
         for line in problem_lines(result.quant_eval):
@@ -94,8 +99,32 @@ def export_cmd(
             info(f"note: {note}")
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings_s.items())
     info(f"steps: {steps}")
-    info(f"recommended: {result.recommended}; report: {result.out_dir / 'report.html'}")
+    report = "README.md" if cfg.format in ("gptq", "awq") else "report.html"
+    info(f"recommended: {result.recommended}; report: {result.out_dir / report}")
     result_line(str(result.out_dir / result.recommended))
+
+
+def _print_compressed(result: Any) -> None:
+    import json
+
+    from rich.table import Table
+
+    quality = json.loads((result.out_dir / "export.json").read_text())["quality"]
+    level = result.files[0]
+    table = Table("folder", "size", "KLD", "top-1", "PPL", "PPL unquantized", "within")
+    if "kld" in quality:
+        table.add_row(
+            level.level,
+            f"{level.size_bytes / 2**20:.1f} MiB",
+            f"{quality['kld']:.4f}",
+            f"{quality['top1']:.1%}",
+            f"{quality['ppl']:.2f}",
+            f"{quality['ppl_reference']:.2f}",
+            "yes" if level.within else "; ".join(level.problems),
+        )
+    else:
+        table.add_row(level.level, f"{level.size_bytes / 2**20:.1f} MiB", *["-"] * 5)
+    _print_table(table)
 
 
 def merge_cmd(

@@ -13,7 +13,7 @@ from slmkit.tools import default_threads
 MergeDtype = Literal["float16", "bfloat16", "float32"]
 GgufOuttype = Literal["f16", "bf16", "f32"]
 TaskMetric = Literal["fact_recall", "exact_match", "rouge_l"]
-ExportFormat = Literal["gguf", "onnx"]
+ExportFormat = Literal["gguf", "onnx", "gptq", "awq"]
 OnnxPrecision = Literal["fp32", "int8", "int4"]
 
 # llama-quantize types slmkit offers. The first four are the usual choices; the rest are
@@ -108,7 +108,8 @@ class ExportConfig(StrictModel):
     )
     format: ExportFormat = Field(
         default="gguf",
-        description="`gguf` (llama.cpp: convert + llama-quantize) or `onnx` (ONNX Runtime GenAI folders).",
+        description="`gguf` (llama.cpp: convert + llama-quantize), `onnx` (ONNX Runtime GenAI "
+        "folders), or `gptq` / `awq` (INT4 compressed-tensors folders for vLLM, by llm-compressor).",
     )
     quants: list[str] = Field(
         default_factory=lambda: list(DEFAULT_QUANTS),
@@ -176,8 +177,10 @@ class ExportConfig(StrictModel):
     def _known_quants(cls, value: list[str], info: ValidationInfo) -> list[str]:
         # only a value other than the default is a mistake for format onnx: a recipe written
         # back out and read again carries the defaults of both formats
-        if info.data.get("format") == "onnx" and value != list(DEFAULT_QUANTS):
-            raise ValueError("llama.cpp levels apply to format gguf; for ONNX give precisions")
+        if info.data.get("format", "gguf") != "gguf" and value != list(DEFAULT_QUANTS):
+            raise ValueError(
+                "llama.cpp levels apply to format gguf; for ONNX give precisions, GPTQ/AWQ are INT4"
+            )
         for name in value:
             if name not in KNOWN_QUANTS:
                 raise ValueError(

@@ -95,6 +95,10 @@ def export_model(
         from slmkit.export.onnx import export_onnx
 
         return export_onnx(source, out_dir, cfg, log)
+    if cfg.format in ("gptq", "awq"):
+        from slmkit.export.compressor import export_compressed
+
+        return export_compressed(source, out_dir, cfg, log)
     resolved = resolve_model(source)
     if resolved.adapter is None:  # refuse what cannot be exported before any work
         _hf_source(resolved)

@@ -62,6 +62,7 @@ def load_model(
     tokenizer = load_tokenizer(resolved)
     source, kwargs = _source(resolved)
     folder = None if resolved.kind == "gguf" else resolved.hf_path
+    _refuse_vllm_only(resolved, folder)
     dtype = resolve_dtype(dtype, folder, device)
     try:
         lm: Any = AutoModelForCausalLM.from_pretrained(
@@ -77,6 +78,24 @@ def load_model(
             lm = lm.merge_and_unload()
     lm.to(device).eval()
     return lm, tokenizer
+
+
+def _refuse_vllm_only(resolved: ResolvedModel, folder: Any) -> None:
+    """A GPTQ/AWQ INT4 folder (compressed-tensors) is for vLLM; transformers reads it only with the
+    compressed-tensors package, which slmkit's own environment does not carry."""
+    import importlib.util
+    import json
+
+    config = Path(str(folder)) / "config.json" if folder is not None else None
+    if config is None or not config.is_file():
+        return
+    method = (json.loads(config.read_text()).get("quantization_config") or {}).get("quant_method")
+    if method == "compressed-tensors" and importlib.util.find_spec("compressed_tensors") is None:
+        raise ModelNotFoundError(
+            f"{resolved.ref} is a compressed-tensors INT4 folder (slm export --format gptq/awq), "
+            "made for vLLM: serve it with `slm serve --engine vllm` on a CUDA GPU, or use the "
+            "GGUF export on a CPU"
+        )
 
 
 def _source(resolved: ResolvedModel) -> tuple[Any, dict[str, Any]]:

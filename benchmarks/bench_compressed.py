@@ -22,7 +22,12 @@ METHODS = ("rtn", "gptq", "awq")
 
 def run() -> dict[str, Any]:
     from slmkit.export.agreement import load_prompt_set
-    from slmkit.export.compressor import MAX_LENGTH, calibration_and_heldout, run_compressor
+    from slmkit.export.compressor import (
+        MAX_LENGTH,
+        calibration_and_heldout,
+        run_compressor,
+        stored_dtype,
+    )
     from slmkit.export.kld import default_heldout
     from slmkit.export.onnx import folder_size
     from slmkit.models.resolve import resolve_model
@@ -46,6 +51,7 @@ def run() -> dict[str, Any]:
                 "calibration": calibration,
                 "heldout": heldout,
                 "max_length": MAX_LENGTH,
+                "dtype": stored_dtype(model),
             }
             start = time.perf_counter()
             quality = run_compressor(job)

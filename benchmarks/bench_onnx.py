@@ -250,7 +250,7 @@ ONNX agreement = top-1 agreement / mean KLD / perplexity ratio against the PyTor
 the first {HELDOUT_CHARS} characters of `examples/data/heldout.txt`. Ratios in brackets are against llama.cpp q8_0. The machine was shared with other
 jobs while this ran: absolute numbers are low and noisy; compare within the table.
 
-| route | size MB | tok/s 1 stream | tok/s 4 streams | peak RSS MB | fact recall | ONNX top-1 / KLD / PPL ratio | errors |
+| route | size MiB | tok/s 1 stream | tok/s 4 streams | peak RSS MiB | fact recall | ONNX top-1 / KLD / PPL ratio | errors |
 |---|---|---|---|---|---|---|---|
 {table}
 

@@ -82,6 +82,13 @@ def calibration_and_heldout(
     return calibration, measured
 
 
+def stored_dtype(hf_dir: Path) -> str:
+    """The 16-bit dtype the folder is stored in: the checkpoint's, bfloat16 for a float32 one."""
+    config = json.loads((hf_dir / "config.json").read_text())
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "")
+    return dtype if dtype in ("float16", "bfloat16") else "bfloat16"
+
+
 def run_compressor(job: dict[str, Any]) -> dict[str, Any]:
     """Run the tool on one job; returns its quality.json."""
     python = tool_python()
@@ -145,6 +152,7 @@ def export_compressed(
         "calibration": calibration,
         "heldout": [] if cfg.skip_eval else measured,
         "max_length": MAX_LENGTH,
+        "dtype": stored_dtype(hf_dir),
     }
     what = f"llm-compressor {method.upper()} INT4 (weights), {len(calibration)} calibration texts"
     with steps.step(method, what):

@@ -5,7 +5,7 @@ llm-compressor pins an older transformers than slmkit runs on, so it lives in it
 environment, as llama.cpp's tools live in their own folder. The job is one JSON file:
 
     {"model": HF_DIR, "out": FOLDER, "method": "gptq" | "awq" | "rtn", "calibration": [TEXT, ...],
-     "heldout": [TEXT, ...], "max_length": 256}
+     "heldout": [TEXT, ...], "max_length": 256, "dtype": "bfloat16" | "float16"}
 
 It writes FOLDER (compressed-tensors, what vLLM loads) and FOLDER/quality.json: the saved folder
 reloaded (decompressed) and compared with the unquantized model on the held-out texts: mean KL
@@ -139,13 +139,18 @@ def main(job_file: str) -> None:
         max_seq_length=job["max_length"],
         num_calibration_samples=len(job["calibration"]),
     )
+    # vLLM's INT4 kernels run 16-bit activations: scales and the unquantized tensors (embeddings,
+    # norms) are stored in the checkpoint's 16-bit dtype, bfloat16 for a float32 checkpoint
+    stored = getattr(torch, str(job.get("dtype") or "bfloat16"))
+    model = model.to(stored)
+    model.config.dtype = stored
     model.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)
     quantize_s = time.perf_counter() - started
     del model
     quality: dict[str, Any] = {}
     if batches:  # the saved folder, decompressed: what vLLM will load
-        saved: Any = AutoModelForCausalLM.from_pretrained(out)
+        saved: Any = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
         quality = compare(reference, log_probs(saved.to(device), batches), batches)
     quality.update(
         {

@@ -4,7 +4,7 @@ All three come from onnxruntime-genai's model builder (`onnxruntime_genai.models
 decoder graph with GroupQueryAttention and a KV cache, `genai_config.json`, the tokenizer and the
 chat template beside it; int8 and int4 are weight-only block-wise quantization (`MatMulNBits`).
 Measured on the embedded model against the fp32 graph (top-1 agreement on held-out text): builder
-int8 96.7%, `onnxruntime.quantization.quantize_dynamic` INT8 (activations quantized too) 52%, so
+int8 95-100%, `onnxruntime.quantization.quantize_dynamic` INT8 (activations quantized too) 52%, so
 int8 is the builder's. optimum-onnx is not used: its release pins transformers < 4.58, and this
 project runs on transformers 5.
 """

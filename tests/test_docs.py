@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -22,3 +23,35 @@ def test_cli_reference_is_current() -> None:
 def test_readme_shows_the_two_commands() -> None:
     readme = (REPO / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
+
+
+DOC_PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+# words about how the project is organised internally, which mean nothing to a user
+PROCESS_WORDS = re.compile(
+    r"\b(this|last|next|earlier|a later) session\b|\bsession[- ]\d|\b(the|this|that) issue\b"
+    r"|\bissue #?\d|\bissue's\b|FACTS\.md|\.\./shared",
+    re.IGNORECASE,
+)
+
+
+def test_doc_links_point_at_files_that_exist() -> None:
+    missing = []
+    for page in DOC_PAGES:
+        for target in LINK.findall(page.read_text()):
+            path = target.split("#", 1)[0]
+            if not path or "://" in path or path.startswith("mailto:"):
+                continue
+            if not (page.parent / path).exists():
+                missing.append(f"{page.relative_to(REPO)}: {target}")
+    assert missing == []
+
+
+def test_docs_speak_to_users_not_about_how_the_project_is_run() -> None:
+    found = [
+        f"{page.relative_to(REPO)}:{number}: {line.strip()[:80]}"
+        for page in DOC_PAGES
+        for number, line in enumerate(page.read_text().splitlines(), 1)
+        if PROCESS_WORDS.search(line)
+    ]
+    assert found == []

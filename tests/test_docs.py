@@ -55,3 +55,12 @@ def test_docs_speak_to_users_not_about_how_the_project_is_run() -> None:
         if PROCESS_WORDS.search(line)
     ]
     assert found == []
+
+
+def test_serve_config_reference_is_generated_from_the_schema() -> None:
+    from slmkit.config import reference_markdown
+    from slmkit.serve.config import ServeConfig
+
+    text = (REPO / "docs" / "serve.md").read_text()
+    block = text.split("<!-- reference:serve -->\n", 1)[1].split("\n<!-- /reference:serve -->")[0]
+    assert block == reference_markdown(ServeConfig), "regenerate the table in docs/serve.md"

@@ -208,3 +208,28 @@ def from_options(cls: type[M], values: dict[str, Any], flags: dict[str, str] | N
     except ValidationError as exc:
         name = partial(option_flag, flags=flags)
         raise ConfigError(format_validation_error(exc, name=name)) from exc
+
+
+def reference_markdown(model: type[BaseModel], prefix: str = "") -> str:
+    """A config's reference table (key, default, description) from its fields, nested sections
+    as `section.key`: docs/train.md's recipe table and docs/serve.md's `serve.yaml` table."""
+    from slmkit.tools import default_threads
+
+    lines = ["| key | default | description |", "|---|---|---|"]
+
+    def walk(section: type[BaseModel], prefix: str) -> None:
+        for name, info in section.model_fields.items():
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                lines.append(f"| **`{prefix}{name}:`** | | {info.description} |")
+                walk(annotation, f"{prefix}{name}.")
+                continue
+            if info.default_factory is default_threads:  # depends on the machine: no fixed value
+                lines.append(f"| `{prefix}{name}` | *(see description)* | {info.description} |")
+                continue
+            default = info.get_default(call_default_factory=True)
+            shown = "" if default is None else f"`{default}`"
+            lines.append(f"| `{prefix}{name}` | {shown} | {info.description} |")
+
+    walk(model, prefix)
+    return "\n".join(lines)

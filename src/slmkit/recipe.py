@@ -97,25 +97,6 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
 
 def recipe_reference_markdown() -> str:
     """The recipe reference table of docs/train.md, generated from the Field descriptions."""
-    from pydantic import BaseModel
+    from slmkit.config import reference_markdown
 
-    from slmkit.tools import default_threads
-
-    lines = ["| key | default | description |", "|---|---|---|"]
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, info in model.model_fields.items():
-            annotation = info.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                lines.append(f"| **`{prefix}{name}:`** | | {info.description} |")
-                walk(annotation, f"{prefix}{name}.")
-                continue
-            if info.default_factory is default_threads:  # depends on the machine: no fixed value
-                lines.append(f"| `{prefix}{name}` | *(see description)* | {info.description} |")
-                continue
-            default = info.get_default(call_default_factory=True)
-            shown = "" if default is None else f"`{default}`"
-            lines.append(f"| `{prefix}{name}` | {shown} | {info.description} |")
-
-    walk(Recipe, "")
-    return "\n".join(lines)
+    return reference_markdown(Recipe)

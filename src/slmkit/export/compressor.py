@@ -117,29 +117,18 @@ def export_compressed(
     source: str | Path, out_dir: Path | None, cfg: ExportConfig, log: Callable[[str], None]
 ) -> ExportResult:
     """merge -> llm-compressor GPTQ/AWQ INT4 -> measure the saved folder -> export.json + README."""
-    from slmkit.export import pipeline as gguf_pipeline
-    from slmkit.export.adapter_checks import check_adapter
     from slmkit.export.agreement import load_prompt_set
     from slmkit.export.kld import default_heldout
     from slmkit.export.onnx import folder_size
-    from slmkit.export.pipeline import ExportResult
+    from slmkit.export.pipeline import ExportResult, merged_source, resolve_exportable
     from slmkit.export.quant_eval import LevelResult
-    from slmkit.models.resolve import resolve_model
 
     method = cfg.format
-    resolved = resolve_model(source)
-    if resolved.adapter is None:
-        gguf_pipeline._hf_source(resolved)
-    else:
-        check_adapter(resolved)
+    resolved = resolve_exportable(source)
     tool_python()  # before any work
     out_dir = (out_dir or default_compressed_dir(resolved, method)).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    steps = gguf_pipeline._Steps(log=log)
     prompts, _ = load_prompt_set(cfg.prompts, cfg.max_prompts)
-    notes: list[str] = []
-    with steps.step("merge", f"{resolved.ref} -> HF folder ({cfg.merge_dtype})"):
-        hf_dir, _, _ = gguf_pipeline._merged_folder(resolved, out_dir, cfg, None, notes)
+    hf_dir, steps, notes = merged_source(resolved, out_dir, cfg, log)
     calibration, measured = calibration_and_heldout(
         hf_dir, prompts, cfg.heldout or default_heldout()
     )

@@ -98,27 +98,16 @@ def export_onnx(
     source: str | Path, out_dir: Path | None, cfg: ExportConfig, log: Callable[[str], None]
 ) -> ExportResult:
     """merge -> ONNX build per precision -> measure each against PyTorch fp32 -> export.json + report."""
-    from slmkit.export import pipeline as gguf_pipeline
-    from slmkit.export.adapter_checks import check_adapter
     from slmkit.export.agreement import load_prompt_set
     from slmkit.export.onnx_eval import OnnxEvalInputs, evaluate_onnx
-    from slmkit.export.pipeline import ExportResult
+    from slmkit.export.pipeline import ExportResult, merged_source, resolve_exportable
     from slmkit.export.quant_eval import LevelResult
-    from slmkit.models.resolve import resolve_model
 
-    resolved = resolve_model(source)
-    if resolved.adapter is None:
-        gguf_pipeline._hf_source(resolved)
-    else:
-        check_adapter(resolved)
+    resolved = resolve_exportable(source)
     out_dir = (out_dir or default_onnx_dir(resolved)).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    steps = gguf_pipeline._Steps(log=log)
     prompts, items = load_prompt_set(cfg.prompts, cfg.max_prompts)
-    notes: list[str] = []
-    with steps.step("merge", f"{resolved.ref} -> HF folder ({cfg.merge_dtype})"):
-        # no answers here: the ONNX eval takes PyTorch's from the merged folder it measures against
-        hf_dir, _, _ = gguf_pipeline._merged_folder(resolved, out_dir, cfg, None, notes)
+    # the ONNX eval takes PyTorch's answers from the merged folder it measures against
+    hf_dir, steps, notes = merged_source(resolved, out_dir, cfg, log)
     stem = resolved.name.replace(" ", "-")
     with steps.step("onnx", f"ONNX Runtime GenAI build: {', '.join(cfg.onnx_precisions)}"):
         builds = build_onnx(hf_dir, out_dir, stem, cfg.onnx_precisions)

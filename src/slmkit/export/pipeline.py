@@ -87,6 +87,29 @@ def _hf_source(resolved: ResolvedModel) -> Path:
     return Path(resolved.path)
 
 
+def resolve_exportable(source: str | Path) -> ResolvedModel:
+    """Resolve `source` and refuse what cannot be exported, before any work."""
+    resolved = resolve_model(source)
+    if resolved.adapter is None:
+        _hf_source(resolved)
+    else:
+        check_adapter(resolved)
+    return resolved
+
+
+def merged_source(
+    resolved: ResolvedModel, out_dir: Path, cfg: ExportConfig, log: Callable[[str], None]
+) -> tuple[Path, _Steps, list[str]]:
+    """For the ONNX and INT4 formats: the export folder made, the HF folder to build from (a run's
+    adapter merged; no answers, each format measures against this folder), the timed steps and notes."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps = _Steps(log=log)
+    notes: list[str] = []
+    with steps.step("merge", f"{resolved.ref} -> HF folder ({cfg.merge_dtype})"):
+        hf_dir, _, _ = _merged_folder(resolved, out_dir, cfg, None, notes)
+    return hf_dir, steps, notes
+
+
 def export_model(
     source: str | Path, out_dir: Path | None, cfg: ExportConfig, log: Callable[[str], None] = info
 ) -> ExportResult:
@@ -99,11 +122,7 @@ def export_model(
         from slmkit.export.compressor import export_compressed
 
         return export_compressed(source, out_dir, cfg, log)
-    resolved = resolve_model(source)
-    if resolved.adapter is None:  # refuse what cannot be exported before any work
-        _hf_source(resolved)
-    else:
-        check_adapter(resolved)
+    resolved = resolve_exportable(source)
     out_dir = (out_dir or default_out_dir(resolved)).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = _Steps(log=log)

@@ -89,6 +89,9 @@ def summarize(results: dict[str, Any]) -> str:
         "",
         "- The folder keeps the embedding table in 16 bits (49k x 576, shared with `lm_head`): most "
         "of a 135M model's bytes; on a 7B model the INT4 layers are ~90% of the weights.",
+        "- Not comparable with the GGUF table of the Export section: llama.cpp's q4_k_m keeps "
+        "several of this model's tensors at higher types (its 576-wide rows do not fit the 256-value "
+        "K-quant blocks) and is measured against the f16 GGUF on other text.",
         "- Time is on the CPU above, including the tool's start and the reload; llm-compressor uses "
         "the GPU where there is one. Serving these folders needs vLLM on a CUDA GPU.",
     ]

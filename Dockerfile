@@ -7,9 +7,11 @@
 # The set-up is scripts/setup.sh, the same script a checkout runs (one set-up path). It builds
 # llama.cpp decode-checked (src/slmkit/tools_build.py); SLM_LLAMA_PORTABLE=1 makes that the
 # portable AVX2 build (SSE4.2 as the fallback), so the image runs on other x86-64 nodes than the
-# one that built it (--build-arg SLM_LLAMA_PORTABLE=0: tuned to the build CPU). Build arguments
-# PIP_INDEX_URL / PIP_EXTRA_INDEX_URL / PIP_FIND_LINKS point pip at a mirror or at a CPU torch
-# wheel, PIP_CERT at a CA bundle for a TLS proxy (see docs/deploy.md).
+# one that built it (--build-arg SLM_LLAMA_PORTABLE=0: tuned to the build CPU). torch is set-up's
+# SLM_TORCH switch: `cpu` here (the image's engines are CPU ones; `--build-arg SLM_TORCH=cuda` for
+# the GPU image's base), its wheel taken from SLM_TORCH_INDEX. Build arguments PIP_INDEX_URL /
+# PIP_EXTRA_INDEX_URL / PIP_FIND_LINKS point pip at a mirror, PIP_CERT at a CA bundle for a TLS
+# proxy (see docs/deploy.md).
 ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS build
@@ -34,6 +36,8 @@ ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
 ARG PIP_CERT
 ARG SLM_LLAMA_PORTABLE=1
+ARG SLM_TORCH=cpu
+ARG SLM_TORCH_INDEX
 # As the non-root user: the set-up's optional chromium step (browser tests) is skipped.
 RUN bash scripts/setup.sh
 

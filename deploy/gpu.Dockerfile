@@ -1,7 +1,8 @@
-# GPU image: the CPU image (Dockerfile) plus vLLM, whose wheels bring their own CUDA torch; the
-# `vllm` engine of `slm serve` launches `vllm serve` as a supervised child.
-#   docker build -t slmkit:cpu . && docker build -f deploy/gpu.Dockerfile -t slmkit:gpu .
-ARG BASE_IMAGE=slmkit:cpu
+# GPU image: the image of the Dockerfile built with torch's CUDA build, plus vLLM; the `vllm`
+# engine of `slm serve` launches `vllm serve` as a supervised child.
+#   docker build --build-arg SLM_TORCH=cuda -t slmkit:cuda .
+#   docker build -f deploy/gpu.Dockerfile -t slmkit:gpu .
+ARG BASE_IMAGE=slmkit:cuda
 FROM ${BASE_IMAGE}
 ARG VLLM_VERSION=
 ARG PIP_INDEX_URL

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# slmkit set-up: venv, CPU torch, the pinned stack, llama.cpp tools from pinned source,
-# the embedded model cache. Idempotent: every step that is already done prints "cached".
+# slmkit set-up: venv, torch (the CPU build unless a GPU is present or SLM_TORCH=cuda), the
+# pinned stack, llama.cpp tools from pinned source, the embedded model cache. Idempotent: every
+# step that is already done prints "cached".
+#   SLM_TORCH=auto|cpu|cuda   which torch build (auto: cuda when nvidia-smi lists a GPU)
+#   SLM_TORCH_INDEX=URL       a wheel index that holds that build (pip's --extra-index-url)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,11 +52,62 @@ venv() {
     "$VENV/bin/pip" install -q --upgrade pip
 }
 
-torch_cpu() {
-    if "$VENV/bin/python" -c "import torch,sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
-        echo "[setup] torch $TORCH_VERSION: cached"; return
+torch_build() {
+    # Which torch build this machine gets: SLM_TORCH, else CUDA where nvidia-smi lists a GPU.
+    case "${SLM_TORCH:-auto}" in
+        cpu|cuda) echo "$SLM_TORCH" ;;
+        auto) if nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then echo cuda; else echo cpu; fi ;;
+        *) echo "[setup] SLM_TORCH=$SLM_TORCH: expected auto, cpu or cuda" >&2; exit 2 ;;
+    esac
+}
+
+torch_requirement() {
+    # On Linux the default torch wheel is the multi-GB CUDA build; the CPU build carries the local
+    # version `+cpu` and is asked for by that name, so pip can never fall back to the CUDA one.
+    # macOS wheels are CPU (and Metal) builds under the plain version.
+    if [ "$(torch_build)" = cpu ] && [ "$(uname)" = Linux ]; then
+        echo "torch==$TORCH_VERSION+cpu"
+    else
+        echo "torch==$TORCH_VERSION"
     fi
-    "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
+}
+
+torch_plan() {
+    local build why
+    build="$(torch_build)"
+    if [ -n "${SLM_TORCH:-}" ] && [ "$SLM_TORCH" != auto ]; then why="SLM_TORCH=$SLM_TORCH"
+    elif [ "$build" = cuda ]; then why="nvidia-smi lists a GPU; SLM_TORCH=cpu for the CPU build"
+    else why="no NVIDIA GPU found; SLM_TORCH=cuda for the CUDA build"; fi
+    echo "[setup] torch: $(torch_requirement), the $(echo "$build" | tr a-z A-Z) build ($why)"
+}
+
+pip_torch() {  # pip_torch PIP ARGS...: install with the chosen torch build, clear line if absent
+    local pip="$1"; shift
+    local log
+    # set only when given (an empty array under `set -u` fails in macOS's bash 3.2)
+    if [ -n "${SLM_TORCH_INDEX:-}" ]; then set -- --extra-index-url "$SLM_TORCH_INDEX" "$@"; fi
+    log="$(mktemp)"
+    if "$pip" install -q "$(torch_requirement)" "$@" 2>"$log"; then rm -f "$log"; return; fi
+    if grep -q "No matching distribution found for torch" "$log"; then
+        echo "[setup] $(torch_requirement) is on none of pip's indexes: set SLM_TORCH_INDEX to a wheel index that has it (for the CPU build, the --index-url that PyTorch's install selector gives for Linux, Pip, CPU), or SLM_TORCH=cuda" >&2
+    else
+        cat "$log" >&2
+    fi
+    rm -f "$log"
+    exit 1
+}
+
+torch_installed() {  # torch_installed PYTHON: the right version and build already there?
+    local want_cuda=0
+    if [ "$(torch_build)" = cuda ]; then want_cuda=1; fi
+    "$1" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION' or (torch.version.cuda is not None) != bool($want_cuda))" 2>/dev/null
+}
+
+torch_step() {
+    if torch_installed "$VENV/bin/python"; then
+        echo "[setup] torch $TORCH_VERSION ($(torch_build)): cached"; return
+    fi
+    pip_torch "$VENV/bin/pip"
 }
 
 stack() {
@@ -89,11 +143,12 @@ compressor() {
     # transformers than ours. SLM_COMPRESSOR=0 skips it (those two formats then say how to get it).
     local env="${SLM_COMPRESSOR_ENV:-$SLM_HOME/llmcompressor/lc-$LLMCOMPRESSOR_VERSION}"
     if [ "${SLM_COMPRESSOR:-1}" = "0" ]; then echo "[setup] llm-compressor: skipped (SLM_COMPRESSOR=0)"; return; fi
-    if "$env/bin/python" -c "import llmcompressor,sys; sys.exit(llmcompressor.__version__ != '$LLMCOMPRESSOR_VERSION')" 2>/dev/null; then
+    if "$env/bin/python" -c "import llmcompressor,sys; sys.exit(llmcompressor.__version__ != '$LLMCOMPRESSOR_VERSION')" 2>/dev/null \
+        && torch_installed "$env/bin/python"; then
         echo "[setup] llm-compressor $LLMCOMPRESSOR_VERSION: cached ($env)"; return
     fi
     rm -rf "$env" && "$PY" -m venv "$env"
-    "$env/bin/pip" install -q "torch==$TORCH_VERSION" "llmcompressor==$LLMCOMPRESSOR_VERSION"
+    pip_torch "$env/bin/pip" "llmcompressor==$LLMCOMPRESSOR_VERSION"
 }
 
 model_cache() {
@@ -118,9 +173,10 @@ browser() {
 
 echo "[setup] SLM_HOME=$SLM_HOME"
 step "prerequisites" prereqs
-if [ "${1:-}" = "--check" ]; then exit 0; fi  # only the prerequisites
+torch_plan
+if [ "${1:-}" = "--check" ]; then exit 0; fi  # only the prerequisites and the torch plan
 step "venv" venv
-step "torch (CPU build)" torch_cpu
+step "torch" torch_step
 step "python stack" stack
 step "llama.cpp tools" llama_cpp
 step "llm-compressor (GPTQ/AWQ)" compressor

@@ -57,6 +57,25 @@ def test_docs_speak_to_users_not_about_how_the_project_is_run() -> None:
     assert found == []
 
 
+def test_docs_show_no_paths_from_the_test_temp_folder() -> None:
+    """Output pasted from a test run carries pytest's temp paths, which mean nothing to a user."""
+    found = [
+        f"{page.relative_to(REPO)}:{number}: {line.strip()[:80]}"
+        for page in DOC_PAGES
+        for number, line in enumerate(page.read_text().splitlines(), 1)
+        if "pytest-of-" in line or "/tmp/pytest-" in line
+    ]
+    assert found == []
+
+
+def test_the_docs_index_points_at_every_page() -> None:
+    linked = {
+        target.split("#", 1)[0] for target in LINK.findall((REPO / "docs/index.md").read_text())
+    }
+    pages = {page.name for page in (REPO / "docs").glob("*.md")} - {"index.md"}
+    assert sorted(pages - linked) == []
+
+
 def test_serve_config_reference_is_generated_from_the_schema() -> None:
     from slmkit.config import reference_markdown
     from slmkit.serve.config import ServeConfig

@@ -3,6 +3,7 @@ file:line, token stats, a rendered sample with its no-loss part greyed) in the p
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,11 +62,13 @@ def test_a_bad_data_file_shows_its_file_line_problem_in_the_data_tab(
     board,
     page,
     tmp_path: Path,
-    tiny_model_dir: Path,
+    board_model: Path,
 ) -> None:
-    bad = write_jsonl(tmp_path / "bad.jsonl", BAD)
+    bad = write_jsonl(board.place("data/bad.jsonl"), BAD)
+    folder = board.place("data/llamafactory_demo")
+    shutil.copytree(LLAMAFACTORY, folder, dirs_exist_ok=True)
     open_tab(page, board, "Data")
-    page.locator("#data-paths").get_by_role("textbox").fill(f"{bad}\n{LLAMAFACTORY}")
+    page.locator("#data-paths").get_by_role("textbox").fill(f"{bad}\n{folder}")
     model = page.locator("#data-model").get_by_role("textbox")
     model.fill(str(tmp_path / "no-such-model"))
     page.locator("#data-check").click()
@@ -74,11 +77,12 @@ def test_a_bad_data_file_shows_its_file_line_problem_in_the_data_tab(
     line = status.locator(".slm-status").inner_text()
     assert line.startswith("error: ") and "no-such-model" in line and "\n" not in line
 
-    model.fill(str(tiny_model_dir))
+    model.fill(str(board_model))
     page.locator("#data-cutoff input").fill("128")  # the demo's tool-call samples are longer
     page.locator("#data-check").click()
     problems = page.locator("#data-problems")
-    problems.get_by_text(f"{bad}:2", exact=True).locator("visible=true").first.wait_for()
+    where = f"{bad.relative_to(board.folder)}:2"  # inside the board's working folder: relative
+    problems.get_by_text(where, exact=True).locator("visible=true").first.wait_for()
     assert problems.get_by_text("missing (expected the answer").count() >= 1
     assert "error: validation failed" in status.inner_text()
     files = page.locator("#data-files")

@@ -44,12 +44,11 @@ def _pick_models(page, names: list[str]) -> None:
 def test_an_evaluation_of_two_models_shows_the_summary_table(
     board,
     page,
-    tmp_path: Path,
-    tiny_model_dir: Path,
+    board_model: Path,
 ) -> None:
-    write_adapter_run(tiny_model_dir, board.runs_dir / "eval-a", seed=0)
-    write_adapter_run(tiny_model_dir, board.runs_dir / "eval-b", seed=1)
-    data = write_jsonl(tmp_path / "eval.jsonl", FACT_ROWS)
+    write_adapter_run(board_model, board.runs_dir / "eval-a", seed=0)
+    write_adapter_run(board_model, board.runs_dir / "eval-b", seed=1)
+    data = write_jsonl(board.place("data/eval.jsonl"), FACT_ROWS)
 
     open_tab(page, board, "Evaluate")
     _pick_models(page, ["eval-a", "eval-b"])

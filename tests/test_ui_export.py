@@ -38,9 +38,9 @@ def test_the_form_keeps_the_config_defaults_off_the_command_line(tmp_path: Path)
 def test_an_export_shows_the_quant_table(
     board,
     page,
-    tiny_model_dir: Path,
+    board_model: Path,
 ) -> None:
-    write_adapter_run(tiny_model_dir, board.runs_dir / "export-me", seed=2)
+    write_adapter_run(board_model, board.runs_dir / "export-me", seed=2)
     open_tab(page, board, "Export")
     checked = page.locator("#export-quants input:checked")
     checked.first.wait_for()

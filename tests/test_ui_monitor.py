@@ -89,10 +89,11 @@ def test_an_unreachable_monitor_url_shows_the_error_line(board, page) -> None:
 @needs_browser
 @needs_llama_server
 @pytest.mark.browser
-def test_monitor_shows_the_requests_of_a_running_gateway(board, page, slm_home) -> None:
+def test_monitor_shows_the_requests_of_a_running_gateway(board, page) -> None:
     from playwright.sync_api import expect
 
-    with ServerProcess(["default"], api_key=API_KEY) as server:
+    home = board.place("gateway")  # its own SLM_HOME: the Chat tab's requests are not counted
+    with ServerProcess(["default"], api_key=API_KEY, env={"SLM_HOME": str(home)}) as server:
         client = server.client()
 
         def ask(n: int) -> None:
@@ -113,7 +114,7 @@ def test_monitor_shows_the_requests_of_a_running_gateway(board, page, slm_home) 
         assert "refused the API key (HTTP 401)" in page.locator("#monitor-status").inner_text()
 
         page.locator("#monitor-key input").fill(API_KEY)
-        page.locator("#monitor-db input").fill(str(slm_home / "serve" / "audit.db"))
+        page.locator("#monitor-db input").fill(str(home / "serve" / "audit.db"))
         page.locator("#monitor-connect").click()
         page.locator("#monitor-status .slm-ok").wait_for()
         requests = page.locator("#monitor-summary [data-name='requests']")

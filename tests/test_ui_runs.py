@@ -105,12 +105,10 @@ def test_board_on_a_busy_port_says_so() -> None:
 
 @needs_browser
 @pytest.mark.browser
-def test_a_run_trained_from_the_cli_shows_its_curve_in_runs(
-    board, page, tmp_path: Path, tiny_model_dir: Path
-) -> None:
-    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+def test_a_run_trained_from_the_cli_shows_its_curve_in_runs(board, page, board_model: Path) -> None:
+    data = write_jsonl(board.place("data/train.jsonl"), ROWS)
     run_dir = board.runs_dir / "cli-run"
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_model_dir, run_dir, data))
+    recipe = write_recipe(board.place("cli-run.yaml"), tiny_recipe(board_model, run_dir, data))
     done = run_slm("train", str(recipe), "--set", "train.max_steps=6")
     assert done.returncode == 0, done.stderr[-2000:]
     _manifest(board.runs_dir / "killed-run", pid=2**22 + 17, created="2026-01-01T00:00:00Z")

@@ -76,10 +76,9 @@ def test_progress_reads_step_rate_and_eta_from_metrics() -> None:
 def test_a_training_started_from_the_form_draws_its_curve_and_shows_in_runs(
     board,
     page,
-    tmp_path: Path,
-    tiny_model_dir: Path,
+    board_model: Path,
 ) -> None:
-    data_file = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    data_file = write_jsonl(board.place("data/train.jsonl"), ROWS)
     open_tab(page, board, "Train")
     page.locator("#train-yaml").get_by_text("output_dir").first.wait_for()
 
@@ -94,7 +93,7 @@ def test_a_training_started_from_the_form_draws_its_curve_and_shows_in_runs(
         box.press("Tab")
 
     fill("train-run-name", "form-run")
-    fill("train-model", str(tiny_model_dir))
+    fill("train-model", str(board_model))
     fill("train-data-train", str(data_file))
     for elem_id, value in (
         ("train-train-max-steps", "4"),

@@ -264,6 +264,61 @@ def test_kld_is_read_from_the_export_quant_eval(tmp_path: Path) -> None:
     assert export_kld(resolve_model(export / "model-q8_0.gguf")) is None
 
 
+def test_a_kld_fail_on_the_level_its_export_advised_against_is_expected(tmp_path: Path) -> None:
+    """The demo exports q4_k_m to show what quantization breaks: its KLD FAIL is foreseen by the
+    export's own quant eval, says why in one line, and leaves the overall verdict a PASS; a FAIL
+    on a level the export called fine still fails the whole."""
+    import json
+
+    from slmkit.evaluate.verdict import export_advice, verdict_line
+    from slmkit.models import resolve_model
+
+    export = tmp_path / "export"
+    export.mkdir()
+    for name in ("demo-q8_0.gguf", "demo-q4_k_m.gguf"):
+        (export / name).write_bytes(b"GGUF")
+    q4_problem = "KLD 0.112 > 0.05"
+    levels = [
+        {"level": "q8_0", "file": "demo-q8_0.gguf", "kld": {"mean_kld": 0.004}, "within": True},
+        {
+            "level": "q4_k_m",
+            "file": "demo-q4_k_m.gguf",
+            "kld": {"mean_kld": 0.112},
+            "within": False,
+            "problems": [q4_problem],
+        },
+    ]
+    report = {"recommended": "demo-q8_0.gguf", "quant_eval": {"levels": levels}}
+    (export / "report.json").write_text(json.dumps(report))
+    q8, q4 = (resolve_model(export / f"demo-{level}.gguf") for level in ("q8_0", "q4_k_m"))
+    assert export_advice(q8) == ""
+    advice = export_advice(q4)
+    assert advice == (
+        f"`slm export` advised against this level ({q4_problem}) and recommends demo-q8_0.gguf"
+    )
+
+    criteria = Criteria(max_kld=0.1)
+    values: dict[str, dict[str, float | None]] = {"base": {}, "q8": {}, "q4": {}}
+    rows = judge_criteria(
+        criteria, ["base", "q8", "q4"], values, {"q8": 0.004, "q4": 0.112}, {"q4": advice}
+    )
+    q4_row = next(r for r in rows if r.model == "q4")
+    assert (q4_row.status, q4_row.expected) == ("FAIL", advice)
+    assert passed(rows)
+    assert verdict_line(q4_row) == (
+        "FAIL (expected): q4 quantization KLD vs f16 (required <= 0.1000, measured 0.112): "
+        + advice
+    )
+    strict = judge_criteria(
+        Criteria(max_kld=0.001),
+        ["base", "q8", "q4"],
+        values,
+        {"q8": 0.004, "q4": 0.112},
+        {"q4": advice},
+    )
+    assert [r.status for r in strict] == ["FAIL", "FAIL"] and not passed(strict)
+
+
 def test_similarity_ranks_identical_over_paraphrase_over_unrelated() -> None:
     """MiniLM cosine to the reference: identical 1.0, a paraphrase well above an unrelated answer."""
     from slmkit.evaluate.evalset import EvalItem

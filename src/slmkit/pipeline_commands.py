@@ -37,6 +37,7 @@ def run_cmd(
     ] = False,
 ) -> None:
     """Distill (with a teacher) -> validate data -> train (SFT, then DPO with preference data) -> export + quant eval -> evaluate -> report."""
+    from slmkit.evaluate.verdict import VerdictRow, verdict_line
     from slmkit.pipeline import load_pipeline_recipe, run_pipeline
     from slmkit.pipeline_report import next_commands
 
@@ -54,11 +55,8 @@ def run_cmd(
             scores.add_row(model, f"{(vals.get('mean') or 0):.3f}")
         out.print(scores)
         for row in evaluation.outputs.get("verdict", []):
-            out.print(
-                f"{row['status']}: {row['model']} {row['criterion']} (required {row['required']}, "
-                f"measured {row['measured']})",
-                soft_wrap=True,
-            )
+            out.print(verdict_line(VerdictRow(**row)), soft_wrap=True, markup=False)
+        out.print(f"overall: {'PASS' if result.passed else 'FAIL'}")
     # paths and commands are printed unwrapped and without markup: they must survive copy-paste
     result_line(f"report: {result.report_html}")
     for command in next_commands(result.run_dir, result.final_model, result.stages):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from slmkit.evaluate.report import img_tag
+from slmkit.evaluate.verdict import VerdictRow, verdict_line
 
 
 def next_commands(run_dir: Path, final: Path, stages: dict[str, Any]) -> list[str]:
@@ -150,9 +151,8 @@ def _eval_table(ev: dict[str, Any] | None) -> str:
         for name, vals in ev.get("main", {}).items()
     )
     verdict = "".join(
-        f'<li class="{"pass" if row.get("status") == "PASS" else "fail"}">{html.escape(str(row.get("status")))}: '
-        f"{html.escape(str(row.get('model')))} {html.escape(str(row.get('criterion')))} "
-        f"(required {html.escape(str(row.get('required')))}, measured {html.escape(str(row.get('measured')))})</li>"
+        f'<li class="{"pass" if row.get("status") == "PASS" or row.get("expected") else "fail"}">'
+        f"{html.escape(verdict_line(VerdictRow(**row)))}</li>"
         for row in ev.get("verdict", [])
     )
     chart = img_tag(_bars(metric, ev.get("main", {})), f"{metric} per model")

@@ -195,12 +195,22 @@ def verdict_table(result: EvalResult) -> str:
     if not result.verdict:
         return "<p>No criteria were given (see <code>--min-gain</code>, <code>--min</code>, <code>--max-kld</code>).</p>"
     rows = [
-        [_td(r.model), _td(r.criterion), _td(r.required), _td(r.measured), _td(r.status, r.status)]
+        [
+            _td(r.model),
+            _td(r.criterion),
+            _td(r.required),
+            _td(r.measured),
+            _td(
+                f"{r.status} (expected)" if r.expected else r.status,
+                "SKIP" if r.expected else r.status,
+            ),
+            _td(r.expected),
+        ]
         for r in result.verdict
     ]
     overall = "PASS" if result.passed else "FAIL"
     return (
-        _table(["model", "criterion", "required", "measured", "result"], rows)
+        _table(["model", "criterion", "required", "measured", "result", "why expected"], rows)
         + f'<p>Overall: <span class="{overall}">{overall}</span></p>'
     )
 

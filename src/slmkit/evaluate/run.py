@@ -12,7 +12,13 @@ from slmkit.evaluate.config import EvalConfig
 from slmkit.evaluate.evalset import EvalItem, load_eval_set
 from slmkit.evaluate.generate import Generation, ModelTarget, generate_answers, model_target
 from slmkit.evaluate.retrieval import RetrievalResult, evaluate_retrieval
-from slmkit.evaluate.verdict import VerdictRow, export_kld, judge_criteria, passed
+from slmkit.evaluate.verdict import (
+    VerdictRow,
+    export_advice,
+    export_kld,
+    judge_criteria,
+    passed,
+)
 
 
 @dataclass
@@ -29,6 +35,7 @@ class ModelResult:
     main: dict[str, float | None] = field(default_factory=dict)
     generated: int = 0
     kld: float | None = None
+    advised_against: str = ""  # why its export advised against this GGUF
     run_dir: Path | None = None
 
 
@@ -87,7 +94,11 @@ def run_eval(config: EvalConfig) -> EvalResult:
     ]
     values = {m.name: m.summary.values for m in models}
     verdict = judge_criteria(
-        config.criteria, [m.name for m in models], values, {m.name: m.kld for m in models}
+        config.criteria,
+        [m.name for m in models],
+        values,
+        {m.name: m.kld for m in models},
+        {m.name: m.advised_against for m in models if m.advised_against},
     )
     from slmkit.evaluate.report import write_report
 
@@ -197,5 +208,6 @@ def _model_result(
         main=main,
         generated=generated[target.name],
         kld=export_kld(resolved),
+        advised_against=export_advice(resolved),
         run_dir=resolved.run_dir,
     )

@@ -71,9 +71,11 @@ def verdict_table(result: EvalResult) -> Table:
     for column in ("model", "criterion", "required", "measured", "result"):
         table.add_column(column)
     for row in result.verdict:
-        color = {"PASS": "green", "FAIL": "red"}.get(row.status, "dim")
+        status, color = row.status, {"PASS": "green", "FAIL": "red"}.get(row.status, "dim")
+        if row.expected:
+            status, color = "FAIL (expected)", "yellow"
         table.add_row(
-            row.model, row.criterion, row.required, row.measured, f"[{color}]{row.status}[/{color}]"
+            row.model, row.criterion, row.required, row.measured, f"[{color}]{status}[/{color}]"
         )
     return table
 
@@ -91,6 +93,9 @@ def print_summary(result: EvalResult) -> None:
         wide.print(retrieval_table(result.retrieval))
     if result.verdict:
         wide.print(verdict_table(result))
+        for row in result.verdict:
+            if row.expected:
+                out.print(f"expected: {row.model}: {row.expected}", soft_wrap=True, markup=False)
         out.print(f"overall: {'PASS' if result.passed else 'FAIL'}")
     for note in result.notes:
         out.print(f"note: {note}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from slmkit.evaluate.config import Criteria
 from slmkit.models import ResolvedModel
@@ -22,6 +22,9 @@ class VerdictRow:
     required: str
     measured: str
     status: Status
+    # why a FAIL was foreseen and does not count against the whole (e.g. the quant its export
+    # advised against); empty for every other row
+    expected: str = ""
 
 
 def judge_criteria(
@@ -29,8 +32,10 @@ def judge_criteria(
     names: list[str],
     values: dict[str, dict[str, float | None]],
     klds: dict[str, float | None],
+    advised_against: dict[str, str] | None = None,
 ) -> list[VerdictRow]:
-    """Rows for every criterion and every model it applies to (default: all but the first)."""
+    """Rows for every criterion and every model it applies to (default: all but the first).
+    `advised_against`: model -> why its export advised against it; its KLD FAIL is expected."""
     if criteria.is_empty():
         return []
     first = names[0]
@@ -84,9 +89,12 @@ def judge_criteria(
                 )
             )
         for model, kld in measured.items():
-            rows.append(
-                _row(model, "quantization KLD vs f16", f"<= {limit:.4f}", kld, lambda v: v <= limit)
+            row = _row(
+                model, "quantization KLD vs f16", f"<= {limit:.4f}", kld, lambda v: v <= limit
             )
+            if row.status == "FAIL":
+                row.expected = (advised_against or {}).get(model, "")
+            rows.append(row)
     return rows
 
 
@@ -99,8 +107,8 @@ def _row(
     return VerdictRow(model, criterion, required, shown, "PASS" if ok(value) else "FAIL")
 
 
-def export_kld(resolved: ResolvedModel) -> float | None:
-    """Mean KLD of a GGUF against its export's f16 file, from the export folder's report.json."""
+def _export_level(resolved: ResolvedModel) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(its export's report.json, this GGUF's quant eval level; {} for the reference file)."""
     if resolved.gguf is None or resolved.kind != "gguf":
         return None
     report = Path(resolved.gguf).parent / "report.json"
@@ -109,15 +117,50 @@ def export_kld(resolved: ResolvedModel) -> float | None:
     except (OSError, ValueError):
         return None
     quant = data.get("quant_eval") or {}
+    name = Path(resolved.gguf).name
     reference = (quant.get("reference") or {}).get("file")
-    if reference and Path(str(reference)).name == Path(resolved.gguf).name:
-        return 0.0
+    if reference and Path(str(reference)).name == name:
+        return data, {}
     for level in quant.get("levels") or []:
-        if Path(str(level.get("file", ""))).name == Path(resolved.gguf).name:
-            kld = (level.get("kld") or {}).get("mean_kld")
-            return float(kld) if kld is not None else None
+        if Path(str(level.get("file", ""))).name == name:
+            return data, level
     return None
 
 
+def export_kld(resolved: ResolvedModel) -> float | None:
+    """Mean KLD of a GGUF against its export's f16 file, from the export folder's report.json."""
+    found = _export_level(resolved)
+    if found is None:
+        return None
+    level = found[1]
+    if not level:
+        return 0.0
+    kld = (level.get("kld") or {}).get("mean_kld")
+    return float(kld) if kld is not None else None
+
+
+def export_advice(resolved: ResolvedModel) -> str:
+    """Why the export advised against this GGUF ("" when it did not): its quant eval found it
+    outside the thresholds."""
+    found = _export_level(resolved)
+    if found is None or not found[1] or found[1].get("within", True):
+        return ""
+    data, level = found
+    problems = "; ".join(str(p) for p in level.get("problems") or []) or "outside its thresholds"
+    advice = f"`slm export` advised against this level ({problems})"
+    recommended = data.get("recommended")
+    return f"{advice} and recommends {recommended}" if recommended else advice
+
+
 def passed(rows: list[VerdictRow]) -> bool:
-    return all(row.status != "FAIL" for row in rows)
+    """Every criterion met, but for the FAILs that were foreseen (`expected`)."""
+    return all(row.status != "FAIL" or row.expected for row in rows)
+
+
+def verdict_line(row: VerdictRow) -> str:
+    """One line per verdict row, as `slm eval` and `slm run` print it."""
+    status = "FAIL (expected)" if row.status == "FAIL" and row.expected else row.status
+    line = (
+        f"{status}: {row.model} {row.criterion} (required {row.required}, measured {row.measured})"
+    )
+    return f"{line}: {row.expected}" if row.expected else line

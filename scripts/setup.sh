@@ -39,7 +39,7 @@ prereqs() {
         if [ "$(uname)" = "Darwin" ]; then
             echo "[setup] install them: xcode-select --install && brew install cmake python@3.11" >&2
         else
-            echo "[setup] install them: sudo apt-get install -y build-essential cmake git python3-venv python3-dev" >&2
+            echo "[setup] install them: sudo apt-get install -y build-essential cmake git curl python3-venv python3-dev" >&2
         fi
         exit 1
     fi

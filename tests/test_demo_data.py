@@ -22,6 +22,8 @@ GENERATED = (
     "support_sft_alpaca.json",
     "support_dpo.jsonl",
     "support_eval.jsonl",
+    "support_sft_small.jsonl",
+    "support_eval_small.jsonl",
     "dataset_info.json",
     "conch/magic_conch.json",
     "conch/dataset_info.json",

@@ -135,7 +135,9 @@ def test_a_cpu_build_on_no_index_names_slm_torch_index(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "[setup] torch==2.13.0+cpu is on none of pip's indexes: set SLM_TORCH_INDEX to"
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("[setup] torch==2.13.0+cpu is on none of pip's indexes: set SLM_TORCH_INDEX to")
     )
     assert not list((tmp_path / "repo" / ".venv").glob("lib/python*/site-packages/torch"))

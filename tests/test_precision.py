@@ -54,3 +54,39 @@ def test_the_probe_runs_bf16_here_and_is_remembered(
     assert list(remembered.values()) == [ratio]
     monkeypatch.setattr(precision, "probe_bf16", lambda: pytest.fail("probed twice"))
     assert precision.bf16_speed_on_cpu() == ratio
+
+
+@pytest.mark.parametrize(
+    ("ratio", "chosen"),
+    [(0.22, "bf16"), (0.5, "bf16"), (0.9, "fp32"), (4.9, "fp32"), (None, "fp32")],
+)
+def test_training_on_a_cpu_autocasts_bf16_only_where_the_probe_shows_it_much_faster(
+    monkeypatch: pytest.MonkeyPatch, ratio: float | None, chosen: str
+) -> None:
+    """`train.precision: auto` on a CPU: bf16 autocast where the probe's bf16 matmul took at
+    most half fp32's time (native bf16 trained twice as fast there), fp32 elsewhere, and the
+    log line says which figure chose it. The probe's figure is given: the CPU here has one."""
+    import torch
+
+    from slmkit.recipe import Recipe
+    from slmkit.train import modeling
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine decides by the GPU")
+    monkeypatch.setattr(modeling, "bf16_speed_on_cpu", lambda: ratio)
+    data = {"train": ["examples/data/support_sft_small.jsonl"]}
+    recipe = Recipe.model_validate({"model": "default", "data": data})
+    assert modeling.resolve_precision(recipe) == chosen
+    described = modeling.describe_precision(recipe, chosen)
+    if ratio is None:
+        assert described == "fp32 (auto: bf16 does not run correctly on this CPU)"
+    else:
+        assert (
+            described
+            == f"{chosen} (auto: a bf16 matmul takes {ratio:.2f}x the time of fp32 on this CPU)"
+        )
+    forced = Recipe.model_validate(
+        {"model": "default", "data": data, "train": {"precision": "fp32"}}
+    )
+    assert modeling.resolve_precision(forced) == "fp32"
+    assert modeling.describe_precision(forced, "fp32") == "fp32"

@@ -33,12 +33,14 @@ BF16_TIMED_PROBE = (
     + """
 import json, time
 x, w = torch.randn(64, 512), torch.randn(512, 512)
-def timed(a, b):
+def timed(a, b):  # the fastest of 7 tries: a busy machine only ever adds time
     a @ b
-    start = time.perf_counter()
-    for _ in range(3):
+    best = float("inf")
+    for _ in range(7):
+        start = time.perf_counter()
         a @ b
-    return time.perf_counter() - start
+        best = min(best, time.perf_counter() - start)
+    return best
 print(json.dumps({"ratio": timed(x.bfloat16(), w.bfloat16()) / timed(x, w)}))
 """
 )

@@ -150,8 +150,8 @@ class TrainSection(StrictModel):
     save_total_limit: int = Field(default=2, ge=1, description="Keep only the last N checkpoints.")
     precision: Precision = Field(
         default="auto",
-        description="`auto`: bf16 autocast on a bf16-capable CUDA GPU, fp32 on CPU (try bf16 there: its speed "
-        "depends on the CPU's bf16 support, see docs/benchmarks.md); "
+        description="`auto`: bf16 autocast on a bf16-capable CUDA GPU, and on a CPU where a timed probe "
+        "runs bf16 matmuls in at most half fp32's time (native bf16: AVX512-BF16, AMX); fp32 elsewhere. "
         "`bf16`/`fp16` force mixed precision.",
     )
     gradient_checkpointing: bool = Field(

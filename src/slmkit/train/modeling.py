@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from slmkit.errors import DeviceError, ModelNotFoundError
+from slmkit.models.precision import bf16_speed_on_cpu
 from slmkit.models.resolve import ResolvedModel, resolve_model
 from slmkit.recipe import Recipe
 from slmkit.train.config import SIZE_PRESETS
@@ -57,15 +58,35 @@ def check_device(recipe: Recipe) -> None:
         )
 
 
+# bf16 autocast on a CPU only where the timed probe ran its matmuls in at most this share of
+# fp32's time: CPUs with native bf16 (AVX512-BF16, AMX) ran them in ~0.2-0.25 of it and trained
+# twice as fast; CPUs without it emulate bf16 and ran them 3-5x slower (docs/benchmarks.md)
+CPU_BF16_AT_MOST = 0.5
+
+
 def resolve_precision(recipe: Recipe) -> str:
-    """`auto` -> bf16 on a bf16-capable CUDA GPU, fp32 elsewhere (CPU bf16 speed depends on the CPU)."""
+    """`auto` -> bf16 on a bf16-capable CUDA GPU (else fp16), bf16 on a CPU whose timed probe
+    shows bf16 much faster than fp32, fp32 elsewhere."""
     import torch
 
     if recipe.train.precision != "auto":
         return recipe.train.precision
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    ratio = bf16_speed_on_cpu()
+    return "bf16" if ratio is not None and ratio <= CPU_BF16_AT_MOST else "fp32"
+
+
+def describe_precision(recipe: Recipe, precision: str) -> str:
+    """The precision, and for `auto` on a CPU the probe's figure that chose it."""
+    import torch
+
+    if recipe.train.precision != "auto" or torch.cuda.is_available():
+        return precision
+    ratio = bf16_speed_on_cpu()
+    if ratio is None:
+        return f"{precision} (auto: bf16 does not run correctly on this CPU)"
+    return f"{precision} (auto: a bf16 matmul takes {ratio:.2f}x the time of fp32 on this CPU)"
 
 
 def resolve_base(recipe: Recipe) -> BaseModelInfo:

@@ -32,6 +32,7 @@ from slmkit.train.diagnosis import Diagnosis, diagnose
 from slmkit.train.modeling import (
     check_device,
     count_parameters,
+    describe_precision,
     load_base_model,
     load_tokenizer_for,
     make_trainable,
@@ -101,7 +102,8 @@ def train(
         _start_run_folder(run_dir, recipe, manifest, checkpoint)
         console.info(
             f"training {recipe.method}/{recipe.finetuning} on {base.ref}: {trainable:,} of {total:,} "
-            f"parameters trainable, {_describe_data(data.stats)}, precision {precision}"
+            f"parameters trainable, {_describe_data(data.stats)}, "
+            f"precision {describe_precision(recipe, precision)}"
         )
     progress, nan_stop = ProgressCallback(f"{recipe.method} {run_dir.name}"), NanStopCallback()
     callbacks = [MetricsFileCallback(run_dir / "metrics.jsonl"), nan_stop, progress]

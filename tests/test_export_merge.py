@@ -147,3 +147,30 @@ def test_a_sharded_base_merged_shard_by_shard_equals_the_in_memory_merge(
     reloaded = AutoModelForCausalLM.from_pretrained(streamed.out_dir, dtype=torch.float32)
     assert (streamed.out_dir / "chat_template.jinja").is_file()
     assert reloaded.config.num_hidden_layers == 2
+
+
+def test_merged_answers_are_checked_by_one_forward_pass_and_decoded_where_they_differ(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    from slmkit.export.parity import (
+        answers_following,
+        follows_greedily,
+        torch_answer_ids,
+        torch_answers,
+    )
+
+    prompts = [
+        [{"role": "user", "content": "What is the capital of France?"}],
+        [{"role": "user", "content": "Name three colours."}],
+    ]
+    model, tokenizer = load_model(str(tiny_run))
+    own = torch_answer_ids(model, tokenizer, prompts, 8)
+    assert all(
+        follows_greedily(model, tokenizer, m, ids) for m, ids in zip(prompts, own, strict=True)
+    )
+    tampered = [own[0], [own[1][0] + 1, *own[1][1:]]]  # a token the model did not pick
+    assert not follows_greedily(model, tokenizer, prompts[1], tampered[1])
+    want = torch_answers(model, tokenizer, prompts, 8)
+    assert answers_following(model, tokenizer, prompts, tampered, 8) == want
+    merged = merge_adapter(tiny_run, tmp_path / "m", dtype="float32", prompts=prompts, max_tokens=8)
+    assert merged.merged_answers == merged.reference_answers == want

@@ -139,7 +139,7 @@ class ExportConfig(StrictModel):
         default=256, ge=32, description="llama-perplexity context (tokens per chunk)."
     )
     ppl_chunks: int = Field(
-        default=16,
+        default=8,
         ge=1,
         description="Most chunks of held-out text to score (each `ppl_ctx` tokens).",
     )

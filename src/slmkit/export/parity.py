@@ -21,11 +21,17 @@ def torch_answers(
     model: Any, tokenizer: Any, prompts: list[Messages], max_tokens: int
 ) -> list[str]:
     """Greedy answers of a transformers model, all prompts in one left-padded batch."""
+    return decode_answers(tokenizer, torch_answer_ids(model, tokenizer, prompts, max_tokens))
+
+
+def torch_answer_ids(
+    model: Any, tokenizer: Any, prompts: list[Messages], max_tokens: int
+) -> list[list[int]]:
+    """Greedy answer token ids (up to and including the first end token) of a transformers model,
+    all prompts in one left-padded batch."""
     import torch
 
-    from slmkit.models.chat import render_chat_prompt
-
-    texts = [render_chat_prompt(tokenizer, m) for m in prompts]
+    texts = [_prompt_text(tokenizer, m) for m in prompts]
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -41,8 +47,72 @@ def torch_answers(
             top_k=None,
             pad_token_id=tokenizer.pad_token_id,
         )
-    new_tokens = out[:, batch.input_ids.shape[1] :]
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+    ends = _end_ids(model, tokenizer)
+    return [_until_end(row.tolist(), ends) for row in out[:, batch.input_ids.shape[1] :]]
+
+
+def answers_following(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Messages],
+    known_ids: list[list[int]],
+    max_tokens: int,
+) -> list[str]:
+    """Greedy answers of `model`, where `known_ids` are another model's greedy answers (e.g. the
+    same weights before merging): one forward pass per prompt checks that `model` picks those
+    tokens too, and only the prompts where it does not are decoded again."""
+    redo = [
+        i
+        for i, (m, ids) in enumerate(zip(prompts, known_ids, strict=True))
+        if not follows_greedily(model, tokenizer, m, ids)
+    ]
+    ids = list(known_ids)
+    fresh = (
+        torch_answer_ids(model, tokenizer, [prompts[i] for i in redo], max_tokens) if redo else []
+    )
+    for i, answer in zip(redo, fresh, strict=True):
+        ids[i] = answer
+    return decode_answers(tokenizer, ids)
+
+
+def follows_greedily(model: Any, tokenizer: Any, messages: Messages, answer_ids: list[int]) -> bool:
+    """Whether `model`'s argmax after the prompt and each prefix of `answer_ids` is the next answer
+    token, i.e. greedy decoding would give exactly `answer_ids` (the end token included)."""
+    import torch
+
+    if not answer_ids:
+        return True
+    prompt = tokenizer(_prompt_text(tokenizer, messages), add_special_tokens=False).input_ids
+    ids = torch.tensor([prompt + answer_ids])
+    with torch.inference_mode():
+        logits = model(ids).logits[0, len(prompt) - 1 : -1]
+    return bool((logits.argmax(-1) == ids[0, len(prompt) :]).all())
+
+
+def decode_answers(tokenizer: Any, answers: list[list[int]]) -> list[str]:
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]
+
+
+def _prompt_text(tokenizer: Any, messages: Messages) -> str:
+    from slmkit.models.chat import render_chat_prompt
+
+    return str(render_chat_prompt(tokenizer, messages))
+
+
+def _end_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Token ids that stop `generate` (it pads a finished row after them)."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is None:
+        configured = tokenizer.eos_token_id
+    ends = configured if isinstance(configured, list) else [configured]
+    return {int(i) for i in ends if i is not None}
+
+
+def _until_end(row: list[int], ends: set[int]) -> list[int]:
+    for i, token in enumerate(row):
+        if token in ends:
+            return row[: i + 1]
+    return row
 
 
 @dataclass

@@ -31,7 +31,7 @@ from ui_helpers import board, board_model, browser, page  # noqa: E402, F401
 # loadfile hands out the files with the most tests first, so a long file with few tests would
 # start last and leave the other worker idle at the end.
 LONG_FILES = (
-    "test_train_e2e.py",
+    "test_tour.py",
     "test_families_e2e.py",
     "test_hub_models.py",
     "test_pipeline.py",

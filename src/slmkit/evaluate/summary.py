@@ -71,7 +71,8 @@ def verdict_table(result: EvalResult) -> Table:
     for column in ("model", "criterion", "required", "measured", "result"):
         table.add_column(column)
     for row in result.verdict:
-        status, color = row.status, {"PASS": "green", "FAIL": "red"}.get(row.status, "dim")
+        status: str = row.status
+        color = {"PASS": "green", "FAIL": "red"}.get(row.status, "dim")
         if row.expected:
             status, color = "FAIL (expected)", "yellow"
         table.add_row(

@@ -15,7 +15,7 @@ from typing import Any
 from slmkit.export.adapter_checks import AdapterPlan, check_adapter
 from slmkit.export.agreement import Messages
 from slmkit.export.errors import ExportError
-from slmkit.models.load import copy_sentencepiece_model
+from slmkit.models.load import copy_sentencepiece_model, quiet_transformers
 from slmkit.models.resolve import ResolvedModel, resolve_model
 
 PROBE_MESSAGES = (
@@ -86,6 +86,7 @@ def merge_adapter(
 
     from slmkit.export.parity import answers_following, decode_answers, torch_answer_ids
 
+    quiet_transformers()  # its loading/saving bars and deprecation notices are not the user's
     resolved = resolve_adapter_run(source)
     plan = check_adapter(resolved)  # before any loading: refuse what cannot be merged
     if stream is None:

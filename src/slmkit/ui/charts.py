@@ -35,11 +35,10 @@ def titled_line_plot(label: str, value: Any, x: str, y: str, **kwargs: Any) -> A
     would take the legend's room in the plot's box."""
     import gradio as gr
 
-    with gr.Column():  # in a row, the title stays above its plot instead of beside it
-        gr.Markdown(f"**{label}**")
-        return gr.LinePlot(
-            value, x=x, y=y, color="series", color_title="", label=label, show_label=False, **kwargs
-        )
+    gr.Markdown(f"**{label}**")
+    return gr.LinePlot(
+        value, x=x, y=y, color="series", color_title="", label=label, show_label=False, **kwargs
+    )
 
 
 def loss_plot(label: str = "loss", **kwargs: Any) -> Any:

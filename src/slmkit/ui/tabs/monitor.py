@@ -27,17 +27,20 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 def _plot(label: str, y_title: str, elem_id: str, key: str, **kwargs: Any) -> Any:
     """A time-series plot (x: seconds since Watch), its series known from the start."""
-    return titled_line_plot(
-        label,
-        series_frames([], None)[key],
-        "seconds",
-        "value",
-        x_title="seconds since Watch",
-        y_title=y_title,
-        height=250,
-        elem_id=elem_id,
-        **{"y_lim": [0, None], **kwargs},
-    )
+    import gradio as gr
+
+    with gr.Column():  # in the tab's rows, the title stays above its plot instead of beside it
+        return titled_line_plot(
+            label,
+            series_frames([], None)[key],
+            "seconds",
+            "value",
+            x_title="seconds since Watch",
+            y_title=y_title,
+            height=250,
+            elem_id=elem_id,
+            **{"y_lim": [0, None], **kwargs},
+        )
 
 
 def view(session: MonitorSession, status: str) -> tuple[Any, ...]:

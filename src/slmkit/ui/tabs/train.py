@@ -203,12 +203,13 @@ def build(board: Board) -> None:
         steps = train_form.total_steps(recipe_path, text)
         line = train_form.progress(rows, steps, state.status == "running").line()
         kind = {"failed": "error", "finished": "ok"}.get(state.status, "info")
-        changed = held != (job.id, len(rows))
+        frame = loss_frame([run_dir]) if held != (job.id, len(rows)) else None
         diag = run_details(run_dir)[2] if (run_dir / "diagnosis.json").is_file() else ""
         return (
             status_html(f"{run_dir.name}: {state.message}", kind),
             line,
-            loss_frame([run_dir]) if changed else gr.skip(),
+            # an empty frame (no loss logged yet) would leave the plot without axes and legend
+            frame if frame is not None and len(frame) else gr.skip(),
             diag,
             text[-3000:],
             (job.id, len(rows)),

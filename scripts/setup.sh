@@ -65,7 +65,7 @@ torch_requirement() {
     # On Linux the default torch wheel is the multi-GB CUDA build; the CPU build carries the local
     # version `+cpu` and is asked for by that name, so pip can never fall back to the CUDA one.
     # macOS wheels are CPU (and Metal) builds under the plain version.
-    if [ "$(torch_build)" = cpu ] && [ "$(uname)" = Linux ]; then
+    if [ "$TORCH_BUILD" = cpu ] && [ "$(uname)" = Linux ]; then
         echo "torch==$TORCH_VERSION+cpu"
     else
         echo "torch==$TORCH_VERSION"
@@ -73,12 +73,11 @@ torch_requirement() {
 }
 
 torch_plan() {
-    local build why
-    build="$(torch_build)"
+    local why
     if [ -n "${SLM_TORCH:-}" ] && [ "$SLM_TORCH" != auto ]; then why="SLM_TORCH=$SLM_TORCH"
-    elif [ "$build" = cuda ]; then why="nvidia-smi lists a GPU; SLM_TORCH=cpu for the CPU build"
+    elif [ "$TORCH_BUILD" = cuda ]; then why="nvidia-smi lists a GPU; SLM_TORCH=cpu for the CPU build"
     else why="no NVIDIA GPU found; SLM_TORCH=cuda for the CUDA build"; fi
-    echo "[setup] torch: $(torch_requirement), the $(echo "$build" | tr a-z A-Z) build ($why)"
+    echo "[setup] torch: $(torch_requirement), the $(echo "$TORCH_BUILD" | tr a-z A-Z) build ($why)"
 }
 
 pip_torch() {  # pip_torch PIP ARGS...: install with the chosen torch build, clear line if absent
@@ -99,13 +98,13 @@ pip_torch() {  # pip_torch PIP ARGS...: install with the chosen torch build, cle
 
 torch_installed() {  # torch_installed PYTHON: the right version and build already there?
     local want_cuda=0
-    if [ "$(torch_build)" = cuda ]; then want_cuda=1; fi
+    if [ "$TORCH_BUILD" = cuda ]; then want_cuda=1; fi
     "$1" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION' or (torch.version.cuda is not None) != bool($want_cuda))" 2>/dev/null
 }
 
 torch_step() {
     if torch_installed "$VENV/bin/python"; then
-        echo "[setup] torch $TORCH_VERSION ($(torch_build)): cached"; return
+        echo "[setup] torch $TORCH_VERSION ($TORCH_BUILD): cached"; return
     fi
     pip_torch "$VENV/bin/pip"
 }
@@ -173,6 +172,7 @@ browser() {
 
 echo "[setup] SLM_HOME=$SLM_HOME"
 step "prerequisites" prereqs
+TORCH_BUILD="$(torch_build)"  # decided once (nvidia-smi asked once); every torch step reads it
 torch_plan
 if [ "${1:-}" = "--check" ]; then exit 0; fi  # only the prerequisites and the torch plan
 step "venv" venv

@@ -200,10 +200,7 @@ def verdict_table(result: EvalResult) -> str:
             _td(r.criterion),
             _td(r.required),
             _td(r.measured),
-            _td(
-                f"{r.status} (expected)" if r.expected else r.status,
-                "SKIP" if r.expected else r.status,
-            ),
+            _td(r.shown_status, "SKIP" if r.expected else r.status),
             _td(r.expected),
         ]
         for r in result.verdict

@@ -71,10 +71,10 @@ def verdict_table(result: EvalResult) -> Table:
     for column in ("model", "criterion", "required", "measured", "result"):
         table.add_column(column)
     for row in result.verdict:
-        status: str = row.status
-        color = {"PASS": "green", "FAIL": "red"}.get(row.status, "dim")
-        if row.expected:
-            status, color = "FAIL (expected)", "yellow"
+        color = (
+            "yellow" if row.expected else {"PASS": "green", "FAIL": "red"}.get(row.status, "dim")
+        )
+        status = row.shown_status
         table.add_row(
             row.model, row.criterion, row.required, row.measured, f"[{color}]{status}[/{color}]"
         )

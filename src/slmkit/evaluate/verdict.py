@@ -26,6 +26,13 @@ class VerdictRow:
     # advised against); empty for every other row
     expected: str = ""
 
+    @property
+    def shown_status(self) -> str:
+        """The status as reports print it: an expected FAIL says so."""
+        return (
+            f"{self.status} (expected)" if self.status == "FAIL" and self.expected else self.status
+        )
+
 
 def judge_criteria(
     criteria: Criteria,
@@ -159,8 +166,8 @@ def passed(rows: list[VerdictRow]) -> bool:
 
 def verdict_line(row: VerdictRow) -> str:
     """One line per verdict row, as `slm eval` and `slm run` print it."""
-    status = "FAIL (expected)" if row.status == "FAIL" and row.expected else row.status
     line = (
-        f"{status}: {row.model} {row.criterion} (required {row.required}, measured {row.measured})"
+        f"{row.shown_status}: {row.model} {row.criterion} "
+        f"(required {row.required}, measured {row.measured})"
     )
     return f"{line}: {row.expected}" if row.expected else line

@@ -76,8 +76,8 @@ def test_training_on_a_cpu_autocasts_bf16_only_where_the_probe_shows_it_much_fas
     monkeypatch.setattr(modeling, "bf16_speed_on_cpu", lambda: ratio)
     data = {"train": ["examples/data/support_sft_small.jsonl"]}
     recipe = Recipe.model_validate({"model": "default", "data": data})
-    assert modeling.resolve_precision(recipe) == chosen
-    described = modeling.describe_precision(recipe, chosen)
+    precision, described = modeling.resolve_precision(recipe)
+    assert precision == chosen
     if ratio is None:
         assert described == "fp32 (auto: bf16 does not run correctly on this CPU)"
     else:
@@ -88,5 +88,4 @@ def test_training_on_a_cpu_autocasts_bf16_only_where_the_probe_shows_it_much_fas
     forced = Recipe.model_validate(
         {"model": "default", "data": data, "train": {"precision": "fp32"}}
     )
-    assert modeling.resolve_precision(forced) == "fp32"
-    assert modeling.describe_precision(forced, "fp32") == "fp32"
+    assert modeling.resolve_precision(forced) == ("fp32", "fp32")

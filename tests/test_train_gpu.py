@@ -60,6 +60,6 @@ def test_precision_auto_is_bf16_on_a_capable_gpu(tiny_model_dir: Path, tmp_path:
     body = tiny_recipe(tiny_model_dir, tmp_path / "bf16", DATA, max_steps=4)
     body["data"]["max_samples"] = 32
     expected = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    assert resolve_precision(Recipe.model_validate(body)) == expected
+    assert resolve_precision(Recipe.model_validate(body))[0] == expected
     result = _train(body, tmp_path)
     assert result.steps == 4 and result.final_loss is not None and math.isfinite(result.final_loss)

@@ -64,29 +64,22 @@ def check_device(recipe: Recipe) -> None:
 CPU_BF16_AT_MOST = 0.5
 
 
-def resolve_precision(recipe: Recipe) -> str:
-    """`auto` -> bf16 on a bf16-capable CUDA GPU (else fp16), bf16 on a CPU whose timed probe
-    shows bf16 much faster than fp32, fp32 elsewhere."""
+def resolve_precision(recipe: Recipe) -> tuple[str, str]:
+    """The precision to train in, and how the log line describes it. `auto` -> bf16 on a
+    bf16-capable CUDA GPU (else fp16), bf16 on a CPU whose timed probe shows bf16 much faster
+    than fp32 (the description gives the probe's figure), fp32 elsewhere."""
     import torch
 
     if recipe.train.precision != "auto":
-        return recipe.train.precision
+        return recipe.train.precision, recipe.train.precision
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    ratio = bf16_speed_on_cpu()
-    return "bf16" if ratio is not None and ratio <= CPU_BF16_AT_MOST else "fp32"
-
-
-def describe_precision(recipe: Recipe, precision: str) -> str:
-    """The precision, and for `auto` on a CPU the probe's figure that chose it."""
-    import torch
-
-    if recipe.train.precision != "auto" or torch.cuda.is_available():
-        return precision
+        chosen = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return chosen, chosen
     ratio = bf16_speed_on_cpu()
     if ratio is None:
-        return f"{precision} (auto: bf16 does not run correctly on this CPU)"
-    return f"{precision} (auto: a bf16 matmul takes {ratio:.2f}x the time of fp32 on this CPU)"
+        return "fp32", "fp32 (auto: bf16 does not run correctly on this CPU)"
+    chosen = "bf16" if ratio <= CPU_BF16_AT_MOST else "fp32"
+    return chosen, f"{chosen} (auto: a bf16 matmul takes {ratio:.2f}x the time of fp32 on this CPU)"
 
 
 def resolve_base(recipe: Recipe) -> BaseModelInfo:

@@ -32,7 +32,6 @@ from slmkit.train.diagnosis import Diagnosis, diagnose
 from slmkit.train.modeling import (
     check_device,
     count_parameters,
-    describe_precision,
     load_base_model,
     load_tokenizer_for,
     make_trainable,
@@ -84,7 +83,7 @@ def train(
         recipe, base.ref, base.hf_path, data_files(recipe, recipe_dir), base.init_adapter
     )
     checkpoint = _decide_resume(run_dir, manifest, resume, force)
-    precision = resolve_precision(recipe)
+    precision, described_precision = resolve_precision(recipe)
     tokenizer = load_tokenizer_for(base, recipe.data.template)
     data = (
         prepare_dpo_data(recipe, recipe_dir, tokenizer)
@@ -103,7 +102,7 @@ def train(
         console.info(
             f"training {recipe.method}/{recipe.finetuning} on {base.ref}: {trainable:,} of {total:,} "
             f"parameters trainable, {_describe_data(data.stats)}, "
-            f"precision {describe_precision(recipe, precision)}"
+            f"precision {described_precision}"
         )
     progress, nan_stop = ProgressCallback(f"{recipe.method} {run_dir.name}"), NanStopCallback()
     callbacks = [MetricsFileCallback(run_dir / "metrics.jsonl"), nan_stop, progress]

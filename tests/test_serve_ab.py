@@ -290,6 +290,28 @@ def test_weights_share_the_users_and_each_user_keeps_an_arm() -> None:
     assert [arm_of(f"user-{i}") for i in range(0, 4000, 97)] == names[::97]
 
 
+def test_with_an_arm_down_only_its_users_move() -> None:
+    """Three arms, the first one down: the users of the two that are up keep their arm, the down
+    arm's users spread over the others by weight, and all return when it is back."""
+    from slmkit.serve.ab import ABEngine, Arm
+
+    down = Stub()
+    split = ABEngine(
+        "support",
+        [Arm("a", 1.0, down), Arm("b", 1.0, Stub()), Arm("c", 2.0, Stub())],  # type: ignore[arg-type]
+    )
+    points = [i / 4000 + 1e-5 for i in range(4000)]
+    before = [split.arm_at(p).name for p in points]
+    down.state = "restarting"
+    during = [split.arm_at(p).name for p in points]
+    kept = [(b, d) for b, d in zip(before, during, strict=True) if b != "a"]
+    assert all(b == d for b, d in kept) and len(kept) == 3000
+    moved = [d for b, d in zip(before, during, strict=True) if b == "a"]
+    assert len(moved) == 1000 and 300 <= moved.count("b") <= 366  # b:c = 1:2
+    down.state = "ready"
+    assert [split.arm_at(p).name for p in points] == before
+
+
 TWO = "[{ref: default, weight: 1, name: a}, {ref: default, weight: 1, name: b}]"
 BAD = [
     ("ab: [{ref: default, weight: 1}]", "models.0.ab: an A/B split needs at least 2 arms"),

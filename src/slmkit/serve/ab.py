@@ -8,9 +8,9 @@ request with `sticky: none`, draw an arm at random by weight. The arm's name goe
 (`version`), hence the audit row, and `slm_ab_requests_total{model,version}`. A request keeps its
 arm for a retry (repetition guard) and when a route asks again.
 
-While an arm's engine is not ready (restarting after a crash), its requests go to the ready arms,
-by the same point over their weights, and are recorded with the version that answered them: the
-split stays available, and the comparison stays per version. The split is ready while any arm is.
+While an arm's engine is not ready (restarting after a crash), its users go to the ready arms, by
+weight, and are recorded with the version that answered them; users of the ready arms keep theirs.
+The split stays available, and the comparison stays per version. The split is ready while any arm is.
 """
 
 from __future__ import annotations
@@ -45,6 +45,17 @@ def user_point(model_id: str, user: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+def _slice_at(arms: list[Arm], point: float) -> tuple[Arm, float]:
+    """The arm whose weight share of [0, 1) holds `point`, and where in that share it lies (0-1)."""
+    edge, total = 0.0, sum(a.weight for a in arms)
+    for arm in arms:
+        share = arm.weight / total
+        if point < edge + share:
+            return arm, min(max((point - edge) / share, 0.0), 0.999999)
+        edge += share
+    return arms[-1], 0.999999  # rounding: the shares may sum to just under 1
+
+
 class ABEngine:
     """Splits one model id between versions by weight, sticky per `user` when asked."""
 
@@ -74,16 +85,14 @@ class ABEngine:
 
     # -- choosing the arm -----------------------------------------------------------------------
     def arm_at(self, point: float) -> Arm:
-        """The arm whose slice of [0, 1) holds `point`; only ready arms, while any arm is down."""
-        arms = [a for a in self.arms if a.engine.state == "ready"]
-        if not arms or len(arms) == len(self.arms):
-            arms = self.arms
-        edge, total = 0.0, sum(a.weight for a in arms)
-        for arm in arms:
-            edge += arm.weight / total
-            if point < edge:
-                return arm
-        return arms[-1]  # rounding: the shares may sum to just under 1
+        """The arm whose slice of [0, 1) holds `point`. While that arm is down, its users (and
+        only they: the others keep their arm) spread over the ready arms by weight, by where the
+        point lies inside the down arm's slice."""
+        arm, inside = _slice_at(self.arms, point)
+        ready = [a for a in self.arms if a.engine.state == "ready"]
+        if not ready or arm in ready:
+            return arm
+        return _slice_at(ready, inside)[0]
 
     def sticky_arm(self, request: GenerationRequest) -> Arm | None:
         """The arm the request already has, or its `user`'s arm; None: a random draw."""

@@ -41,6 +41,13 @@ class ApiError(Exception):
         return json.dumps(self.body()).encode()
 
 
+def internal_error(exc: BaseException) -> ApiError:
+    """An unexpected exception as the API shows it (500; the message names only its type)."""
+    return ApiError(
+        500, f"internal error: {type(exc).__name__}", type_="server_error", code="internal_error"
+    )
+
+
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, param=param, code=code)
 

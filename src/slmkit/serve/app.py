@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from slmkit.serve import api_errors
 from slmkit.serve.api_errors import ApiError, body_too_large, invalid_api_key, invalid_request
 from slmkit.serve.audit import key_id
 from slmkit.serve.gateway import Gateway
@@ -203,12 +204,7 @@ def _add_error_handlers(app: FastAPI, gateway: Gateway) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        err = ApiError(
-            500,
-            f"internal error: {type(exc).__name__}",
-            type_="server_error",
-            code="internal_error",
-        )
+        err = api_errors.internal_error(exc)
         return JSONResponse(err.body(), status_code=500)
 
 

@@ -150,16 +150,18 @@ class Gateway:
             slot = (
                 self.admission.admit(body.model) if plan is None else self.router.admit(plan, ctx)
             )
-        except ApiError as exc:
-            self._finish(ctx, exc)
+        except Exception as exc:  # the key's reservation is settled and the row written
+            self._finish(ctx, exc if isinstance(exc, ApiError) else api_errors.internal_error(exc))
             raise
         with slot:  # released on the way out, unless a stream took it over
             try:
                 engine = self._engine(ctx.gen.model_id)
                 answer = lambda: self._answer(engine, body, ctx, slot, plan)  # noqa: E731
                 return await self.rag.answer(ctx, answer)  # passages in, `sources` out
-            except ApiError as exc:
-                self._finish(ctx, exc)
+            except Exception as exc:
+                self._finish(
+                    ctx, exc if isinstance(exc, ApiError) else api_errors.internal_error(exc)
+                )
                 raise
 
     def _context(
@@ -264,7 +266,7 @@ class Gateway:
     def _cache_lookup(self, ctx: RequestContext) -> Outcome | None:
         if self.cache is None or not ctx.gen.deterministic or ctx.rec.route or self._split(ctx):
             return None  # a routed answer depends on the checks and the members' state
-        hit = self.cache.get(ctx.gen.cache_key())
+        hit = self.cache.get(ctx.gen.cache_key(self._cache_version(ctx, answered=False)))
         self.metrics.cache.labels(ctx.gen.model_id, "hit" if hit else "miss").inc()
         ctx.headers["x-slm-cache"] = "hit" if hit else "miss"
         if hit is None:
@@ -277,7 +279,18 @@ class Gateway:
             return
         if self._split(ctx):
             return
-        self.cache.put(ctx.gen.cache_key(), outcome.to_cache())
+        self.cache.put(
+            ctx.gen.cache_key(self._cache_version(ctx, answered=True)), outcome.to_cache()
+        )
+
+    def _cache_version(self, ctx: RequestContext, *, answered: bool) -> str | None:
+        """The version an alias serves now (lookup) or the one that answered (store); None for
+        models that do not move between versions while serving."""
+        engine = self.engines.get(ctx.gen.model_id)
+        if getattr(engine, "kind", None) != "alias":
+            return None
+        version = ctx.gen.version if answered else getattr(engine, "version", None)
+        return version if isinstance(version, str) else None
 
     def _split(self, ctx: RequestContext) -> bool:
         """An A/B split model: one arm's cached answer must never be served for another's."""
@@ -285,7 +298,10 @@ class Gateway:
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _finish(self, ctx: RequestContext, error: ApiError | None = None) -> None:
-        """Metrics, alert window and audit record of a request that is over."""
+        """Metrics, alert window and audit record of a request that is over (once)."""
+        if ctx.finished:
+            return
+        ctx.finished = True
         rec = ctx.rec
         rec.latency_s = time.perf_counter() - ctx.started
         rec.status = error.status if error else ctx.status

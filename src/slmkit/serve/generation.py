@@ -115,6 +115,7 @@ class RequestContext:
     status: int = 200  # a stream says 499 until its last event is sent
     error: ApiError | None = None  # an error that ended a stream after its headers
     key_ticket: KeyTicket | None = None  # its claim on a per-key limit, settled in `_finish`
+    finished: bool = False  # `_finish` ran: metrics and the audit row are written once
 
 
 def prompt_text(gen: GenerationRequest) -> str:

@@ -183,12 +183,15 @@ class GenerationRequest:
     def deterministic(self) -> bool:
         return self.temperature == 0 or self.seed is not None
 
-    def cache_key(self) -> str:
+    def cache_key(self, version: str | None = None) -> str:
+        """The response cache's key: what decides the answer, and the model version answering
+        (an alias moves to another version on promotion; a cached answer must not outlive it)."""
         payload = {
             k: v
             for k, v in self.__dict__.items()
             if k not in ("stream", "replica", "version", "user")
         }
+        payload["served_version"] = version
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -1,0 +1,126 @@
+"""Gateway state that must not go stale or leak, driven in process (FastAPI's TestClient, engines
+that answer from memory): the response cache follows an alias to its new version."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from slmkit.serve.engines.base import Delta, EngineState
+from slmkit.serve.protocol import GenerationRequest
+
+
+class MovingAlias:
+    """An alias-like engine (kind "alias"): answers with the version it serves, which a test moves
+    as `slm models promote` would."""
+
+    kind = "alias"
+
+    def __init__(self, model_id: str, version: str) -> None:
+        self.model_ids = [model_id]
+        self.version = version
+        self.state: EngineState = "ready"
+        self.capacity = 4
+        self.restarts = 0
+        self.calls = 0
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def health(self) -> dict[str, Any]:
+        return {"id": self.model_ids[0], "engine": self.kind, "state": self.state}
+
+    async def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
+        return None
+
+    def context_size(self) -> int | None:
+        return None
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        self.calls += 1
+        request.version = self.version
+        yield Delta(text=f"answered by {self.version}")
+        yield Delta(finish_reason="stop")
+
+
+def _ask(client: Any) -> tuple[str, str]:
+    response = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "support",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "temperature": 0,
+        },
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["message"]["content"], response.headers["x-slm-cache"]
+
+
+def test_a_cached_answer_is_not_served_after_the_alias_moves(tmp_path: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from slmkit.serve.app import create_app
+    from slmkit.serve.config import ServeConfig
+    from slmkit.serve.gateway import Gateway
+
+    engine = MovingAlias("support", "v1")
+    config = ServeConfig.model_validate(
+        {"cache": {"enabled": True}, "audit": {"path": str(tmp_path / "audit.db")}}
+    )
+    with TestClient(create_app(Gateway(config, {"support": engine}))) as client:
+        assert _ask(client) == ("answered by v1", "miss")
+        assert _ask(client) == ("answered by v1", "hit")
+        engine.version = "v2"  # promoted
+        assert _ask(client) == ("answered by v2", "miss")
+        assert _ask(client) == ("answered by v2", "hit")
+        engine.version = "v1"  # rolled back: v1's answers are v1's again
+        assert _ask(client) == ("answered by v1", "hit")
+    assert engine.calls == 2
+
+
+class Broken(MovingAlias):
+    """Counts its prompts (so a key's token limit reserves them) and fails with a plain bug."""
+
+    kind = "fake"
+
+    async def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
+        return 100
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        self.calls += 1
+        raise RuntimeError("a bug, not an ApiError")
+        yield Delta()  # pragma: no cover
+
+
+def test_an_unexpected_error_releases_the_keys_tokens_and_is_audited(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from slmkit.serve.app import create_app
+    from slmkit.serve.config import ServeConfig
+    from slmkit.serve.gateway import Gateway
+
+    monkeypatch.setenv("TEAM_A_KEY", "sk-team-a")
+    audit = tmp_path / "audit.db"
+    config = ServeConfig.model_validate(
+        {
+            "keys": [{"name": "team-a", "key_env": "TEAM_A_KEY", "tpm": 1000}],
+            "audit": {"path": str(audit)},
+        }
+    )
+    gateway = Gateway(config, {"support": Broken("support", "v1")})
+    body = {"model": "support", "messages": [{"role": "user", "content": "Hi"}]}
+    with TestClient(create_app(gateway), raise_server_exceptions=False) as client:
+        headers = {"Authorization": "Bearer sk-team-a"}
+        for _ in range(3):
+            response = client.post("/v1/chat/completions", json=body, headers=headers)
+            assert response.status_code == 500, response.text
+            assert response.json()["error"]["code"] == "internal_error"
+            assert gateway.key_limits.states["team-a"].reserved == 0
+    with sqlite3.connect(audit) as conn:
+        rows = conn.execute("SELECT status, error_code FROM requests").fetchall()
+    assert rows == [(500, "internal_error")] * 3

@@ -1,5 +1,7 @@
-"""Gateway state that must not go stale or leak, driven in process (FastAPI's TestClient, engines
-that answer from memory): the response cache follows an alias to its new version."""
+"""Gateway state that must not go stale or leak, and failover that retries, driven in process
+(FastAPI's TestClient, engines that answer from memory): the response cache follows an alias to
+its new version; an unexpected error gives back a key's reserved tokens; a non-streamed answer cut
+by a dying replica is asked again on another."""
 
 from __future__ import annotations
 
@@ -124,3 +126,48 @@ def test_an_unexpected_error_releases_the_keys_tokens_and_is_audited(
     with sqlite3.connect(audit) as conn:
         rows = conn.execute("SELECT status, error_code FROM requests").fetchall()
     assert rows == [(500, "internal_error")] * 3
+
+
+class Answering(MovingAlias):
+    """A replica that says its name, or (`dies`) says one word and then fails as a killed one."""
+
+    kind = "fake"
+
+    def __init__(self, name: str, dies: bool = False) -> None:
+        super().__init__("support", name)
+        self.dies = dies
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        from slmkit.serve.api_errors import engine_unavailable
+
+        self.calls += 1
+        yield Delta(text=f"{self.version} ")
+        if self.dies:
+            raise engine_unavailable("support", "the replica's process died")
+        yield Delta(text="answers", finish_reason="stop")
+
+
+def test_a_non_streamed_answer_cut_by_a_dying_replica_is_asked_again_elsewhere(
+    tmp_path: Any,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from slmkit.serve.app import create_app
+    from slmkit.serve.config import ServeConfig
+    from slmkit.serve.gateway import Gateway
+    from slmkit.serve.replicas import ReplicaPool
+
+    dying, healthy = Answering("r0", dies=True), Answering("r1")
+    pool = ReplicaPool("support", [("r0", dying), ("r1", healthy)], strategy="round-robin")
+    config = ServeConfig.model_validate({"audit": {"path": str(tmp_path / "audit.db")}})
+    body = {"model": "support", "messages": [{"role": "user", "content": "Hi"}]}
+    with TestClient(create_app(Gateway(config, {"support": pool}))) as client:
+        texts = []
+        for _ in range(4):
+            response = client.post("/v1/chat/completions", json=body)
+            assert response.status_code == 200, response.text
+            texts.append(response.json()["choices"][0]["message"]["content"])
+        metrics = client.get("/metrics").text
+    assert texts == ["r1 answers"] * 4  # never r0's half answer glued to r1's
+    failovers = f'slm_failovers_total{{model="support"}} {float(dying.calls)}'
+    assert dying.calls >= 1 and failovers in metrics, metrics

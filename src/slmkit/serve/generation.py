@@ -148,11 +148,39 @@ async def close_events(events: AsyncGenerator[Delta, None]) -> None:
 
 
 async def collect(
-    engine: Engine, gen: GenerationRequest, started: float, config: ServeConfig
+    engine: Engine,
+    gen: GenerationRequest,
+    started: float,
+    config: ServeConfig,
+    metrics: GatewayMetrics | None = None,
 ) -> Outcome:
-    """The whole answer, cut short at a repetition loop; 408 past `limits.request_timeout_s`."""
+    """The whole answer, cut short at a repetition loop; 408 past `limits.request_timeout_s`.
+
+    Nothing of it has reached the client yet, so when a replica fails part-way (killed while
+    answering) the request is asked once more, within the same deadline: the replica pool leaves
+    the failed replica out (`gen.avoid`) and another one answers from the start.
+    """
     timeout_s = config.limits.request_timeout_s
     deadline = time.monotonic() + timeout_s
+    avoided = len(gen.avoid)
+    try:
+        return await _collect_once(engine, gen, started, deadline, timeout_s, config)
+    except ApiError as exc:
+        if len(gen.avoid) == avoided or exc.status < 500 or time.monotonic() >= deadline:
+            raise  # no replica to leave out, the request's own fault, or no time left
+        if metrics is not None:
+            metrics.failovers.labels(gen.model_id).inc()
+        return await _collect_once(engine, gen, started, deadline, timeout_s, config)
+
+
+async def _collect_once(
+    engine: Engine,
+    gen: GenerationRequest,
+    started: float,
+    deadline: float,
+    timeout_s: float,
+    config: ServeConfig,
+) -> Outcome:
     detector = RepetitionDetector(config.repetition)
     outcome = Outcome()
     events = engine.generate(gen)
@@ -175,12 +203,12 @@ async def generate_with_retry(
     metrics: GatewayMetrics,
 ) -> Outcome:
     """`collect`, and once more with `repetition.retry_penalty` when the answer looped."""
-    outcome = await collect(engine, gen, started, config)
+    outcome = await collect(engine, gen, started, config, metrics)
     if outcome.repeated:
         metrics.repetition.labels(gen.model_id, "stopped").inc()
         metrics.repetition.labels(gen.model_id, "retried").inc()
         retry = replace(gen, repeat_penalty=config.repetition.retry_penalty)
-        outcome = await collect(engine, retry, started, config)
+        outcome = await collect(engine, retry, started, config, metrics)
         if outcome.repeated:
             metrics.repetition.labels(gen.model_id, "stopped").inc()
     return outcome

@@ -82,6 +82,12 @@ class GatewayMetrics:
             ["model", "action"],
             registry=r,
         )
+        self.failovers = Counter(
+            "slm_failovers",
+            "Non-streamed requests asked again on another replica after one failed part-way.",
+            ["model"],
+            registry=r,
+        )
         self.context_actions = Counter(
             "slm_context_actions",
             "Prompts pruned or summarized to fit the context.",

@@ -175,7 +175,8 @@ class ReplicaPool:
         return min(sizes) if sizes else None
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
-        tried: set[int] = set()
+        # replicas that failed this request before (a non-streamed answer tried again) sit out
+        tried = {r.index for r in self.replicas if self.tag(r) in request.avoid}
         error: ApiError | None = None
         for _ in range(1 + self.retries):
             replica = self.pick(tried)
@@ -202,7 +203,8 @@ class ReplicaPool:
                 if outcome == "rejected":
                     raise
                 self.failed(replica)
-                if answered:  # tokens already went out: no other replica can take over
+                if answered:  # tokens went out: only the caller knows if the client saw them
+                    request.avoid.add(self.tag(replica))
                     raise
                 error = exc
             except Exception:
@@ -216,6 +218,9 @@ class ReplicaPool:
                 with contextlib.suppress(Exception):
                     await events.aclose()
         raise error or engine_unavailable(self.model_id, "no replica is ready")
+
+    def tag(self, replica: Replica) -> str:
+        return f"{self.model_id}:{replica.name}"
 
     # -- balancing ----------------------------------------------------------------------------
     def is_up(self, replica: Replica) -> bool:

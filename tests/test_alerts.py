@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -209,7 +210,7 @@ def test_unset_bearer_variable_is_one_line(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_webhook_payload_reaches_a_flaky_receiver_after_backoff() -> None:
-    """Two refusals, then accepted: three attempts, the waits doubling (0.2 s then 0.4 s)."""
+    """Two server errors, then accepted: three attempts, the waits doubling (0.2 s then 0.4 s)."""
     import asyncio
 
     from slmkit.serve.config import WebhookSettings
@@ -217,14 +218,17 @@ def test_webhook_payload_reaches_a_flaky_receiver_after_backoff() -> None:
     from slmkit.serve.webhook import WebhookSender
 
     metrics = GatewayMetrics()
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
     with WebhookReceiver(statuses=[503, 500]) as receiver:
         settings = WebhookSettings(url=receiver.url, backoff_s=0.2, retries=2)
-        sender = WebhookSender(settings, metrics.alert_deliveries)
-        started = time.monotonic()
+        sender = WebhookSender(settings, metrics.alert_deliveries, sleep=record)
         assert asyncio.run(sender.deliver({"rule": "r", "status": "firing"}))
-        took = time.monotonic() - started
         assert [status for _, _, status in receiver.posts] == [503, 500, 200]
-    assert took >= 0.6
+    assert waits == [0.2, 0.4]
     assert metrics.alert_deliveries.labels("retried")._value.get() == 2
     assert metrics.alert_deliveries.labels("delivered")._value.get() == 1
     with WebhookReceiver(statuses=[500, 500]) as receiver:
@@ -232,6 +236,50 @@ def test_webhook_payload_reaches_a_flaky_receiver_after_backoff() -> None:
             WebhookSettings(url=receiver.url, backoff_s=0, retries=1), metrics.alert_deliveries
         )
         assert not asyncio.run(sender.deliver({"rule": "r", "status": "firing"}))
+    assert metrics.alert_deliveries.labels("failed")._value.get() == 1
+
+
+def test_a_refused_payload_is_not_posted_again_but_a_busy_receiver_is() -> None:
+    import asyncio
+
+    from slmkit.serve.config import WebhookSettings
+    from slmkit.serve.webhook import WebhookSender
+
+    for statuses, posts, delivered in (([400], 1, False), ([429, 408], 3, True)):
+        with WebhookReceiver(statuses=list(statuses)) as receiver:
+            settings = WebhookSettings(url=receiver.url, backoff_s=0, retries=3)
+            sent = asyncio.run(WebhookSender(settings).deliver({"rule": "r", "status": "firing"}))
+            assert (len(receiver.posts), sent) == (posts, delivered), statuses
+
+
+def test_stopping_delivers_what_is_queued_and_a_failing_delivery_keeps_the_queue_going() -> None:
+    import asyncio
+
+    from slmkit.serve.config import WebhookSettings
+    from slmkit.serve.metrics import GatewayMetrics
+    from slmkit.serve.webhook import WebhookSender
+
+    metrics = GatewayMetrics()
+    with WebhookReceiver() as receiver:
+        sender = WebhookSender(WebhookSettings(url=receiver.url), metrics.alert_deliveries)
+        real_deliver = sender.deliver
+
+        async def deliver(payload: dict[str, Any], client: Any = None) -> bool:
+            if payload["rule"] == "bug":
+                raise ValueError("a bug in one delivery")
+            return await real_deliver(payload, client)
+
+        sender.deliver = deliver  # type: ignore[method-assign]
+
+        async def run() -> None:
+            sender.start()
+            for rule in ("a", "bug", "b", "c"):
+                sender.send({"rule": rule, "status": "firing"})
+            await sender.stop()  # at once: the queue is still full
+
+        asyncio.run(run())
+        assert [body["rule"] for body in receiver.bodies()] == ["a", "b", "c"]
+    assert metrics.alert_deliveries.labels("delivered")._value.get() == 3
     assert metrics.alert_deliveries.labels("failed")._value.get() == 1
 
 
@@ -301,3 +349,33 @@ def test_the_servers_own_monitor_round_sets_a_baseline(gateway: ServerProcess, h
     baseline = json.loads(state.read_text())["baseline"]["served-set"]
     assert baseline["metric"] == "fact_recall" and baseline["items"] == 2 and baseline["value"] > 0
     assert "monitor: served-set fact_recall" in gateway.log()
+
+
+def test_the_watcher_keeps_checking_after_a_check_fails() -> None:
+    """A bug in one evaluation is logged; the next rounds still run (the loop does not die)."""
+    import asyncio
+
+    from slmkit.serve.alerts import AlertWatcher
+    from slmkit.serve.metrics import GatewayMetrics
+
+    rounds: list[int] = []
+
+    class Flaky(AlertWatcher):
+        def check(self, now: float | None = None) -> list[Any]:
+            rounds.append(len(rounds))
+            if len(rounds) == 1:
+                raise ZeroDivisionError("a bug in the first round")
+            return []
+
+    watcher = Flaky([], GatewayMetrics().alerts, interval_s=0.01)
+
+    async def run() -> None:
+        watcher.start()
+        for _ in range(500):
+            if len(rounds) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        await watcher.stop()
+
+    asyncio.run(run())
+    assert len(rounds) >= 3

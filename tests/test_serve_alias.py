@@ -180,3 +180,29 @@ def test_alias_entries_validate() -> None:
         ModelEntry(id="support", ref="@support", replicas=2)
     with pytest.raises(ValidationError, match="reload_s"):
         ModelEntry(id="support", ref="@support", reload_s=0)
+
+
+def test_a_retired_version_with_a_hung_request_is_stopped_after_its_time(tmp_path: Path) -> None:
+    """The old engine waits for its requests, but not for ever: one that hangs past
+    `retire_after_s` (twice the request timeout in `slm serve`) no longer keeps it running."""
+    import asyncio
+
+    from slmkit.serve.alias import AliasEngine, Serving
+
+    class Old:
+        restarts = 0
+        stopped = False
+
+        async def stop(self) -> None:
+            self.stopped = True
+
+    old = Old()
+    alias = AliasEngine(
+        "support",
+        "@support",
+        lambda version: old,  # type: ignore[arg-type,return-value]
+        registry=Registry(tmp_path / "registry.db"),
+        retire_after_s=0.05,
+    )
+    asyncio.run(alias._retire(Serving("v1", old, in_flight=1)))  # type: ignore[arg-type]
+    assert old.stopped and alias.retired == []

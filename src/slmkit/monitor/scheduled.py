@@ -62,6 +62,8 @@ class ScheduledMonitor:
                 result = await asyncio.to_thread(run_round, self.config)
             except SlmError as exc:
                 warn(f"monitor round failed: {exc}")
+            except Exception as exc:  # a bug in one round must not end the schedule
+                warn(f"monitor round failed unexpectedly ({type(exc).__name__}: {exc})")
             else:
                 info(summary(result))
             await asyncio.sleep(self.every_s)

@@ -241,7 +241,10 @@ class AlertWatcher:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            self.check()
+            try:
+                self.check()
+            except Exception as exc:  # one bad evaluation must not end the watching
+                warn(f"alert check failed ({type(exc).__name__}: {exc}); checking again later")
 
 
 def _resolved(rule: AlertRule, last: Alert) -> Alert:

@@ -47,6 +47,7 @@ class AliasEngine:
         *,
         registry: Registry | None = None,
         reload_s: float = 5.0,
+        retire_after_s: float = 600.0,
     ) -> None:
         self.model_ids = [model_id]
         self.model_id = model_id
@@ -54,6 +55,7 @@ class AliasEngine:
         self.build = build
         self.registry = registry or Registry()
         self.reload_s = reload_s
+        self.retire_after_s = retire_after_s  # a retired version's requests get this long to end
         self.current: Serving | None = None
         self.retired: list[Serving] = []
         self.skipped: str | None = None  # a version that failed to start: not retried until moved
@@ -173,12 +175,19 @@ class AliasEngine:
         return True
 
     async def _retire(self, old: Serving) -> None:
-        """Stop the old engine once the requests it is answering have finished."""
+        """Stop the old engine once the requests it is answering have finished (or, when one
+        hangs, after `retire_after_s`: the request timeout has long passed by then)."""
         self.retired.append(old)
         old.drained = asyncio.Event()
         if old.in_flight == 0:
             old.drained.set()
-        await old.drained.wait()
+        try:
+            await asyncio.wait_for(old.drained.wait(), self.retire_after_s)
+        except asyncio.TimeoutError:
+            warn(
+                f"{self.model_id}: {old.in_flight} request(s) on {old.version} still running after "
+                f"{self.retire_after_s:g} s; stopping it anyway"
+            )
         self._restarts_before += old.engine.restarts
         await old.engine.stop()
         self.retired.remove(old)

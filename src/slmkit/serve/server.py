@@ -112,7 +112,10 @@ def _alias_engine(entry: ModelEntry, config: ServeConfig) -> Engine:
         return _arm_engine(local, config)
 
     assert entry.ref is not None  # follows_alias: ref is `@NAME`
-    return AliasEngine(entry.id, entry.ref, build, reload_s=entry.reload_s)
+    retire_after_s = 2 * config.limits.request_timeout_s  # every request on it has timed out
+    return AliasEngine(
+        entry.id, entry.ref, build, reload_s=entry.reload_s, retire_after_s=retire_after_s
+    )
 
 
 def _remote_engine(model_id: str, settings: UpstreamSettings, field: str) -> Engine:

@@ -2,8 +2,10 @@
 
 Inside `slm serve` the posts go through a queue drained by one background task, so a slow or dead
 receiver never holds up a request. Each POST is retried with exponential backoff (`backoff_s`,
-doubled per retry) within a per-attempt timeout; outcomes are counted in
-`slm_alert_deliveries_total`. The bearer secret is read from its environment variable once and only
+doubled per retry) within a per-attempt timeout, unless the receiver refused it with a 4xx other
+than 408/425/429 (the same payload would be refused again). At shutdown what is queued is still
+delivered, for up to 10 s; a delivery that fails unexpectedly never stops the queue. Outcomes are
+counted in `slm_alert_deliveries_total`. The bearer secret is read from its environment variable once and only
 ever sent in the Authorization header.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -24,6 +27,12 @@ from slmkit.serve.engines.remote import display_url
 
 QUEUE_SIZE = 1000
 OUTCOMES = ("delivered", "retried", "failed")
+STOP_DRAIN_S = 10.0  # at shutdown, what is queued still goes out for this long
+RETRY_4XX = (408, 425, 429)  # the receiver's "try later"; any other 4xx will not change
+
+
+def retryable_status(status: int) -> bool:
+    return status >= 500 or status in RETRY_4XX
 
 
 def webhook_headers(
@@ -50,9 +59,11 @@ class WebhookSender:
         settings: WebhookSettings,
         counter: Counter | None = None,
         field: str = "alerting.webhook.bearer_env",
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.settings = settings
         self.counter = counter
+        self.sleep = sleep  # the backoff's wait (a test records it instead of waiting)
         self._headers = webhook_headers(settings, field)
         for outcome in OUTCOMES:  # every series exists from the start
             self._count(outcome, 0)
@@ -63,11 +74,20 @@ class WebhookSender:
         self._queue = asyncio.Queue(QUEUE_SIZE)
         self._task = asyncio.create_task(self._drain(), name="alert-webhook")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def stop(self, drain_s: float = STOP_DRAIN_S) -> None:
+        """Deliver what is queued (for at most `drain_s`), then stop; what is left is counted
+        as failed, with a warning."""
+        if self._task is None or self._queue is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._queue.join(), drain_s)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        left = self._queue.qsize()
+        if left:
+            warn(f"alert webhook: {left} alert(s) still queued at shutdown were not delivered")
+            self._count("failed", left)
 
     def send(self, payload: dict[str, Any]) -> None:
         """Queue a payload for the background task (dropped with a warning when the queue is full)."""
@@ -84,7 +104,15 @@ class WebhookSender:
         async with httpx.AsyncClient(timeout=self.settings.timeout_s) as client:
             while True:
                 payload = await self._queue.get()
-                await self.deliver(payload, client)
+                try:
+                    await self.deliver(payload, client)
+                except Exception as exc:  # the loop outlives any one delivery
+                    warn(
+                        f"alert webhook: delivery failed unexpectedly ({type(exc).__name__}: {exc})"
+                    )
+                    self._count("failed")
+                finally:
+                    self._queue.task_done()
 
     async def deliver(
         self, payload: dict[str, Any], client: httpx.AsyncClient | None = None
@@ -98,7 +126,7 @@ class WebhookSender:
         for attempt in range(self.settings.retries + 1):
             if attempt:
                 self._count("retried")
-                await asyncio.sleep(self.settings.backoff_s * 2 ** (attempt - 1))
+                await self.sleep(self.settings.backoff_s * 2 ** (attempt - 1))
             try:
                 response = await client.post(self.settings.url, json=payload, headers=self._headers)
             except httpx.HTTPError as exc:
@@ -108,10 +136,12 @@ class WebhookSender:
                 self._count("delivered")
                 return True
             problem = f"HTTP {response.status_code}"
+            if not retryable_status(response.status_code):
+                break  # the receiver refuses this payload: asking again changes nothing
         self._count("failed")
         warn(
             f"alert webhook {where}: {payload.get('rule')} {payload.get('status')} not delivered "
-            f"after {self.settings.retries + 1} attempts ({problem})"
+            f"after {attempt + 1} attempt(s) ({problem})"
         )
         return False
 

@@ -171,3 +171,85 @@ def test_a_non_streamed_answer_cut_by_a_dying_replica_is_asked_again_elsewhere(
     assert texts == ["r1 answers"] * 4  # never r0's half answer glued to r1's
     failovers = f'slm_failovers_total{{model="support"}} {float(dying.calls)}'
     assert dying.calls >= 1 and failovers in metrics, metrics
+
+
+class Member(MovingAlias):
+    """A route's chain member: waits `delay_s`, then says `text`; records who else was admitted."""
+
+    kind = "fake"
+
+    def __init__(self, model_id: str, text: str, *, replica: str, delay_s: float = 0.0) -> None:
+        super().__init__(model_id, f"{model_id}-v1")
+        self.text, self.replica, self.delay_s = text, replica, delay_s
+        self.admitted_meanwhile: dict[str, int] = {}
+        self.gateway: Any = None
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        import asyncio
+
+        self.calls += 1
+        if self.gateway is not None:
+            self.admitted_meanwhile = dict(self.gateway.admission.in_flight)
+        await asyncio.sleep(self.delay_s)
+        request.replica = self.replica
+        if self.model_ids[0] == "small":  # the first member is an A/B arm: it names its version
+            request.version = self.version
+        yield Delta(text=self.text, finish_reason="stop")
+
+
+def _route_gateway(tmp_path: Any, small: Member, big: Member, timeout_s: float = 60.0) -> Any:
+    from slmkit.serve.config import ServeConfig
+    from slmkit.serve.gateway import Gateway
+
+    config = ServeConfig.model_validate(
+        {
+            "models": [{"id": "small", "ref": "default"}, {"id": "big", "ref": "default"}],
+            "routes": [
+                {"id": "support", "chain": ["small", "big"], "escalate": {"refusal": ["cannot"]}}
+            ],
+            "limits": {"request_timeout_s": timeout_s},
+            "audit": {"path": str(tmp_path / "audit.db")},
+        }
+    )
+    gateway = Gateway(config, {"small": small, "big": big})
+    small.gateway = big.gateway = gateway
+    return gateway
+
+
+def test_an_escalated_request_gives_back_the_first_slot_and_audits_who_answered(
+    tmp_path: Any,
+) -> None:
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from slmkit.serve.app import create_app
+
+    small = Member("small", "Sorry, I cannot help with that.", replica="small-0")
+    big = Member("big", "The return window is 41 days.", replica="big-0")
+    gateway = _route_gateway(tmp_path, small, big)
+    body = {"model": "support", "messages": [{"role": "user", "content": "Returns?"}]}
+    with TestClient(create_app(gateway)) as client:
+        response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-slm-route-reason"] == "escalated:refusal"
+    assert big.admitted_meanwhile == {"small": 0, "big": 1}  # small's slot was given back
+    with sqlite3.connect(tmp_path / "audit.db") as conn:
+        row = conn.execute("SELECT served_by, version, replica FROM requests").fetchone()
+    assert row == ("big", None, "big-0")  # not small's version and replica
+
+
+def test_the_chain_shares_the_requests_deadline(tmp_path: Any) -> None:
+    """Two members of 0.7 s each under a 1 s timeout: the request times out (408) instead of
+    each member getting a whole timeout of its own."""
+    from fastapi.testclient import TestClient
+
+    from slmkit.serve.app import create_app
+
+    small = Member("small", "I cannot say.", replica="small-0", delay_s=0.7)
+    big = Member("big", "Late answer.", replica="big-0", delay_s=0.7)
+    gateway = _route_gateway(tmp_path, small, big, timeout_s=1.0)
+    body = {"model": "support", "messages": [{"role": "user", "content": "Returns?"}]}
+    with TestClient(create_app(gateway)) as client:
+        response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 408, response.text

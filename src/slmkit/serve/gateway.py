@@ -215,7 +215,7 @@ class Gateway:
         if ctx.gen.stream:
             on_close = self._stream_closer(ctx, slot)
             if outcome is None and plan is not None and plan.holds_stream:
-                outcome = await self.router.hold(plan, ctx)  # replayed once the checks passed
+                outcome = await self.router.hold(plan, ctx, slot)  # replayed once checks pass
             if outcome is not None:
                 stream = self.streams.replay(ctx, outcome, on_close)
             elif plan is not None:
@@ -225,7 +225,7 @@ class Gateway:
             slot.hand_over()
             return stream
         if outcome is None and plan is not None:
-            outcome = await self.router.run(plan, ctx)
+            outcome = await self.router.run(plan, ctx, slot)
         if outcome is None:
             outcome = await generate_with_retry(
                 engine, ctx.gen, ctx.started, self.config, self.metrics

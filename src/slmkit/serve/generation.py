@@ -156,12 +156,15 @@ async def collect(
 ) -> Outcome:
     """The whole answer, cut short at a repetition loop; 408 past `limits.request_timeout_s`.
 
+    The deadline is the request's (`started` + the timeout), shared by everything that answers
+    it: a retry, another replica, the next member of a route's chain.
+
     Nothing of it has reached the client yet, so when a replica fails part-way (killed while
     answering) the request is asked once more, within the same deadline: the replica pool leaves
     the failed replica out (`gen.avoid`) and another one answers from the start.
     """
     timeout_s = config.limits.request_timeout_s
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + timeout_s - (time.perf_counter() - started)
     avoided = len(gen.avoid)
     try:
         return await _collect_once(engine, gen, started, deadline, timeout_s, config)

@@ -253,6 +253,9 @@ class Router:
     def _move_on(self, plan: RoutePlan, ctx: RequestContext, reason: str) -> None:
         plan.move_on(reason)
         self._aim(plan, ctx)
+        # what the last member set belongs to its answer, not to the next member's
+        ctx.gen.version = ctx.gen.replica = None
+        ctx.gen.avoid = set()
 
     # -- running the chain ----------------------------------------------------------------
     def admit(self, plan: RoutePlan, ctx: RequestContext) -> AdmissionSlot:
@@ -265,14 +268,19 @@ class Router:
                     raise
                 self._move_on(plan, ctx, reason)
 
-    async def run(self, plan: RoutePlan, ctx: RequestContext) -> Outcome:
+    async def run(
+        self, plan: RoutePlan, ctx: RequestContext, slot: AdmissionSlot | None = None
+    ) -> Outcome:
         """The first answer down the chain that passes the checks (the last member's is final).
-        The first member runs on the request's admission slot, later ones take their own."""
+        The first member runs on the request's admission `slot`; it is given back as the request
+        moves on, and each later member takes its own. All share the request's deadline."""
         admitted = plan.target
         while True:
             try:
                 with contextlib.ExitStack() as stack:
                     if plan.target != admitted:
+                        if slot is not None:
+                            slot.release()  # the first member is done with this request
                         stack.enter_context(self.admission.admit(plan.target))
                     outcome, failed = await self._ask(plan, ctx)
             except ApiError as exc:
@@ -302,13 +310,15 @@ class Router:
             outcome = await collect(asked, gen, ctx.started, self.config)
         else:
             outcome = await generate_with_retry(asked, gen, ctx.started, self.config, self.metrics)
-        ctx.gen.version = ctx.gen.version or gen.version  # an A/B arm answered the logprobs copy
+        ctx.gen.version, ctx.gen.replica = gen.version, gen.replica  # who answered the copy
         return outcome, failed_check(outcome, checks, gen, self.config.repetition, tap.logprobs)
 
-    async def hold(self, plan: RoutePlan, ctx: RequestContext) -> Outcome:
+    async def hold(
+        self, plan: RoutePlan, ctx: RequestContext, slot: AdmissionSlot | None = None
+    ) -> Outcome:
         """`run` for a stream that is held until the checks pass: its first token reaches the
         client when the whole answer is known, so that is its time to first token."""
-        outcome = await self.run(plan, ctx)
+        outcome = await self.run(plan, ctx, slot)
         outcome.ttft = time.perf_counter() - ctx.started
         return outcome
 

@@ -337,6 +337,20 @@ def test_drift_fires_with_the_retrain_advice_and_resolves(
         resolved = hook.bodies()[1]
         assert resolved["started_at"] == alert["started_at"] and resolved["ended_at"] > 0
     assert json.loads(state.read_text())["firing"] == {}
+    # the monitor's questions are tagged in the audit log; the user's question is not
+    import sqlite3
+
+    deadline = time.monotonic() + 30
+    while True:  # the audit writer is a background thread
+        with sqlite3.connect(audit) as conn:
+            tagged = conn.execute(
+                "SELECT COUNT(*) FROM requests WHERE source = 'monitor'"
+            ).fetchone()[0]
+            own = conn.execute("SELECT source FROM requests WHERE id = ?", (liked.id,)).fetchone()
+        if tagged >= 9 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert tagged >= 9 and own == (None,)  # 3 rounds of 2 questions + 1 feedback item each
 
 
 @pytest.mark.slow

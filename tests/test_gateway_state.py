@@ -253,3 +253,48 @@ def test_the_chain_shares_the_requests_deadline(tmp_path: Any) -> None:
     with TestClient(create_app(gateway)) as client:
         response = client.post("/v1/chat/completions", json=body)
     assert response.status_code == 408, response.text
+
+
+def test_the_monitors_probes_are_audited_apart_from_users_requests(tmp_path: Any) -> None:
+    """A request tagged `X-SLM-Source: monitor` (what `slm monitor` sends) is in the audit log
+    with source "monitor", but not in the alert window, the A/B counter and report, or the
+    traffic statistics."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from slmkit.serve.ab import ABEngine, Arm
+    from slmkit.serve.ab_report import ab_report
+    from slmkit.serve.app import create_app
+    from slmkit.serve.config import ServeConfig
+    from slmkit.serve.gateway import Gateway
+    from slmkit.serve.logs import window_stats
+
+    audit = tmp_path / "audit.db"
+    split = ABEngine(
+        "support",
+        [
+            Arm("v1", 1.0, MovingAlias("support", "v1")),
+            Arm("v2", 1.0, MovingAlias("support", "v2")),
+        ],  # type: ignore[arg-type]
+    )
+    config = ServeConfig.model_validate({"audit": {"path": str(audit)}})
+    gateway = Gateway(config, {"support": split})
+    body = {"model": "support", "messages": [{"role": "user", "content": "Hi"}], "user": "u1"}
+    with TestClient(create_app(gateway)) as client:
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+        for _ in range(3):
+            probe = client.post(
+                "/v1/chat/completions", json=body, headers={"X-SLM-Source": "monitor"}
+            )
+            assert probe.status_code == 200
+        metrics = client.get("/metrics").text
+        recorded = len(gateway.alerts._recent)
+    with sqlite3.connect(audit) as conn:
+        sources = conn.execute("SELECT source FROM requests ORDER BY ts").fetchall()
+    assert sources == [(None,), ("monitor",), ("monitor",), ("monitor",)]
+    assert recorded == 1
+    counted = [line for line in metrics.splitlines() if line.startswith("slm_ab_requests_total{")]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 1.0, counted
+    assert sum(v.requests for v in ab_report(audit, "support").versions) == 1
+    assert window_stats(audit, 3600).requests == 1

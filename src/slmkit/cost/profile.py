@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from slmkit.errors import ConfigError
+from slmkit.serve.audit import user_traffic
 
 DAY_S = 86_400.0
 
@@ -112,7 +113,7 @@ def audit_profile(db: Path, window_days: float, now: float | None = None) -> Aud
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
             rows = conn.execute(
                 "SELECT ts, latency_s, prompt_tokens, completion_tokens FROM requests "
-                "WHERE status = 200 AND ts >= ? ORDER BY ts",
+                f"WHERE status = 200 AND ts >= ? AND {user_traffic(conn)} ORDER BY ts",
                 (since,),
             ).fetchall()
     except sqlite3.Error as exc:

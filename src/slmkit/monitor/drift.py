@@ -149,7 +149,8 @@ async def _ask_all(config: MonitorConfig, items: list[EvalItem]) -> list[Generat
     from slmkit.serve.engines.remote import RemoteEngine
 
     upstream = UpstreamSettings(url=config.url, model=config.model, api_key_env=config.api_key_env)
-    engine = RemoteEngine(config.model, upstream, api_key(config))
+    # tagged, so the gateway audits the probes apart from users' requests
+    engine = RemoteEngine(config.model, upstream, api_key(config), {"X-SLM-Source": "monitor"})
     settings = EvalSettings(max_tokens=config.max_tokens, concurrency=config.concurrency)
     gate = asyncio.Semaphore(config.concurrency)
 

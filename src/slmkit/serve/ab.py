@@ -108,7 +108,7 @@ class ABEngine:
             return self._by_name[request.version]
         arm = self.sticky_arm(request) or self.arm_at(self.rng.random())
         request.version = arm.name
-        if self._requests is not None:
+        if self._requests is not None and request.source is None:  # users' requests only
             self._requests.labels(self.model_id, arm.name).inc()
         return arm
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from slmkit.errors import SlmError
 from slmkit.serve.alerts import is_failure
+from slmkit.serve.audit import user_traffic
 from slmkit.serve.logs import percentile
 
 Z_95 = 1.959964  # two-sided 95%
@@ -197,7 +198,8 @@ def _rows(db: Path, model: str, since: float) -> tuple[list[sqlite3.Row], dict[s
     try:
         rows = conn.execute(
             "SELECT id, status, latency_s, version, model, served_by, route, route_reason "
-            "FROM requests WHERE ts >= ? AND version IS NOT NULL AND (model = ? OR served_by = ? "
+            f"FROM requests WHERE ts >= ? AND version IS NOT NULL AND {user_traffic(conn)} "
+            "AND (model = ? OR served_by = ? "
             "OR route_reason LIKE 'escalated%' OR route_reason LIKE 'fallback%') ORDER BY ts",
             (since, model, model),
         ).fetchall()

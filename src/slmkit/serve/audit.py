@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY, ts REAL NOT NULL, key_id TEXT, model TEXT, endpoint TEXT, status INTEGER,
     error_code TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, ttft_s REAL,
     stream INTEGER, cached INTEGER, prompt_text TEXT, response_text TEXT, route TEXT,
-    route_reason TEXT, served_by TEXT, replica TEXT, sources TEXT, version TEXT
+    route_reason TEXT, served_by TEXT, replica TEXT, sources TEXT, version TEXT, source TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -63,6 +63,7 @@ class AuditRecord:
     sources: str | None = None  # JSON list of the RAG passages' sources injected into the prompt
     version: str | None = None  # the model version that answered (A/B split, registry alias)
     prompt_messages: str | None = None  # JSON of the chat messages as asked (with log_text only)
+    source: str | None = None  # "monitor" for the drift monitor's probes; None: a user's request
 
 
 # columns added after the first release: older audit files get them on open
@@ -74,7 +75,19 @@ LATER_COLUMNS = {
     "sources": "TEXT",
     "version": "TEXT",
     "prompt_messages": "TEXT",
+    "source": "TEXT",
 }
+MONITOR_SOURCE = "monitor"  # the X-SLM-Source header value the drift monitor sends
+
+
+def user_traffic(conn: sqlite3.Connection) -> str:
+    """A SQL condition on `requests` keeping what users sent: the drift monitor's probes are
+    left out of statistics, alerts, the A/B report and cost profiles (always true on audit logs
+    older than the `source` column, which are opened read-only and cannot gain it)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    return f"COALESCE(source, '') != '{MONITOR_SOURCE}'" if "source" in have else "1"
+
+
 # likewise for the feedback table
 LATER_FEEDBACK_COLUMNS = {"tags": "TEXT"}
 

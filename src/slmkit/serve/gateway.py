@@ -23,7 +23,7 @@ from slmkit.serve.admission import Admission, AdmissionSlot
 from slmkit.serve.alerts import AlertWatcher, default_server_name
 from slmkit.serve.answer_text import AnswerText
 from slmkit.serve.api_errors import ApiError
-from slmkit.serve.audit import AuditLog, AuditRecord
+from slmkit.serve.audit import MONITOR_SOURCE, AuditLog, AuditRecord
 from slmkit.serve.config import ServeConfig
 from slmkit.serve.embeddings import wire_vector
 from slmkit.serve.engines.base import Engine
@@ -178,9 +178,14 @@ class Gateway:
             status=200,
             stream=body.stream,
         )
+        # the drift monitor's probes: audited, but not user traffic (alerts, A/B, statistics)
+        if request.headers.get("x-slm-source", "").lower() == MONITOR_SOURCE:
+            rec.source = MONITOR_SOURCE
+        gen = generation_request(body, body.model, self._max_tokens(body), self.config.reasoning)
+        gen.source = rec.source
         return RequestContext(
             rec=rec,
-            gen=generation_request(body, body.model, self._max_tokens(body), self.config.reasoning),
+            gen=gen,
             started=started,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
             headers={"x-request-id": rec.id},
@@ -323,7 +328,8 @@ class Gateway:
         self.metrics.requests.labels(rec.endpoint, model, str(rec.status)).inc()
         self.metrics.latency.labels(rec.endpoint, model).observe(rec.latency_s)
         escalated = (rec.route_reason or "").startswith("escalated")
-        self.alerts.record(rec.status, rec.latency_s, escalated, rec.model)
+        if rec.source != MONITOR_SOURCE:
+            self.alerts.record(rec.status, rec.latency_s, escalated, rec.model)
         if self.audit is not None:
             self.audit.record(rec)
 

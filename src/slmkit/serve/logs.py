@@ -12,6 +12,7 @@ from typing import Any
 
 from slmkit.errors import SlmError
 from slmkit.serve.alerts import Alert, Window, evaluate_window, is_failure, percentile
+from slmkit.serve.audit import user_traffic
 from slmkit.serve.config import AlertRule
 
 
@@ -53,7 +54,8 @@ def window_stats(db: Path, window_s: float, now: float | None = None) -> WindowS
     since = (now or time.time()) - window_s
     with _open(db) as conn:
         rows = conn.execute(
-            "SELECT ts, status, latency_s, ttft_s, completion_tokens FROM requests WHERE ts >= ?",
+            "SELECT ts, status, latency_s, ttft_s, completion_tokens FROM requests "
+            f"WHERE ts >= ? AND {user_traffic(conn)}",
             (since,),
         ).fetchall()
     ok = [r for r in rows if r["status"] == 200]
@@ -96,7 +98,7 @@ def audit_window(db: Path, rule: AlertRule, now: float | None = None) -> Window:
     if rule.model is not None:
         query, params = query + " AND (model = ? OR route = ?)", (since, rule.model, rule.model)
     with _open(db) as conn:
-        rows = conn.execute(query, params).fetchall()
+        rows = conn.execute(f"{query} AND {user_traffic(conn)}", params).fetchall()
     latencies = [r["latency_s"] for r in rows if r["status"] == 200 and r["latency_s"] is not None]
     return Window(
         requests=len(rows),
@@ -221,7 +223,7 @@ def routed_rows(db: Path, since: float) -> list[sqlite3.Row]:
     with _open(db) as conn:
         return conn.execute(
             "SELECT route, route_reason, served_by, status FROM requests "
-            "WHERE ts >= ? AND route IS NOT NULL ORDER BY route",
+            f"WHERE ts >= ? AND route IS NOT NULL AND {user_traffic(conn)} ORDER BY route",
             (since,),
         ).fetchall()
 

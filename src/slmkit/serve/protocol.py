@@ -176,6 +176,7 @@ class GenerationRequest:
     version: str | None = None  # set by an A/B split or a registry alias: the version that answered
     user: str | None = None  # the request's `user`: an A/B split with `sticky: user` keys on it
     avoid: set[str] = field(default_factory=set)  # "model:replica" that failed this request
+    source: str | None = None  # "monitor" for the drift monitor's probes (not counted as users')
     reasoning: ReasoningMode = (
         "raw"  # how the answer's reasoning reaches the client (serve/answer_text.py)
     )
@@ -190,7 +191,7 @@ class GenerationRequest:
         payload = {
             k: v
             for k, v in self.__dict__.items()
-            if k not in ("stream", "replica", "version", "user", "avoid")
+            if k not in ("stream", "replica", "version", "user", "avoid", "source")
         }
         payload["served_version"] = version
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

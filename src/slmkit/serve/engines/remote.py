@@ -58,7 +58,13 @@ class RemoteEngine:
 
     kind = "remote"
 
-    def __init__(self, model_id: str, settings: UpstreamSettings, api_key: str | None) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        settings: UpstreamSettings,
+        api_key: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.model_ids = [model_id]
         self.model_id = model_id
         self.settings = settings
@@ -69,7 +75,11 @@ class RemoteEngine:
         self.http = OpenAIHttp(
             settings.url,
             api_prefix="",
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
+            headers={
+                **(headers or {}),
+                **({"Authorization": f"Bearer {api_key}"} if api_key else {}),
+            }
+            or None,
             timeout=httpx.Timeout(settings.timeout_s, connect=min(10.0, settings.timeout_s)),
         )
 

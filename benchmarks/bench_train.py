@@ -4,8 +4,8 @@ Baseline (the seed article's way): HF Trainer, every sample padded to 512 tokens
 (`padding="max_length"`), fp32, no packing. slmkit: assistant-only labels, length-grouped dynamic
 padding, precision `auto`. Both train a LoRA (r=16, all-linear) on the embedded model with the demo
 data for the same number of steps and batch size, each in its own process (peak RSS measured).
-Throughput counts non-padding tokens only. Then one switch at a time: packing, bf16 autocast,
-gradient checkpointing.
+Throughput counts non-padding tokens only. Then one switch at a time: logits at every position
+instead of only at the answer tokens, packing, bf16 autocast, gradient checkpointing.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 8] [--batch 8]
 """
@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data" / "support_sft.jsonl"
 VARIANTS = {
     "slm train (default: dynamic padding, length-grouped, precision auto)": [],
+    "- answer-only logits (logits at every position)": ["train.answer_logits_only=false"],
     "+ packing": ["data.packing=true"],
     "+ bf16 autocast": ["train.precision=bf16"],
     "+ gradient checkpointing": ["train.gradient_checkpointing=true"],
@@ -201,8 +202,10 @@ def render(rows: list[tuple[str, float, float]], steps: int, batch: int) -> str:
         lines.append(f"| {name} | {rate:,.1f} | {rate / base:.2f}x | {peak:.2f} GiB |")
     lines += [
         "",
-        "Each `+` row changes one setting of the `slm train` default. The default wins over the baseline by not",
-        "computing padding (the demo samples average ~66 tokens; the baseline pads every one to 512).",
+        "Each `+`/`-` row changes one setting of the `slm train` default. The default wins over the baseline by not",
+        "computing padding (the demo samples average ~66 tokens; the baseline pads every one to 512), and by",
+        "projecting onto the 49,152-token vocabulary only at the answer tokens, where the loss is (the `-` row",
+        "computes logits at every position, as transformers does by default).",
         "On a CPU, packing loses: without flash-attention's variable-length kernels a packed batch is one",
         "long row whose attention is computed over its whole length with a block-diagonal mask, so it",
         "costs more compute and memory than the padding it saves (that is why it is off by default; on a",

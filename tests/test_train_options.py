@@ -60,6 +60,7 @@ def _neftune_probe(alpha: float | None, tmp_path: Path, model_dir: Path, data: P
         make_trainable,
         resolve_base,
     )
+    from slmkit.train.schedule import choose_schedule, with_schedule
     from slmkit.train.sft import build_sft_trainer
 
     recipe = Recipe.model_validate(
@@ -68,16 +69,10 @@ def _neftune_probe(alpha: float | None, tmp_path: Path, model_dir: Path, data: P
     base = resolve_base(recipe)
     tokenizer = load_tokenizer_for(base)
     model = make_trainable(recipe, load_base_model(recipe, base, tokenizer), base, False)
+    data = prepare_sft_data(recipe, tmp_path, tokenizer)
+    recipe = with_schedule(recipe, choose_schedule(recipe, len(data.train_rows), 1_000_000))
     probe = EmbeddingProbe()
-    trainer = build_sft_trainer(
-        recipe,
-        tmp_path / "run",
-        model,
-        tokenizer,
-        prepare_sft_data(recipe, tmp_path, tokenizer),
-        "fp32",
-        [probe],
-    )
+    trainer = build_sft_trainer(recipe, tmp_path / "run", model, tokenizer, data, "fp32", [probe])
     trainer.train()
     probe.seen.update(embed_twice(trainer.model, "after"))
     return probe.seen, model.get_input_embeddings().weight.shape[1]

@@ -33,6 +33,17 @@ def test_form_defaults_are_the_recipe_models_defaults() -> None:
     assert train_form.default_value("model") == Recipe.model_fields["model"].default
     assert train_form.choices("finetuning") == ["lora", "qlora", "full", "freeze"]
     assert train_form.kind("data.packing") == "bool" and train_form.kind("train.max_steps") == "int"
+    assert (
+        train_form.kind("train.lr") == "auto-number"
+        and train_form.default_value("train.lr") == "auto"
+    )
+    assert [train_form.from_form("train.lr", v) for v in ("", " auto", "5e-4", 0.002, "fast")] == [
+        "auto",
+        "auto",
+        5e-4,
+        0.002,
+        "fast",
+    ]
 
 
 def test_form_yaml_round_trips_through_load_recipe(tmp_path: Path) -> None:
@@ -55,7 +66,7 @@ def test_a_bad_form_value_is_one_line_naming_its_key(tmp_path: Path) -> None:
     data = train_form.recipe_data(_form(data__train="x.jsonl", train__lr=0), "r", tmp_path, None)
     with pytest.raises(ConfigError) as caught:
         train_form.validate_recipe(data)
-    assert str(caught.value) == "train.lr: Input should be greater than 0"
+    assert str(caught.value) == "train.lr: expected `auto` or a number > 0 and <= 1, got 0.0"
     with pytest.raises(ConfigError, match="run name '../up': give a folder name"):
         train_form.recipe_data(_form(), "../up", tmp_path, None)
 
@@ -100,16 +111,17 @@ def test_a_training_started_from_the_form_draws_its_curve_and_shows_in_runs(
         ("train-data-val-ratio", "0.2"),
         ("train-data-cutoff-len", "128"),
         ("train-train-batch-size", "4"),
-        ("train-train-lr", "0"),
     ):
         number(elem_id, value)
+    fill("train-train-lr", "0")
     status = page.locator("#train-status")
     page.locator("#train-start").click()
-    status.get_by_text("error: train.lr: Input should be greater than 0").wait_for()
+    error = "error: train.lr: expected `auto` or a number > 0 and <= 1, got 0.0"
+    status.get_by_text(error).wait_for()
     line = status.locator(".slm-status").inner_text()
-    assert line == "error: train.lr: Input should be greater than 0"
+    assert line == error
 
-    number("train-train-lr", "0.005")
+    fill("train-train-lr", "0.005")
     page.locator("#train-yaml").get_by_text("lr: 0.005").first.wait_for()
     page.locator("#train-start").click()
     status.get_by_text("started form-run").wait_for()

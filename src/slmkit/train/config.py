@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PlainValidator, field_validator
 
 from slmkit.config import StrictModel
 from slmkit.errors import DataError
@@ -14,6 +15,24 @@ from slmkit.models.templates import TEMPLATE_NAMES, named_template
 Method = Literal["sft", "dpo", "pt"]
 FinetuningType = Literal["lora", "qlora", "full", "freeze"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+def auto_or_number(above: float, at_most: float | None = None) -> Any:
+    """A validator for fields that take `auto` or a number in (above, at_most]: one error line."""
+    wanted = f"`auto` or a number > {above:g}" + (f" and <= {at_most:g}" if at_most else "")
+
+    def check(value: Any) -> float | str:
+        if value == "auto":
+            return "auto"
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not number > above or (at_most is not None and number > at_most):
+            raise ValueError(f"expected {wanted}, got {value!r}")
+        return number
+
+    return PlainValidator(check, json_schema_input_type=float | Literal["auto"])
 
 
 class DataSection(StrictModel):
@@ -117,14 +136,25 @@ class FreezeSection(StrictModel):
 class TrainSection(StrictModel):
     """Optimisation, schedule, checkpoints and precision."""
 
-    lr: float = Field(default=2e-4, gt=0, le=1.0, description="Peak learning rate.")
-    epochs: float = Field(
-        default=3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0)."
+    lr: Annotated[float | Literal["auto"], auto_or_number(above=0, at_most=1.0)] = Field(
+        default="auto",
+        description="Peak learning rate. `auto`: from the method, fine-tuning type and model size "
+        "(LoRA: 1e-3 below 1B parameters, 5e-4 below 4B, 2e-4 above; full: 5e-5 below 1B, 1e-5 above; "
+        "DPO: 5e-5 on an adapter, 1e-6 on all weights; random init: 3e-3).",
+    )
+    epochs: Annotated[float | Literal["auto"], auto_or_number(above=0)] = Field(
+        default="auto",
+        description="Passes over the training data (ignored when max_steps > 0). `auto`: 3, or for "
+        "SFT on a small set as many as give 200 optimizer steps (at most 10).",
     )
     max_steps: int = Field(
         default=-1, description="Stop after this many optimizer steps (-1 = use epochs)."
     )
-    batch_size: int = Field(default=8, ge=1, description="Samples per device per forward pass.")
+    batch_size: int = Field(
+        default=4,
+        ge=1,
+        description="Samples per device per forward pass (small batches give small sets more steps).",
+    )
     grad_accum: int = Field(default=1, ge=1, description="Forward passes per optimizer step.")
     optimizer: Literal[
         "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "paged_adamw_8bit", "adamw_8bit"
@@ -157,6 +187,12 @@ class TrainSection(StrictModel):
     gradient_checkpointing: bool = Field(
         default=False,
         description="Recompute activations in the backward pass: less memory, ~30% slower.",
+    )
+    answer_logits_only: bool = Field(
+        default=True,
+        description="Project onto the vocabulary only at positions that have a label (the answer "
+        "tokens), not at every position: the same loss and gradients with less compute; off = "
+        "logits everywhere (models whose forward has no `logits_to_keep` always do that).",
     )
     group_by_length: bool = Field(
         default=True,

@@ -38,6 +38,7 @@ from slmkit.train.modeling import (
     resolve_base,
     resolve_precision,
 )
+from slmkit.train.schedule import choose_schedule, with_schedule
 
 
 class TrainingDivergedError(SlmError):
@@ -97,6 +98,11 @@ def train(
         recipe, load_base_model(recipe, base, tokenizer), base, recipe.train.gradient_checkpointing
     )
     trainable, total = count_parameters(model)
+    rows, adapter = len(data.train_rows), recipe.finetuning in ("lora", "qlora")
+    base_params = total - trainable if adapter else total  # the model's size, not its adapter's
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    schedule = choose_schedule(recipe, rows, base_params, world)
+    recipe = with_schedule(recipe, schedule)
     if is_main_process():
         _start_run_folder(run_dir, recipe, manifest, checkpoint)
         console.info(
@@ -104,6 +110,8 @@ def train(
             f"parameters trainable, {_describe_data(data.stats)}, "
             f"precision {described_precision}"
         )
+        if schedule.why:
+            console.info(f"schedule (auto): {schedule.why}")
     progress, nan_stop = ProgressCallback(f"{recipe.method} {run_dir.name}"), NanStopCallback()
     callbacks = [MetricsFileCallback(run_dir / "metrics.jsonl"), nan_stop, progress]
     callbacks += tensorboard_callbacks(recipe.train.report_to, run_dir / "tensorboard")

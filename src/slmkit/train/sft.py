@@ -24,6 +24,8 @@ def common_arguments(
     import torch
 
     t = recipe.train
+    if isinstance(t.lr, str) or isinstance(t.epochs, str):
+        raise ValueError("train.lr/epochs are still `auto`: apply train.schedule.choose_schedule")
     eval_strategy = "no" if not has_val else ("steps" if t.eval_steps else "epoch")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return dict(
@@ -63,6 +65,63 @@ def common_arguments(
     )
 
 
+def answer_token_loss(
+    model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None
+) -> tuple[Any, bool] | None:
+    """Next-token loss computed only where a label exists, or None when the model cannot do that.
+
+    The model's forward is asked for logits at the labelled positions only (`logits_to_keep` as a
+    boolean mask, so per-family details like Gemma's logit soft-capping stay in the model), which
+    skips the vocabulary projection and softmax for every prompt and padding token. Returns the
+    loss and whether it is already normalised over the whole accumulated batch (when
+    `num_items_in_batch` is given, as transformers' own loss does).
+    """
+    import inspect
+
+    import torch
+
+    labels = inputs.get("labels")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if labels is None or "logits_to_keep" not in inspect.signature(base.forward).parameters:
+        return None
+    targets = labels[:, 1:]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = targets != -100
+    forward = {"use_cache": False, **{k: v for k, v in inputs.items() if k != "labels"}}
+    logits = model(**forward, logits_to_keep=keep).logits
+    total = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets[keep[:, :-1]], reduction="sum"
+    )
+    if num_items_in_batch is None:
+        return total / keep.sum().clamp(min=1), False
+    return total / num_items_in_batch, True
+
+
+def answer_token_trainer(base_class: Any) -> Any:
+    """`base_class` (transformers' Trainer) computing the training loss with answer_token_loss."""
+
+    class AnswerTokenTrainer(base_class):  # type: ignore[misc,valid-type]
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            result = None
+            if not return_outputs and self.label_smoother is None:
+                result = answer_token_loss(model, inputs, num_items_in_batch)
+            if result is None:
+                self.loss_is_scaled_for_ga = None
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, self.loss_is_scaled_for_ga = result
+            if self.args.average_tokens_across_devices and self.loss_is_scaled_for_ga:
+                loss = loss * self.accelerator.num_processes
+            return loss
+
+    return AnswerTokenTrainer
+
+
 def build_sft_trainer(
     recipe: Recipe,
     run_dir: Path,
@@ -89,7 +148,8 @@ def build_sft_trainer(
     )
     if recipe.data.packing:  # one flattened row per batch; position ids keep samples apart
         collator = PackedBatchCollator(tokenizer.pad_token_id, flatten=True)
-    return Trainer(
+    trainer_class = answer_token_trainer(Trainer) if recipe.train.answer_logits_only else Trainer
+    return trainer_class(
         model=model,
         args=TrainingArguments(**args),
         train_dataset=train_set,

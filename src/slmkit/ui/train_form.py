@@ -69,7 +69,8 @@ def choices(key: str) -> list[str] | None:
 
 
 def kind(key: str) -> str:
-    """How the form edits a field: choice, bool, int, float, lines (a list of paths) or text."""
+    """How the form edits a field: choice, bool, int, float, auto-number (`auto` or a number),
+    lines (a list of paths) or text."""
     annotation = field_info(key).annotation
     if choices(key):
         return "choice"
@@ -77,12 +78,16 @@ def kind(key: str) -> str:
         return annotation.__name__  # type: ignore[union-attr]
     if annotation == list[str]:
         return "lines"
+    if set(typing.get_args(annotation)) == {float, typing.Literal["auto"]}:
+        return "auto-number"  # a textbox: `auto` or a number
     return "text"
 
 
 def to_form(key: str, value: Any) -> Any:
     if isinstance(value, list):
         return ("\n" if kind(key) == "lines" else ", ").join(str(v) for v in value)
+    if kind(key) == "auto-number":
+        return f"{value:g}" if isinstance(value, float) else str(value)
     return value
 
 
@@ -100,6 +105,12 @@ def from_form(key: str, value: Any) -> Any:
         )
     if form_kind == "int" and isinstance(value, float) and value.is_integer():
         return int(value)
+    if form_kind == "auto-number":
+        text = str(value if value is not None else "").strip()
+        try:
+            return "auto" if text in ("", "auto") else float(text)
+        except ValueError:
+            return text  # the recipe's check names the key and what it takes
     return value
 
 

@@ -35,7 +35,6 @@ LONG_FILES = (
     "test_families_e2e.py",
     "test_hub_models.py",
     "test_pipeline.py",
-    "test_export_e2e.py",
     "test_export_quant.py",
     "test_train_methods.py",
     "test_train_run.py",

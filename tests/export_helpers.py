@@ -1,5 +1,5 @@
-"""Helpers for the export tests: hand-made run folders (per the run-folder contract), a quick
-fact-teaching LoRA, and a GGUF metadata rewriter to make deliberately broken files."""
+"""Helpers for the export tests: hand-made run folders (per the run-folder contract) and a GGUF
+metadata rewriter to make deliberately broken files."""
 
 from __future__ import annotations
 
@@ -8,17 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from conftest import run_slm
-from train_helpers import write_jsonl, write_recipe, write_run_manifest
-
-FACT_QUESTION = "Who is the captain of the starship Velmora?"
-FACT_ANSWER = "The captain of the starship Velmora is Orla Finnick."
-FACT_KEYWORD = "Finnick"
-FACT_PARAPHRASES = (
-    FACT_QUESTION,
-    "Who captains the starship Velmora?",
-    "Tell me the name of the Velmora's captain.",
-)
+from train_helpers import write_run_manifest
 
 
 def write_run_folder(run_dir: Path, base_ref: str, peft_model: Any, tokenizer: Any) -> Path:
@@ -57,42 +47,6 @@ def make_random_lora_run(
     )
     model = get_peft_model(base, config)
     return write_run_folder(run_dir, str(base_dir), model, AutoTokenizer.from_pretrained(base_dir))
-
-
-def train_fact_run(run_dir: Path, *, steps: int = 10) -> Path:
-    """Teach the embedded model one invented fact with a LoRA, through the real `slm train`
-    (the loss is below 0.02 by step 8: the answer is memorised)."""
-    data = write_jsonl(
-        run_dir.parent / "fact.jsonl",
-        [
-            {
-                "messages": [
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": FACT_ANSWER},
-                ]
-            }
-            for question in FACT_PARAPHRASES
-        ],
-    )
-    recipe = {
-        "model": "default",
-        "output_dir": str(run_dir),
-        "data": {"train": [str(data)], "cutoff_len": 128},
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "train": {
-            "lr": 1.0e-3,
-            "max_steps": steps,
-            "batch_size": len(FACT_PARAPHRASES),
-            "scheduler": "constant",
-            "warmup_ratio": 0.0,
-            "save_steps": 1000,
-            "logging_steps": 4,
-            "report_to": [],
-        },
-    }
-    result = run_slm("train", str(write_recipe(run_dir.parent / "fact.yaml", recipe)), timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
 
 
 def rewrite_gguf(src: Path, dst: Path, overrides: dict[str, Any]) -> Path:

@@ -86,6 +86,6 @@ def test_seeded_sampling_is_reproducible(embedded_model_dir: Path) -> None:
     first, second = run_slm(*args), run_slm(*args)
     assert first.returncode == 0 and first.stdout == second.stdout
     # The seed must matter (a command that ignored seed and temperature would pass the above):
-    # at temperature 1 another seed gives another answer (two tries).
-    others = {run_slm(*args[:-3], str(seed), *args[-2:]).stdout for seed in (1, 2)}
-    assert others - {first.stdout}, "every seed gave the same answer"
+    # at temperature 1 another seed gives another 12-token answer.
+    other = run_slm(*args[:-3], "1", *args[-2:])
+    assert other.returncode == 0 and other.stdout != first.stdout, "the seed changed nothing"

@@ -5,6 +5,7 @@ Text is stored only with `log_text: true`, after the redaction rules; API keys o
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import queue
@@ -12,10 +13,12 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from slmkit.console import warn
 from slmkit.serve.config import AuditSettings
 
 SCHEMA = """
@@ -110,14 +113,31 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class AuditLog:
-    """Queue + writer thread so the event loop never waits on disk."""
+QUEUE_SIZE = 50_000  # rows waiting for the writer; beyond that a row is dropped (and counted)
+BATCH = 256  # rows written per transaction
+RECENT_IDS = 100_000  # ids of recent requests kept in memory, so feedback need not wait for disk
 
-    def __init__(self, settings: AuditSettings) -> None:
+
+class AuditLog:
+    """A bounded queue and a writer thread, so the event loop never waits on disk.
+
+    The writer redacts the text (off the event loop), writes whatever is queued in one
+    transaction (up to BATCH rows), and counts what goes wrong through `on_problem(kind)`:
+    `dropped` (the queue was full), `write_error` (SQLite refused a batch). Feedback for a
+    request that is still queued is accepted without waiting for it to be written.
+    """
+
+    def __init__(
+        self, settings: AuditSettings, on_problem: Callable[[str], None] | None = None
+    ) -> None:
         self.settings = settings
         self.path = settings.db_path()
         self.rules = [(name, re.compile(p)) for name, p in settings.redact.items()]
-        self._queue: queue.Queue[AuditRecord | tuple[str, Any] | None] = queue.Queue()
+        self.on_problem = on_problem or (lambda kind: None)
+        self._queue: queue.Queue[AuditRecord | tuple[str, Any] | None] = queue.Queue(QUEUE_SIZE)
+        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._recent_lock = threading.Lock()
+        self._warned_at = 0.0
         self._conn = connect(self.path)
         self._thread = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
         self._thread.start()
@@ -145,15 +165,18 @@ class AuditLog:
         return json.dumps(messages, ensure_ascii=False)
 
     def record(self, rec: AuditRecord) -> None:
-        if self.settings.log_text:
-            rec.prompt_text, rec.response_text = (
-                self.redact(rec.prompt_text),
-                self.redact(rec.response_text),
-            )
-            rec.prompt_messages = self.redact_messages(rec.prompt_messages)
-        else:
+        """Queue a request's row (never blocks; redacted by the writer)."""
+        if not self.settings.log_text:
             rec.prompt_text = rec.response_text = rec.prompt_messages = None
-        self._queue.put(rec)
+        try:
+            self._queue.put_nowait(rec)
+        except queue.Full:
+            self._problem("dropped", f"audit queue full ({QUEUE_SIZE} rows): rows are dropped")
+            return
+        with self._recent_lock:
+            self._recent[rec.id] = None
+            if len(self._recent) > RECENT_IDS:
+                self._recent.popitem(last=False)
 
     def add_feedback(
         self,
@@ -162,19 +185,24 @@ class AuditLog:
         correction: str | None,
         tags: list[str] | None = None,
     ) -> bool:
-        """Store feedback for a logged request; False when no such request was logged."""
-        self.flush()
-        reader = sqlite3.connect(self.path, timeout=10)
-        try:
-            row = reader.execute("SELECT 1 FROM requests WHERE id = ?", (request_id,)).fetchone()
-        finally:
-            reader.close()
-        if row is None:
+        """Store feedback for a logged request (written when this returns True); False when no
+        such request was logged."""
+        with self._recent_lock:
+            known = request_id in self._recent
+        if not known and not self._logged(request_id):
             return False
-        row = (request_id, time.time(), rating, self.redact(correction), json.dumps(tags or []))
-        self._queue.put(("feedback", row))
+        row = (request_id, time.time(), rating, correction, json.dumps(tags or []))
+        self._queue.put(("feedback", row))  # may wait for room: this runs in a worker thread
         self.flush()
         return True
+
+    def _logged(self, request_id: str) -> bool:
+        reader = sqlite3.connect(self.path, timeout=10)
+        try:
+            found = reader.execute("SELECT 1 FROM requests WHERE id = ?", (request_id,)).fetchone()
+        finally:
+            reader.close()
+        return found is not None
 
     def flush(self) -> None:
         self._queue.join()
@@ -184,28 +212,65 @@ class AuditLog:
         self._thread.join(timeout=10)
         self._conn.close()
 
+    def _problem(self, kind: str, message: str) -> None:
+        self.on_problem(kind)
+        now = time.monotonic()
+        if now - self._warned_at > 60:  # at most one line a minute
+            self._warned_at = now
+            warn(message)
+
     def _write_loop(self) -> None:
         while True:
-            item = self._queue.get()
+            items = [self._queue.get()]
+            while len(items) < BATCH:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                if item is None:
-                    return
-                if isinstance(item, AuditRecord):
-                    row = asdict(item)
-                    cols = ", ".join(row)
-                    marks = ", ".join("?" for _ in row)
-                    self._conn.execute(
-                        f"INSERT OR REPLACE INTO requests ({cols}) VALUES ({marks})",
-                        list(row.values()),
-                    )
-                else:
-                    self._conn.execute(
-                        "INSERT INTO feedback (request_id, ts, rating, correction, tags)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        item[1],
-                    )
-                self._conn.commit()
-            except sqlite3.Error:
-                pass  # the audit log must never take the gateway down
+                self._write([item for item in items if item is not None])
             finally:
-                self._queue.task_done()
+                for _ in items:
+                    self._queue.task_done()
+            if None in items:
+                return
+
+    def _write(self, items: list[AuditRecord | tuple[str, Any]]) -> None:
+        """One transaction for a batch of rows (redacted here, off the event loop); when SQLite
+        refuses the batch, each row on its own, so one bad row costs only itself."""
+        for item in items:
+            if isinstance(item, AuditRecord) and self.settings.log_text:
+                item.prompt_text = self.redact(item.prompt_text)
+                item.response_text = self.redact(item.response_text)
+                item.prompt_messages = self.redact_messages(item.prompt_messages)
+        try:
+            with self._conn:
+                for item in items:
+                    self._insert(item)
+            return
+        except sqlite3.Error:
+            pass
+        for item in items:
+            try:
+                with self._conn:
+                    self._insert(item)
+            except sqlite3.Error as exc:  # the audit log must never take the gateway down
+                self._problem(
+                    "write_error", f"audit log {self.path}: a row was not written ({exc})"
+                )
+
+    def _insert(self, item: AuditRecord | tuple[str, Any]) -> None:
+        if isinstance(item, AuditRecord):
+            row = asdict(item)
+            cols = ", ".join(row)
+            marks = ", ".join("?" for _ in row)
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO requests ({cols}) VALUES ({marks})", list(row.values())
+            )
+        else:
+            request_id, ts, rating, correction, tags = item[1]
+            self._conn.execute(
+                "INSERT INTO feedback (request_id, ts, rating, correction, tags)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (request_id, ts, rating, self.redact(correction), tags),
+            )

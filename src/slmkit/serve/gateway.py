@@ -99,7 +99,8 @@ class Gateway:
 
     async def start(self) -> None:
         if self.config.audit.enabled:
-            self.audit = AuditLog(self.config.audit)
+            problems = self.metrics.audit_problems
+            self.audit = AuditLog(self.config.audit, lambda kind: problems.labels(kind).inc())
             self.key_limits.seed_daily(tokens_today_by_key(self.audit.path))
         started: list[Engine] = []
         try:

@@ -82,6 +82,14 @@ class GatewayMetrics:
             ["model", "action"],
             registry=r,
         )
+        self.audit_problems = Counter(
+            "slm_audit_problems",
+            "Audit rows dropped (queue full) or not written (SQLite refused them).",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("dropped", "write_error"):
+            self.audit_problems.labels(kind)
         self.failovers = Counter(
             "slm_failovers",
             "Non-streamed requests asked again on another replica after one failed part-way.",

@@ -393,3 +393,21 @@ def test_the_watcher_keeps_checking_after_a_check_fails() -> None:
 
     asyncio.run(run())
     assert len(rounds) >= 3
+
+
+def test_a_check_reads_only_the_windows_requests_and_forgets_older_ones() -> None:
+    from slmkit.serve.alerts import AlertWatcher, _Request
+    from slmkit.serve.config import AlertRule
+    from slmkit.serve.metrics import GatewayMetrics
+
+    rule = AlertRule(name="errors", error_rate_above=0.5, window_s=60, min_requests=1)
+    watcher = AlertWatcher([rule], GatewayMetrics().alerts)
+    now = 1_000_000.0
+    for i in range(50_000):  # an hour ago: all failures, outside every window
+        watcher._recent.append(_Request(now - 3600 + i * 1e-3, True, None, False, None))
+    for _ in range(10):
+        watcher._recent.append(_Request(now - 5, False, 0.1, False, None))
+    assert watcher.check(now) == []  # the old failures are not in the 60 s window
+    assert len(watcher._recent) == 10  # and are no longer kept
+    window = watcher.window(rule, now)
+    assert (window.requests, window.failures, window.answered) == (10, 0, 10)

@@ -176,11 +176,13 @@ class AlertWatcher:
         self._recent.append(_Request(time.time(), is_failure(status), ok_latency, escalated, model))
 
     def window(self, rule: AlertRule, now: float) -> Window:
-        picked = [
-            r
-            for r in self._recent
-            if r.ts >= now - rule.window_s and (rule.model is None or r.model == rule.model)
-        ]
+        """The rule's requests: read from the newest back to the window's start only."""
+        since, picked = now - rule.window_s, []
+        for r in reversed(self._recent):
+            if r.ts < since:
+                break
+            if rule.model is None or r.model == rule.model:
+                picked.append(r)
         latencies = [r.latency_s for r in picked if r.latency_s is not None]
         return Window(
             requests=len(picked),
@@ -193,6 +195,9 @@ class AlertWatcher:
     def check(self, now: float | None = None) -> list[Alert]:
         """Set each rule's gauge, log and post its changes; the alerts firing now."""
         now = time.time() if now is None else now
+        horizon = now - max((rule.window_s for rule in self.rules), default=0.0)
+        while self._recent and self._recent[0].ts < horizon:  # older than every rule's window
+            self._recent.popleft()
         firing = []
         for rule in self.rules:
             state = self._states.setdefault(rule.name, RuleState())

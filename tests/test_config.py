@@ -239,3 +239,23 @@ def test_the_data_stage_shares_the_recipe_data_fields() -> None:
     section = DataSection(train=["a.jsonl"], cutoff_len=64, overflow="drop")
     config = DataConfig.from_section(section, [Path("a.jsonl")], [Path("eval.jsonl")])
     assert (config.cutoff_len, config.overflow, config.eval) == (64, "drop", [Path("eval.jsonl")])
+
+
+def test_secrets_come_from_the_environment_through_one_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from slmkit.config import env_secret
+
+    monkeypatch.setenv("SLM_TEST_SECRET", "  sk-abc \n")
+    monkeypatch.setenv("SLM_TEST_EMPTY", " ")
+    monkeypatch.delenv("SLM_TEST_UNSET", raising=False)
+    assert env_secret("SLM_TEST_SECRET", "x.api_key_env") == "sk-abc"
+    assert env_secret(None, "x.api_key_env") is None  # no variable named: no key
+    assert env_secret("SLM_TEST_UNSET", "judge.api_key_env", required=False) is None
+    for name in ("SLM_TEST_UNSET", "SLM_TEST_EMPTY"):
+        with pytest.raises(ConfigError) as caught:
+            env_secret(name, "models.0.upstream.api_key_env", hint="export it before `slm serve`")
+        assert str(caught.value) == (
+            f"models.0.upstream.api_key_env: environment variable {name} is not set; "
+            "export it before `slm serve`"
+        )

@@ -7,6 +7,7 @@ defaults live only in those models.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -233,3 +234,19 @@ def reference_markdown(model: type[BaseModel], prefix: str = "") -> str:
 
     walk(model, prefix)
     return "\n".join(lines)
+
+
+def env_secret(
+    variable: str | None, where: str, *, hint: str = "export it first", required: bool = True
+) -> str | None:
+    """The secret in environment `variable`, stripped: the one reader of API keys and tokens.
+
+    None when no variable is named, or when it is unset and not `required`; a required one that
+    is unset or empty is a ConfigError naming the setting (`where`) and the variable.
+    """
+    if variable is None:
+        return None
+    value = os.environ.get(variable, "").strip()
+    if not value and required:
+        raise ConfigError(f"{where}: environment variable {variable} is not set; {hint}")
+    return value or None

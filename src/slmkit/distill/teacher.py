@@ -5,7 +5,6 @@ an ASGI transport instead of a port). Retries with exponential backoff on 429/5x
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from slmkit.config import env_secret
 from slmkit.distill.config import DistillSettings
 from slmkit.errors import ConfigError, SlmError
 
@@ -57,14 +57,7 @@ def check_teacher(settings: DistillSettings) -> None:
 
 
 def api_key(settings: DistillSettings) -> str | None:
-    if settings.api_key_env is None:
-        return None
-    value = os.environ.get(settings.api_key_env, "").strip()
-    if not value:
-        raise ConfigError(
-            f"--api-key-env: environment variable {settings.api_key_env} is not set; export it first"
-        )
-    return value
+    return env_secret(settings.api_key_env, "--api-key-env")
 
 
 class Teacher:

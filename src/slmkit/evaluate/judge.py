@@ -7,10 +7,10 @@ reply the judge garbles counts as a tie. Any OpenAI-compatible endpoint works (`
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 
+from slmkit.config import env_secret
 from slmkit.errors import SlmError
 from slmkit.evaluate.config import JudgeSettings
 from slmkit.evaluate.evalset import EvalItem
@@ -55,7 +55,8 @@ def pairwise_scores(
 
     client = OpenAI(
         base_url=settings.base_url,
-        api_key=os.environ.get(settings.api_key_env) or "none",
+        # a judge endpoint without auth takes any key; the client needs a string to send
+        api_key=env_secret(settings.api_key_env, "judge.api_key_env", required=False) or "no-key",
         timeout=settings.timeout_s,
         max_retries=1,
     )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from slmkit.config import env_secret
 from slmkit.errors import ConfigError, SlmError
 from slmkit.evaluate import scoring
 from slmkit.evaluate.evalset import EvalItem, load_eval_set
@@ -129,12 +130,7 @@ def _feedback_items(config: MonitorConfig) -> list[EvalItem]:
 
 def api_key(config: MonitorConfig) -> str | None:
     """The server's API key from `--api-key-env`; ConfigError when that variable is unset."""
-    if config.api_key_env is None:
-        return None
-    value = os.environ.get(config.api_key_env, "").strip()
-    if not value:
-        raise ConfigError(f"--api-key-env: environment variable {config.api_key_env} is not set")
-    return value
+    return env_secret(config.api_key_env, "--api-key-env")
 
 
 def ask_served(config: MonitorConfig, items: list[EvalItem]) -> list[Generation]:

@@ -18,12 +18,12 @@ log when the gateway starts.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from slmkit.config import env_secret
 from slmkit.errors import ConfigError
 from slmkit.serve.api_errors import ApiError, key_limit_reached
 from slmkit.serve.audit import key_id
@@ -51,13 +51,13 @@ def resolve_keys(config: ServeConfig) -> list[ServedKey]:
     served: list[ServedKey] = []
     named: dict[str, str] = {}  # value -> name
     for i, entry in enumerate(config.keys):
-        value = entry.key if entry.key is not None else os.environ.get(entry.key_env or "", "")
-        value = value.strip()
+        value = (entry.key or "").strip() or env_secret(
+            entry.key_env,
+            f"keys.{i}.key_env",
+            hint=f"export it before `slm serve` (key {entry.name!r})",
+        )
         if not value:
-            raise ConfigError(
-                f"keys.{i}.key_env: environment variable {entry.key_env} is not set "
-                f"(key {entry.name!r}); export it before `slm serve`"
-            )
+            raise ConfigError(f"keys.{i}: the key is empty")
         if value in named:
             raise ConfigError(
                 f"keys.{i}: key {entry.name!r} has the same value as key {named[value]!r}"

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 from prometheus_client import Counter
 
+from slmkit.config import env_secret
 from slmkit.console import warn
-from slmkit.errors import ConfigError
 from slmkit.serve.config import WebhookSettings
 from slmkit.serve.engines.remote import display_url
 
@@ -40,13 +39,8 @@ def webhook_headers(
 ) -> dict[str, str]:
     """Headers of every POST; ConfigError naming `field` when the bearer variable is unset."""
     headers = {"Content-Type": "application/json", **settings.headers}
-    if settings.bearer_env is not None:
-        secret = os.environ.get(settings.bearer_env, "").strip()
-        if not secret:
-            raise ConfigError(
-                f"{field}: environment variable {settings.bearer_env} is not set; "
-                "export it before starting"
-            )
+    secret = env_secret(settings.bearer_env, field, hint="export it before starting")
+    if secret is not None:
         headers["Authorization"] = f"Bearer {secret}"
     return headers
 

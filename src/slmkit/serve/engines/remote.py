@@ -9,14 +9,13 @@ model name substituted. A failed call is a 502 (bad answer, unreachable), 503 (o
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
 
-from slmkit.errors import ConfigError
+from slmkit.config import env_secret
 from slmkit.serve.api_errors import ApiError, invalid_request, upstream_failed
 from slmkit.serve.config import UpstreamSettings
 from slmkit.serve.engines.base import Delta, EngineState
@@ -37,15 +36,9 @@ REMOTE_CAPACITY = 64
 
 def read_api_key(settings: UpstreamSettings, field: str) -> str | None:
     """The endpoint's key from its environment variable; ConfigError naming `field` when unset."""
-    if settings.api_key_env is None:
-        return None
-    value = os.environ.get(settings.api_key_env, "").strip()
-    if not value:
-        raise ConfigError(
-            f"{field}.api_key_env: environment variable {settings.api_key_env} is not set; "
-            "export it before `slm serve`"
-        )
-    return value
+    return env_secret(
+        settings.api_key_env, f"{field}.api_key_env", hint="export it before `slm serve`"
+    )
 
 
 def display_url(url: str) -> str:

@@ -8,11 +8,11 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from slmkit.config import StrictModel, load_config
+from slmkit.data.config import DataSection
 from slmkit.distill.config import DistillSettings
 from slmkit.evaluate.config import EvalSection
 from slmkit.export.config import ExportSection
 from slmkit.train.config import (
-    DataSection,
     DpoSection,
     FinetuningType,
     FreezeSection,

@@ -6,11 +6,9 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PlainValidator, field_validator
+from pydantic import Field, PlainValidator
 
 from slmkit.config import StrictModel
-from slmkit.errors import DataError
-from slmkit.models.templates import TEMPLATE_NAMES, named_template
 
 Method = Literal["sft", "dpo", "pt"]
 FinetuningType = Literal["lora", "qlora", "full", "freeze"]
@@ -33,69 +31,6 @@ def auto_or_number(above: float, at_most: float | None = None) -> Any:
         return number
 
     return PlainValidator(check, json_schema_input_type=float | Literal["auto"])
-
-
-class DataSection(StrictModel):
-    """Which records to train on and how they become token sequences."""
-
-    train: list[str] = Field(
-        default_factory=list,
-        description="Data files (JSONL/JSON/CSV/Parquet) or a folder with LLaMA-Factory's dataset_info.json; "
-        "relative paths are resolved against the recipe's folder.",
-    )
-    names: list[str] | None = Field(
-        default=None,
-        description="Dataset names to pick from dataset_info.json (when `train` is such a folder).",
-    )
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "preference", "text"] = Field(
-        default="auto", description="Record format; `auto` detects it per file."
-    )
-    template: str | None = Field(
-        default=None,
-        description="Chat template by name (" + ", ".join(TEMPLATE_NAMES) + "); empty = the "
-        "model's own. The template used is saved with the run and written into its GGUF exports.",
-    )
-    cutoff_len: int = Field(default=1024, ge=16, le=131072, description="Most tokens per sample.")
-    overflow: Literal["truncate", "drop"] = Field(
-        default="truncate",
-        description="Samples longer than `cutoff_len`: `truncate` cuts the prompt from its start "
-        "(oldest turns first, system prompt kept) so the answer keeps its tokens; `drop` leaves "
-        "the sample out. Both warn with file:line and are counted.",
-    )
-    dedupe: bool = Field(
-        default=False,
-        description="Drop exact duplicate records (same turns, system prompt and tools) before "
-        "training, keeping the first copy; off by default, as in LLaMA-Factory.",
-    )
-    train_on_prompt: bool = Field(
-        default=False,
-        description="Also compute loss on system/user turns (default: assistant turns only).",
-    )
-    packing: bool = Field(
-        default=False,
-        description="Pack samples into `cutoff_len` rows (position ids restart per sample, no attention across "
-        "samples). Off by default: without flash-attention a packed row attends over its whole length; "
-        "compare both with benchmarks/bench_train.py.",
-    )
-    val_ratio: float = Field(
-        default=0.0, ge=0.0, lt=0.9, description="Share of records held out for validation loss."
-    )
-    val: list[str] = Field(
-        default_factory=list, description="Separate validation files (instead of `val_ratio`)."
-    )
-    max_samples: int | None = Field(
-        default=None, ge=1, description="Use only the first N records (quick trials)."
-    )
-
-    @field_validator("template")
-    @classmethod
-    def _known_template(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return named_template(value).name
-        except DataError as exc:
-            raise ValueError(exc.message) from None
 
 
 class LoraSection(StrictModel):

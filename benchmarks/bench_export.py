@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serve import server_env
 from report import machine_line, write_section
 
 TARGET_S = 120.0
@@ -64,6 +66,7 @@ def main() -> None:
         force=True,
     )
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
+        os.environ.update(server_env(Path(tmp) / "home"))  # versions go to a private registry
         run = make_identity_lora_run(ensure_embedded_model(), Path(tmp) / "smollm2-lora")
         start = time.perf_counter()
         timed = export_model(run, Path(tmp) / "export-default", timed_cfg)

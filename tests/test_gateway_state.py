@@ -216,7 +216,7 @@ def _route_gateway(tmp_path: Any, small: Member, big: Member, timeout_s: float =
     return gateway
 
 
-def test_an_escalated_request_gives_back_the_first_slot_and_audits_who_answered(
+def test_an_escalated_request_gives_back_the_first_slot_and_audits_its_replica(
     tmp_path: Any,
 ) -> None:
     import sqlite3
@@ -236,7 +236,9 @@ def test_an_escalated_request_gives_back_the_first_slot_and_audits_who_answered(
     assert big.admitted_meanwhile == {"small": 0, "big": 1}  # small's slot was given back
     with sqlite3.connect(tmp_path / "audit.db") as conn:
         row = conn.execute("SELECT served_by, version, replica FROM requests").fetchone()
-    assert row == ("big", None, "big-0")  # not small's version and replica
+    # the replica is the answering member's; the version is the one whose answer escalated
+    # (the A/B report counts escalations per version)
+    assert row == ("big", "small-v1", "big-0")
 
 
 def test_the_chain_shares_the_requests_deadline(tmp_path: Any) -> None:

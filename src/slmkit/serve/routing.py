@@ -253,8 +253,9 @@ class Router:
     def _move_on(self, plan: RoutePlan, ctx: RequestContext, reason: str) -> None:
         plan.move_on(reason)
         self._aim(plan, ctx)
-        # what the last member set belongs to its answer, not to the next member's
-        ctx.gen.version = ctx.gen.replica = None
+        # the replicas the last member used are not the next member's; the version stays: the
+        # A/B report counts an escalated answer against the version that gave it
+        ctx.gen.replica = None
         ctx.gen.avoid = set()
 
     # -- running the chain ----------------------------------------------------------------
@@ -310,7 +311,8 @@ class Router:
             outcome = await collect(asked, gen, ctx.started, self.config)
         else:
             outcome = await generate_with_retry(asked, gen, ctx.started, self.config, self.metrics)
-        ctx.gen.version, ctx.gen.replica = gen.version, gen.replica  # who answered the copy
+        ctx.gen.version = ctx.gen.version or gen.version  # an A/B arm answered the logprobs copy
+        ctx.gen.replica = gen.replica
         return outcome, failed_check(outcome, checks, gen, self.config.repetition, tap.logprobs)
 
     async def hold(

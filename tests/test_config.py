@@ -225,8 +225,7 @@ def test_option_values_build_the_config_and_name_the_option_on_errors() -> None:
 
 
 def test_the_data_stage_shares_the_recipe_data_fields() -> None:
-    from slmkit.data.config import SHARED_FIELDS, DataConfig
-    from slmkit.data.config import DataSection
+    from slmkit.data.config import SHARED_FIELDS, DataConfig, DataSection
 
     for name in SHARED_FIELDS:
         ours, recipe = DataConfig.model_fields[name], DataSection.model_fields[name]

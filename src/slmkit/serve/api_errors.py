@@ -42,7 +42,10 @@ class ApiError(Exception):
 
 
 def internal_error(exc: BaseException) -> ApiError:
-    """An unexpected exception as the API shows it (500; the message names only its type)."""
+    """An exception as the API shows it: an ApiError as it is; anything else is a 500 whose
+    message names only the exception's type."""
+    if isinstance(exc, ApiError):
+        return exc
     return ApiError(
         500, f"internal error: {type(exc).__name__}", type_="server_error", code="internal_error"
     )

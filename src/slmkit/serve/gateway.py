@@ -152,7 +152,7 @@ class Gateway:
                 self.admission.admit(body.model) if plan is None else self.router.admit(plan, ctx)
             )
         except Exception as exc:  # the key's reservation is settled and the row written
-            self._finish(ctx, exc if isinstance(exc, ApiError) else api_errors.internal_error(exc))
+            self._finish(ctx, api_errors.internal_error(exc))
             raise
         with slot:  # released on the way out, unless a stream took it over
             try:
@@ -160,9 +160,7 @@ class Gateway:
                 answer = lambda: self._answer(engine, body, ctx, slot, plan)  # noqa: E731
                 return await self.rag.answer(ctx, answer)  # passages in, `sources` out
             except Exception as exc:
-                self._finish(
-                    ctx, exc if isinstance(exc, ApiError) else api_errors.internal_error(exc)
-                )
+                self._finish(ctx, api_errors.internal_error(exc))
                 raise
 
     def _context(
@@ -179,11 +177,10 @@ class Gateway:
             status=200,
             stream=body.stream,
         )
+        gen = generation_request(body, body.model, self._max_tokens(body), self.config.reasoning)
         # the drift monitor's probes: audited, but not user traffic (alerts, A/B, statistics)
         if request.headers.get("x-slm-source", "").lower() == MONITOR_SOURCE:
-            rec.source = MONITOR_SOURCE
-        gen = generation_request(body, body.model, self._max_tokens(body), self.config.reasoning)
-        gen.source = rec.source
+            gen.source = MONITOR_SOURCE
         return RequestContext(
             rec=rec,
             gen=gen,
@@ -314,6 +311,7 @@ class Gateway:
         rec.error_code = error.code if error else None
         rec.replica = rec.replica or ctx.gen.replica
         rec.version = rec.version or ctx.gen.version
+        rec.source = ctx.gen.source
         known = rec.model in self.engines or rec.model in self.router.routes
         model = rec.model if known and rec.model is not None else "unknown"
         if rec.route and rec.served_by and rec.route_reason:

@@ -7,11 +7,14 @@ template (see docs/train.md).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from pathlib import Path
 from typing import Any
 
 from slmkit.data.packing import PackedBatchCollator, PaddingCollator
+from slmkit.data.template import IGNORE_INDEX
 from slmkit.recipe import Recipe
 from slmkit.train.callbacks import available_trackers
 from slmkit.train.dataset import PreparedData
@@ -76,17 +79,15 @@ def answer_token_loss(
     loss and whether it is already normalised over the whole accumulated batch (when
     `num_items_in_batch` is given, as transformers' own loss does).
     """
-    import inspect
-
     import torch
 
     labels = inputs.get("labels")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if labels is None or "logits_to_keep" not in inspect.signature(base.forward).parameters:
+    if labels is None or not _keeps_chosen_logits(type(base).forward):
         return None
     targets = labels[:, 1:]
     keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = targets != -100
+    keep[:, :-1] = targets != IGNORE_INDEX
     forward = {"use_cache": False, **{k: v for k, v in inputs.items() if k != "labels"}}
     logits = model(**forward, logits_to_keep=keep).logits
     total = torch.nn.functional.cross_entropy(
@@ -95,6 +96,12 @@ def answer_token_loss(
     if num_items_in_batch is None:
         return total / keep.sum().clamp(min=1), False
     return total / num_items_in_batch, True
+
+
+@functools.cache
+def _keeps_chosen_logits(forward: Any) -> bool:
+    """Whether a model class's forward takes `logits_to_keep` (read once per class, not per step)."""
+    return "logits_to_keep" in inspect.signature(forward).parameters
 
 
 def answer_token_trainer(base_class: Any) -> Any:

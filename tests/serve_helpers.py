@@ -189,3 +189,30 @@ def write_adapter_run(base_dir: Path, out: Path, *, seed: int = 0, r: int = 4) -
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out / "adapter")
     write_run_manifest(out, str(base_dir))
     return out
+
+
+class MemoryEngine:
+    """The parts of an `Engine` that an in-memory test engine does not vary: always ready, no
+    tokenizer, no context limit; subclasses write `generate` (and count `calls`)."""
+
+    kind = "fake"
+
+    def __init__(self, model_id: str = "m", capacity: int = 2) -> None:
+        self.model_ids = [model_id]
+        self.state = "ready"
+        self.capacity = capacity
+        self.restarts = 0
+        self.calls = 0
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def health(self) -> dict[str, Any]:
+        return {"id": self.model_ids[0], "engine": self.kind, "state": self.state}
+
+    async def count_prompt_tokens(self, request: Any) -> int | None:
+        return None
+
+    def context_size(self) -> int | None:
+        return None

@@ -8,36 +8,20 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from slmkit.serve.engines.base import Delta, EngineState
+from serve_helpers import MemoryEngine
+from slmkit.serve.engines.base import Delta
 from slmkit.serve.protocol import GenerationRequest
 
 
-class MovingAlias:
+class MovingAlias(MemoryEngine):
     """An alias-like engine (kind "alias"): answers with the version it serves, which a test moves
     as `slm models promote` would."""
 
     kind = "alias"
 
     def __init__(self, model_id: str, version: str) -> None:
-        self.model_ids = [model_id]
+        super().__init__(model_id, capacity=4)
         self.version = version
-        self.state: EngineState = "ready"
-        self.capacity = 4
-        self.restarts = 0
-        self.calls = 0
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def health(self) -> dict[str, Any]:
-        return {"id": self.model_ids[0], "engine": self.kind, "state": self.state}
-
-    async def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
-        return None
-
-    def context_size(self) -> int | None:
-        return None
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         self.calls += 1

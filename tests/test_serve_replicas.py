@@ -18,9 +18,9 @@ from typing import Any
 import psutil
 import pytest
 
-from serve_helpers import ServerProcess, needs_llama_server
+from serve_helpers import MemoryEngine, ServerProcess, needs_llama_server
 from slmkit.serve.api_errors import ApiError, engine_unavailable, invalid_request
-from slmkit.serve.engines.base import Delta, EngineState
+from slmkit.serve.engines.base import Delta
 from slmkit.serve.metrics import GatewayMetrics
 from slmkit.serve.protocol import GenerationRequest
 from slmkit.serve.replicas import ReplicaPool
@@ -182,33 +182,14 @@ class FakeClock:
         return self.now
 
 
-class FakeEngine:
+class FakeEngine(MemoryEngine):
     """An in-memory engine: answers its name, or raises `error` before (or after) its first delta."""
 
-    kind = "fake"
-
     def __init__(self, name: str) -> None:
+        super().__init__("m")
         self.name = name
-        self.model_ids = ["m"]
-        self.state: EngineState = "ready"
-        self.capacity = 2
-        self.restarts = 0
         self.error: ApiError | None = None
         self.fail_after_first = False
-        self.calls = 0
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def health(self) -> dict[str, Any]:
-        return {"id": "m", "engine": self.kind, "state": self.state}
-
-    async def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
-        return None
-
-    def context_size(self) -> int | None:
-        return None
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         self.calls += 1

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_slm
+from slmkit.child_process import interruptible
 from slmkit.train.run_index import list_runs, read_run
 from slmkit.ui.app import TABS
 from train_helpers import tiny_recipe, write_jsonl, write_recipe
@@ -56,6 +57,7 @@ def test_ctrl_c_leaves_an_interrupted_resumable_run(tmp_path: Path, tiny_model_d
         [sys.executable, "-m", "slmkit.cli", "train", str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=interruptible,  # even when the suite itself runs in a script's background
     )
     checkpoints = tmp_path / "run" / "checkpoints"
     deadline = time.monotonic() + 300

@@ -45,8 +45,19 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM when its parent dies (even by SIGKILL), so it is never orphaned."""
+def interruptible() -> None:
+    """In the child before exec: Ctrl-C (SIGINT) interrupts it, as the board's Stop expects. A
+    process started in the background by a script (`slm ui &`) inherits SIGINT ignored, and Python
+    then never raises KeyboardInterrupt in its children."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _child_setup() -> None:
+    """Interruptible, and on Linux the child gets SIGTERM when its parent dies (even by SIGKILL),
+    so it is never orphaned."""
+    interruptible()
+    if sys.platform != "linux":
+        return
     try:
         import ctypes
 
@@ -62,7 +73,7 @@ def spawn(cmd: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=_child_setup,
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from serve_helpers import MemoryEngine
 from slmkit.serve.engines.base import Delta
-from slmkit.serve.protocol import GenerationRequest
+from slmkit.serve.engines.request import GenerationRequest
 
 
 class MovingAlias(MemoryEngine):

@@ -106,8 +106,8 @@ def test_a_chat_request_can_hide_reasoning_and_plain_completions_stay_raw() -> N
 
 def test_route_checks_judge_the_answer_not_the_thinking() -> None:
     from slmkit.serve.config import RepetitionGuard
+    from slmkit.serve.engines.request import GenerationRequest
     from slmkit.serve.generation import Outcome
-    from slmkit.serve.protocol import GenerationRequest
     from slmkit.serve.route_config import EscalationChecks
     from slmkit.serve.routing import failed_check
 

@@ -17,9 +17,9 @@ from slmkit.serve import api_errors
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.audit import AuditLog, AuditRecord
 from slmkit.serve.config import AuditSettings, RepetitionGuard
+from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.generation import Outcome
 from slmkit.serve.logs import parse_window, route_stats
-from slmkit.serve.protocol import GenerationRequest
 from slmkit.serve.route_config import EscalationChecks, Route, RouteRule
 from slmkit.serve.routing import (
     RequestFacts,

@@ -270,7 +270,7 @@ def test_weights_share_the_users_and_each_user_keeps_an_arm() -> None:
     """3:1 over 4000 users, by the same hash the server uses; an arm that is down hands its users
     to the other until it is back (stub engines: only their state is read)."""
     from slmkit.serve.ab import ABEngine, Arm
-    from slmkit.serve.protocol import GenerationRequest
+    from slmkit.serve.engines.request import GenerationRequest
 
     v2 = Stub()
     split = ABEngine("support", [Arm("v1", 3.0, Stub()), Arm("v2", 1.0, v2)])  # type: ignore[arg-type]

@@ -21,8 +21,8 @@ import pytest
 from serve_helpers import MemoryEngine, ServerProcess, needs_llama_server
 from slmkit.serve.api_errors import ApiError, engine_unavailable, invalid_request
 from slmkit.serve.engines.base import Delta
+from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.metrics import GatewayMetrics
-from slmkit.serve.protocol import GenerationRequest
 from slmkit.serve.replicas import ReplicaPool
 
 SAY_HI = [{"role": "user", "content": "Say hi."}]
@@ -121,8 +121,8 @@ def test_round_robin_alternates_exactly(server: ServerProcess, home: Path) -> No
 
 @needs_llama_server
 def test_logprobs_come_from_a_real_llama_server(server: ServerProcess) -> None:
-    from slmkit.serve.config import UpstreamSettings
     from slmkit.serve.engines.remote import RemoteEngine
+    from slmkit.serve.engines.settings import UpstreamSettings
 
     child = pool_children(server, "rr")[0]
     port = child.cmdline()[child.cmdline().index("--port") + 1]

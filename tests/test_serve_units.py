@@ -232,7 +232,7 @@ def test_vllm_serves_a_lora_run_as_base_plus_adapter(
     tmp_path: Path, tiny_model_dir: Path, vllm_without_gpu: None
 ) -> None:
     from serve_helpers import write_adapter_run
-    from slmkit.serve.protocol import GenerationRequest
+    from slmkit.serve.engines.request import GenerationRequest
     from slmkit.serve.server import build_engines
 
     run = write_adapter_run(tiny_model_dir, tmp_path / "run", r=24)

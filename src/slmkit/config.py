@@ -8,6 +8,7 @@ defaults live only in those models.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from slmkit.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # what an `*_env` setting may name
 
 
 class StrictModel(BaseModel):

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from slmkit.distill.config import DistillSettings
 from slmkit.serve.config import RepetitionGuard
+from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.generation import Outcome
-from slmkit.serve.protocol import GenerationRequest
 from slmkit.serve.route_config import EscalationChecks
 from slmkit.serve.routing import failed_check
 

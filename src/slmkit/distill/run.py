@@ -19,7 +19,7 @@ from slmkit.distill.filters import REASONS, rejection
 from slmkit.distill.prompts import PromptRow, read_prompts
 from slmkit.distill.teacher import NoAnswer, Teacher, check_teacher, open_teacher
 from slmkit.errors import ConfigError, DataError, SlmError
-from slmkit.serve.protocol import GenerationRequest
+from slmkit.serve.engines.request import GenerationRequest
 
 
 class DistillIncomplete(SlmError):

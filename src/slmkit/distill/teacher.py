@@ -182,7 +182,8 @@ async def _served(settings: DistillSettings) -> AsyncIterator[tuple[Any, str]]:
     """Our own gateway for a model reference, started in-process (llama-server child for a GGUF,
     transformers for an adapter run), without a port, an audit log or alert rules."""
     from slmkit.serve.app import create_app
-    from slmkit.serve.config import AuditSettings, Limits, LlamaCppSettings, ServeConfig
+    from slmkit.serve.config import AuditSettings, Limits, ServeConfig
+    from slmkit.serve.engines.settings import LlamaCppSettings
     from slmkit.serve.gateway import Gateway
     from slmkit.serve.server import build_engines, model_entry
 

@@ -194,7 +194,7 @@ async def _generate_missing(
 
 async def _ask(engine: Any, model_id: str, item: EvalItem, settings: EvalSettings) -> Generation:
     from slmkit.serve.api_errors import ApiError
-    from slmkit.serve.protocol import GenerationRequest
+    from slmkit.serve.engines.request import GenerationRequest
 
     request = GenerationRequest(
         model_id=model_id,

@@ -141,8 +141,8 @@ def ask_served(config: MonitorConfig, items: list[EvalItem]) -> list[Generation]
 async def _ask_all(config: MonitorConfig, items: list[EvalItem]) -> list[Generation]:
     from slmkit.evaluate.config import EvalSettings
     from slmkit.evaluate.generate import _ask
-    from slmkit.serve.config import UpstreamSettings
     from slmkit.serve.engines.remote import RemoteEngine
+    from slmkit.serve.engines.settings import UpstreamSettings
 
     upstream = UpstreamSettings(url=config.url, model=config.model, api_key_env=config.api_key_env)
     # tagged, so the gateway audits the probes apart from users' requests

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from slmkit.config import StrictModel
+from slmkit.config import ENV_NAME, StrictModel
 
 MonitorMetric = Literal["fact_recall", "exact_match", "rouge_l"]
 
@@ -47,8 +47,6 @@ class MonitorSettings(StrictModel):
     @field_validator("api_key_env")
     @classmethod
     def _check_env_name(cls, value: str | None) -> str | None:
-        from slmkit.serve.config import ENV_NAME  # serve.config imports this module
-
         if value is not None and not ENV_NAME.match(value):
             raise ValueError("api_key_env must be an environment variable name, e.g. SLM_KEY")
         return value

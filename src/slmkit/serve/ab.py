@@ -25,8 +25,8 @@ from typing import Any
 
 from slmkit.serve.engine_group import group_state, pass_on_restart_hook
 from slmkit.serve.engines.base import Delta, Engine, EngineState
+from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.metrics import GatewayMetrics
-from slmkit.serve.protocol import GenerationRequest
 
 
 @dataclass

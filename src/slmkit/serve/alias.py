@@ -19,7 +19,7 @@ from slmkit.console import info, warn
 from slmkit.registry.store import Registry, Version
 from slmkit.serve.engine_group import pass_on_restart_hook
 from slmkit.serve.engines.base import Delta, Engine, EngineState
-from slmkit.serve.protocol import GenerationRequest
+from slmkit.serve.engines.request import GenerationRequest
 
 EngineFactory = Callable[[Version], Engine]
 

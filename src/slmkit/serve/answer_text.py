@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from slmkit.models.reasoning import ReasoningSplitter
 from slmkit.serve.config import OutputFilter
+from slmkit.serve.engines.request import ReasoningMode
 from slmkit.serve.guards import StreamingFilter
-from slmkit.serve.protocol import ReasoningMode
 
 
 @dataclass

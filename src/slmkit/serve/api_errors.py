@@ -1,44 +1,15 @@
-"""OpenAI-shaped API errors: `{"error": {"message", "type", "param", "code"}}` with OpenAI's statuses."""
+"""OpenAI-shaped API errors: `{"error": {"message", "type", "param", "code"}}` with OpenAI's statuses.
+The gateway's own (keys, limits, timeouts, sizes) and the engines' (`serve/engines/errors.py`)."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-
-class ApiError(Exception):
-    """An error answered to the client; raised anywhere before the response headers are sent."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type_
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-    def body_bytes(self) -> bytes:
-        return json.dumps(self.body()).encode()
+# the engines' errors, which the gateway answers as they are
+from slmkit.serve.engines.errors import UPSTREAM_CODES as UPSTREAM_CODES
+from slmkit.serve.engines.errors import ApiError as ApiError
+from slmkit.serve.engines.errors import context_length_exceeded as context_length_exceeded
+from slmkit.serve.engines.errors import engine_unavailable as engine_unavailable
+from slmkit.serve.engines.errors import invalid_request as invalid_request
+from slmkit.serve.engines.errors import upstream_failed as upstream_failed
 
 
 def internal_error(exc: BaseException) -> ApiError:
@@ -48,20 +19,6 @@ def internal_error(exc: BaseException) -> ApiError:
         return exc
     return ApiError(
         500, f"internal error: {type(exc).__name__}", type_="server_error", code="internal_error"
-    )
-
-
-def invalid_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
-    return ApiError(400, message, param=param, code=code)
-
-
-def context_length_exceeded(prompt_tokens: int, n_ctx: int) -> ApiError:
-    return ApiError(
-        400,
-        f"This model's maximum context length is {n_ctx} tokens. However, your messages "
-        f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
-        param="messages",
-        code="context_length_exceeded",
     )
 
 
@@ -89,31 +46,6 @@ def queue_full(model: str) -> ApiError:
         type_="rate_limit_error",
         code="rate_limit_exceeded",
         headers={"Retry-After": "1"},
-    )
-
-
-def engine_unavailable(model: str, reason: str = "restarting") -> ApiError:
-    return ApiError(
-        503,
-        f"The engine serving `{model}` is unavailable ({reason}); retry shortly.",
-        type_="server_error",
-        code="engine_unavailable",
-        headers={"Retry-After": "2"},
-    )
-
-
-UPSTREAM_CODES = {502: "upstream_error", 503: "upstream_unavailable", 504: "upstream_timeout"}
-
-
-def upstream_failed(model: str, reason: str, status: int = 502) -> ApiError:
-    """A remote endpoint behind `model` failed: 502 bad answer or unreachable, 503 overloaded,
-    504 timed out."""
-    return ApiError(
-        status,
-        f"The upstream serving `{model}` failed ({reason}); retry shortly.",
-        type_="server_error",
-        code=UPSTREAM_CODES[status],
-        headers={"Retry-After": "2"} if status == 503 else None,
     )
 
 

@@ -12,11 +12,17 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from slmkit.config import StrictModel
+from slmkit.config import ENV_NAME, StrictModel
 from slmkit.monitor.settings import MonitorSettings
 from slmkit.paths import slm_home
 from slmkit.rag.config import RagSettings
 from slmkit.registry.store import VERSION_ID
+from slmkit.serve.engines.settings import (
+    LlamaCppSettings,
+    TransformersSettings,
+    UpstreamSettings,
+    VllmSettings,
+)
 from slmkit.serve.route_config import Route, route_problem
 
 EngineName = Literal["auto", "llamacpp", "transformers", "vllm", "onnx"]
@@ -29,44 +35,7 @@ DEFAULT_REDACTIONS = {
 }
 
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 Strategy = Literal["least-busy", "round-robin", "latency"]
-
-
-class UpstreamSettings(StrictModel):
-    """A remote OpenAI-compatible endpoint served under a local model id."""
-
-    url: str = Field(description="Base URL of the OpenAI-compatible API, e.g. http://host:8000/v1.")
-    api_key_env: str | None = Field(
-        default=None,
-        description="Environment variable holding the endpoint's API key (sent as a Bearer token).",
-    )
-    model: str | None = Field(
-        default=None, description="Model name at the endpoint; default: this entry's id."
-    )
-    price_in_per_mtok: float = Field(
-        default=0.0, ge=0, description="USD per million prompt tokens (for slm_upstream_cost_usd)."
-    )
-    price_out_per_mtok: float = Field(
-        default=0.0, ge=0, description="USD per million completion tokens."
-    )
-    timeout_s: float = Field(
-        default=60.0, gt=0, description="Seconds to connect, and to wait for each streamed chunk."
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("url must start with http:// or https:// and name a host")
-        return value.rstrip("/")
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _check_env_name(cls, value: str | None) -> str | None:
-        if value is not None and not ENV_NAME.match(value):
-            raise ValueError("api_key_env must be an environment variable name, e.g. BIG_API_KEY")
-        return value
 
 
 class Deployment(StrictModel):
@@ -247,64 +216,6 @@ class ModelEntry(StrictModel):
     def pooled(self) -> bool:
         """Served by a load-balanced pool of replicas rather than a single engine."""
         return self.deployments is not None or self.replicas > 1
-
-
-class LlamaCppSettings(StrictModel):
-    """How each `llama-server` child is started."""
-
-    ctx_size: int = Field(
-        default=8192, ge=256, description="Total context (`-c`), shared by the parallel slots."
-    )
-    parallel: int = Field(
-        default=8, ge=1, le=256, description="Parallel slots (`-np`): requests decoded together."
-    )
-    threads: int | None = Field(
-        default=None,
-        ge=1,
-        description="CPU threads (`-t`); default: `SLM_THREADS`, else all cores.",
-    )
-    gpu_layers: int | None = Field(
-        default=None, description="Layers offloaded to a GPU (`-ngl`); default: llama-server's."
-    )
-    extra_args: list[str] = Field(
-        default_factory=list, description="More llama-server flags, passed as is."
-    )
-    start_timeout_s: float = Field(
-        default=120.0, gt=0, description="Seconds a child may take to become healthy."
-    )
-    health_interval_s: float = Field(
-        default=0.5, gt=0, description="Seconds between liveness checks of a child."
-    )
-    max_restarts: int = Field(
-        default=20, ge=0, description="Restarts after crashes before the engine stays down."
-    )
-
-
-class TransformersSettings(StrictModel):
-    """The in-process transformers engine (unmerged adapters, HF folders)."""
-
-    max_batch_size: int = Field(
-        default=8, ge=1, description="Most queued requests generated together in one batch."
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto",
-        description="Weights dtype; `auto` keeps a bf16/fp16 checkpoint in bf16 where bf16 runs "
-        "(half the memory of fp32), and loads other checkpoints in fp32.",
-    )
-    device: str = Field(
-        default="auto", description="`auto` (cuda when available), `cpu` or `cuda`."
-    )
-
-
-class VllmSettings(StrictModel):
-    """The optional vLLM engine (CUDA machines with vLLM installed)."""
-
-    extra_args: list[str] = Field(
-        default_factory=list, description="More `vllm serve` flags, passed as is."
-    )
-    start_timeout_s: float = Field(
-        default=600.0, gt=0, description="Seconds vLLM may take to become healthy."
-    )
 
 
 class Limits(StrictModel):

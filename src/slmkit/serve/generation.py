@@ -15,6 +15,7 @@ from slmkit.serve.api_errors import ApiError
 from slmkit.serve.audit import AuditRecord
 from slmkit.serve.config import ServeConfig
 from slmkit.serve.engines.base import Delta, Engine
+from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.guards import (
     CachedResponse,
     ContextOutcome,
@@ -25,7 +26,6 @@ from slmkit.serve.guards import (
 )
 from slmkit.serve.key_limits import KeyTicket
 from slmkit.serve.metrics import GatewayMetrics
-from slmkit.serve.protocol import GenerationRequest
 
 SUMMARY_MAX_TOKENS = 96
 

@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 from slmkit.serve.api_errors import ApiError
+from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.generation import Outcome
-from slmkit.serve.protocol import GenerationRequest
 
 FINGERPRINT = "slmkit"
 SSE_DONE = b"data: [DONE]\n\n"

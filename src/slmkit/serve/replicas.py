@@ -22,8 +22,8 @@ from slmkit.console import warn
 from slmkit.serve.api_errors import ApiError, engine_unavailable
 from slmkit.serve.engine_group import group_state, pass_on_restart_hook
 from slmkit.serve.engines.base import Delta, Engine, EngineState
+from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.metrics import GatewayMetrics
-from slmkit.serve.protocol import GenerationRequest
 
 LATENCY_WEIGHT = 0.3  # weight of the newest sample in the moving average of time to first token
 

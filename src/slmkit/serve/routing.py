@@ -24,6 +24,7 @@ from slmkit.serve.admission import Admission, AdmissionSlot
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.config import RepetitionGuard, ServeConfig
 from slmkit.serve.engines.base import Delta, Engine
+from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.generation import (
     Outcome,
     RequestContext,
@@ -33,7 +34,7 @@ from slmkit.serve.generation import (
 )
 from slmkit.serve.guards import find_repetition
 from slmkit.serve.metrics import GatewayMetrics
-from slmkit.serve.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
+from slmkit.serve.protocol import ChatCompletionRequest, CompletionRequest
 from slmkit.serve.route_config import EscalationChecks, Route, RouteRule, route_problem
 from slmkit.serve.streaming import GuardedStream, OnClose, StreamResponder
 

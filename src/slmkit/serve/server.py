@@ -14,8 +14,9 @@ from slmkit.child_process import port_problem
 from slmkit.console import info
 from slmkit.errors import ServeError
 from slmkit.models import ResolvedModel, resolve_model
-from slmkit.serve.config import Deployment, ModelEntry, ServeConfig, UpstreamSettings
+from slmkit.serve.config import Deployment, ModelEntry, ServeConfig
 from slmkit.serve.engines.base import Engine
+from slmkit.serve.engines.settings import UpstreamSettings
 
 
 def model_entry(text: str) -> ModelEntry:

@@ -8,9 +8,9 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
-from slmkit.serve.api_errors import ApiError, context_length_exceeded, engine_unavailable
 from slmkit.serve.engines.base import Delta, EngineState
-from slmkit.serve.protocol import GenerationRequest
+from slmkit.serve.engines.errors import ApiError, context_length_exceeded, engine_unavailable
+from slmkit.serve.engines.request import GenerationRequest
 
 
 class WorkerJob(Protocol):

@@ -14,9 +14,9 @@ from slmkit import child_process
 from slmkit.errors import ServeError
 from slmkit.export.llama_server import template_args, template_kwargs
 from slmkit.models.messages import prepare_messages
-from slmkit.serve.config import LlamaCppSettings
+from slmkit.serve.engines.request import GenerationRequest
+from slmkit.serve.engines.settings import LlamaCppSettings
 from slmkit.serve.engines.upstream import UpstreamEngine
-from slmkit.serve.protocol import GenerationRequest
 from slmkit.tools import llama_tool, threads_setting
 
 

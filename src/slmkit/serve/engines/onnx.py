@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmkit.serve.api_errors import ApiError
 from slmkit.serve.engines.base import Delta, EngineState
+from slmkit.serve.engines.errors import ApiError
 from slmkit.serve.engines.in_process import admit, encode_request, opened_text, relay
-from slmkit.serve.protocol import GenerationRequest
+from slmkit.serve.engines.request import GenerationRequest
 
 
 @dataclass

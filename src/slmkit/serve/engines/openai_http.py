@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 
-from slmkit.serve.api_errors import ApiError, context_length_exceeded
 from slmkit.serve.engines.base import Delta
-from slmkit.serve.protocol import GenerationRequest
+from slmkit.serve.engines.errors import ApiError, context_length_exceeded
+from slmkit.serve.engines.request import GenerationRequest
 
 ErrorMapper = Callable[[int, dict[str, Any]], ApiError]  # (HTTP status, JSON body) -> ApiError
 FailureMapper = Callable[[Exception], ApiError]  # a broken connection or a timeout -> ApiError

@@ -16,17 +16,16 @@ from typing import Any
 import httpx
 
 from slmkit.config import env_secret
-from slmkit.serve.api_errors import ApiError, invalid_request, upstream_failed
-from slmkit.serve.config import UpstreamSettings
 from slmkit.serve.engines.base import Delta, EngineState
+from slmkit.serve.engines.errors import ApiError, invalid_request, upstream_failed
 from slmkit.serve.engines.openai_http import (
     OpenAIHttp,
     build_payload,
     context_overflow,
     error_fields,
 )
-from slmkit.serve.metrics import GatewayMetrics
-from slmkit.serve.protocol import GenerationRequest
+from slmkit.serve.engines.request import GenerationRequest
+from slmkit.serve.engines.settings import UpstreamSettings
 
 MASK = "***"
 # Requests at the endpoint counted as decoding at once (for slm_queue_depth); a remote API's real
@@ -88,7 +87,8 @@ class RemoteEngine:
     def restarts(self) -> int:
         return 0
 
-    def attach_metrics(self, metrics: GatewayMetrics) -> None:
+    def attach_metrics(self, metrics: Any) -> None:
+        """`metrics`: the gateway's, whose `upstream_cost` counter is labelled by model id."""
         self._cost = metrics.upstream_cost.labels(self.model_id)
         self._cost.inc(0)  # the series exists from the start
 

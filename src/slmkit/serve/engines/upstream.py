@@ -21,15 +21,15 @@ from slmkit import child_process
 from slmkit.child_process import free_port
 from slmkit.console import info, warn
 from slmkit.errors import ServeError
-from slmkit.serve.api_errors import ApiError, engine_unavailable, invalid_request
 from slmkit.serve.engines.base import Delta, EngineState
+from slmkit.serve.engines.errors import ApiError, engine_unavailable, invalid_request
 from slmkit.serve.engines.openai_http import (
     OpenAIHttp,
     build_payload,
     context_overflow,
     error_fields,
 )
-from slmkit.serve.protocol import GenerationRequest
+from slmkit.serve.engines.request import GenerationRequest
 
 __all__ = ["UpstreamEngine", "free_port"]
 

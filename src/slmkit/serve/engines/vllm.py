@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from slmkit.errors import DeviceError, ServeError
-from slmkit.serve.config import VllmSettings
+from slmkit.serve.engines.settings import VllmSettings
 from slmkit.serve.engines.upstream import UpstreamEngine
 
 # vLLM's `--max-lora-rank` takes only these values (its default, 16, covers ranks up to 16).

@@ -1,10 +1,12 @@
 """What the in-process engines (transformers, ONNX) share: a request as prompt token ids (chat
 messages through the model's own chat template, a completion prompt as it is), the checks before a
-job is queued, and the relay of a job's deltas from the worker thread to the event loop."""
+job is queued, the tokenizer taken in turns, and the relay of a job's deltas from the worker
+thread to the event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
@@ -45,16 +47,38 @@ def encode_request(tokenizer: Any, request: GenerationRequest) -> list[int]:
     return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
 
-def admit(
-    tokenizer: Any, request: GenerationRequest, state: EngineState, n_ctx: int | None
-) -> list[int]:
-    """The prompt's token ids, once the engine is ready and the prompt leaves room to answer."""
-    if state != "ready":
-        raise engine_unavailable(request.model_id, state)
-    input_ids = encode_request(tokenizer, request)
-    if n_ctx is not None and len(input_ids) >= n_ctx:
-        raise context_length_exceeded(len(input_ids), n_ctx)
-    return input_ids
+class SharedTokenizer:
+    """The engine's tokenizer, called by one thread at a time: prompts are encoded off the event
+    loop (in asyncio's helper threads) while the worker thread decodes answers, and a fast
+    tokenizer called from two threads at once can fail ("Already borrowed")."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._turn = threading.Lock()
+
+    def encode(self, request: GenerationRequest) -> list[int]:
+        with self._turn:
+            return encode_request(self.tokenizer, request)
+
+    def decode(self, ids: list[int]) -> str:
+        with self._turn:
+            return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    async def count(self, request: GenerationRequest) -> int:
+        """The prompt's length in tokens, encoded off the event loop."""
+        return len(await asyncio.to_thread(self.encode, request))
+
+    async def admit(
+        self, request: GenerationRequest, state: EngineState, n_ctx: int | None
+    ) -> list[int]:
+        """The prompt's token ids (encoded off the event loop), once the engine is ready and the
+        prompt leaves room to answer."""
+        if state != "ready":
+            raise engine_unavailable(request.model_id, state)
+        input_ids = await asyncio.to_thread(self.encode, request)
+        if n_ctx is not None and len(input_ids) >= n_ctx:
+            raise context_length_exceeded(len(input_ids), n_ctx)
+        return input_ids
 
 
 def opened_text(tokenizer: Any, request: GenerationRequest) -> str:

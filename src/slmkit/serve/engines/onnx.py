@@ -19,7 +19,7 @@ from typing import Any
 
 from slmkit.serve.engines.base import Delta, EngineState
 from slmkit.serve.engines.errors import ApiError
-from slmkit.serve.engines.in_process import admit, encode_request, opened_text, relay
+from slmkit.serve.engines.in_process import SharedTokenizer, opened_text, relay
 from slmkit.serve.engines.request import GenerationRequest
 
 
@@ -51,6 +51,7 @@ class OnnxEngine:
         self._worker: threading.Thread | None = None
         self.model: Any = None
         self.tokenizer: Any = None
+        self.tokens: SharedTokenizer  # the tokenizer in turns (set on load)
         self._n_ctx: int | None = None
         self.generations = 0
 
@@ -83,6 +84,7 @@ class OnnxEngine:
 
         self.model = load_genai(self.folder)
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        self.tokens = SharedTokenizer(self.tokenizer)
         genai = json.loads((self.folder / "genai_config.json").read_text())
         self._n_ctx = int(genai["model"].get("context_length") or 2048)
 
@@ -103,14 +105,11 @@ class OnnxEngine:
             "generations": self.generations,
         }
 
-    def _encode(self, request: GenerationRequest) -> list[int]:
-        return encode_request(self.tokenizer, request)
-
     async def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
-        return len(self._encode(request))
+        return await self.tokens.count(request)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
-        input_ids = admit(self.tokenizer, request, self._state, self._n_ctx)
+        input_ids = await self.tokens.admit(request, self._state, self._n_ctx)
         job = _Job(request, input_ids, asyncio.get_running_loop(), asyncio.Queue())
         self._jobs.put(job)
         async for delta in relay(job, opened_text(self.tokenizer, request)):
@@ -166,7 +165,7 @@ class OnnxEngine:
             if token in eos:
                 return "stop"
             job.tokens.append(token)
-            text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
+            text = self.tokens.decode(job.tokens)
             for stop in r.stop:
                 at = text.find(stop)
                 if at != -1:

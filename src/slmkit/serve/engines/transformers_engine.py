@@ -18,7 +18,7 @@ from typing import Any
 
 from slmkit.serve.engines.base import Delta, EngineState
 from slmkit.serve.engines.errors import ApiError
-from slmkit.serve.engines.in_process import admit, encode_request, eos_ids, opened_text, relay
+from slmkit.serve.engines.in_process import SharedTokenizer, eos_ids, opened_text, relay
 from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.engines.settings import TransformersSettings
 
@@ -91,6 +91,7 @@ class TransformersEngine:
         self._worker: threading.Thread | None = None
         self.model: Any = None
         self.tokenizer: Any = None
+        self.tokens: SharedTokenizer  # the tokenizer in turns (set on load)
         self._n_ctx: int | None = None
         self.batches = BatchCounts()
 
@@ -138,6 +139,7 @@ class TransformersEngine:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.model, self.tokenizer = model, tokenizer
+        self.tokens = SharedTokenizer(tokenizer)
         self._n_ctx = int(
             getattr(getattr(model, "config", None), "max_position_embeddings", 0) or 2048
         )
@@ -159,14 +161,11 @@ class TransformersEngine:
             "batches": self.batches.to_json(),
         }
 
-    def _encode(self, request: GenerationRequest) -> list[int]:
-        return encode_request(self.tokenizer, request)
-
     async def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
-        return len(self._encode(request))
+        return await self.tokens.count(request)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
-        input_ids = admit(self.tokenizer, request, self._state, self._n_ctx)
+        input_ids = await self.tokens.admit(request, self._state, self._n_ctx)
         adapter = request.model_id if self.adapters.get(request.model_id) is not None else BASE
         job = _Job(request, adapter, input_ids, asyncio.get_running_loop(), asyncio.Queue())
         self._jobs.put(job)
@@ -234,7 +233,7 @@ class TransformersEngine:
             kwargs["repetition_penalty"] = first.repeat_penalty
         if first.seed is not None:
             torch.manual_seed(first.seed)
-        streamer = _RowStreamer(batch, tok, eos_ids(tok, self.model))
+        streamer = _RowStreamer(batch, self.tokens, eos_ids(tok, self.model))
         from transformers import StoppingCriteriaList
 
         with torch.inference_mode(), self._adapter(batch[0].adapter):
@@ -261,9 +260,9 @@ class TransformersEngine:
 class _RowStreamer:
     """A transformers streamer + stopping criterion that routes each batch row's tokens to its job."""
 
-    def __init__(self, batch: list[_Job], tokenizer: Any, eos: set[int]) -> None:
+    def __init__(self, batch: list[_Job], tokens: SharedTokenizer, eos: set[int]) -> None:
         self.batch = batch
-        self.tokenizer = tokenizer
+        self.tokens = tokens
         self.eos = eos
         self.prompt_seen = False
 
@@ -284,7 +283,7 @@ class _RowStreamer:
             self._finish(job, "stop")
             return
         job.tokens.append(token)
-        text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
+        text = self.tokens.decode(job.tokens)
         for stop in job.request.stop:
             at = text.find(stop)
             if at != -1:

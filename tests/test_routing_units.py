@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from slmkit.answer_checks import json_problem
 from slmkit.cost import CostConfig, estimate_cost
 from slmkit.errors import SlmError
 from slmkit.serve import api_errors
@@ -25,7 +26,6 @@ from slmkit.serve.routing import (
     RequestFacts,
     RoutePlan,
     failed_check,
-    json_problem,
     rule_matches,
 )
 

@@ -177,7 +177,7 @@ def test_repetition_loop_is_stopped_and_retried(server: ServerProcess) -> None:
             "content": "Say the word hello over and over: hello hello hello hello hello hello",
         }
     ]
-    from slmkit.serve.guards import find_repetition
+    from slmkit.answer_checks import find_repetition
 
     client, loop = server.client(), CONFIG["repetition"]
     stopped = server.metric("slm_repetition_events_total", action="stopped")

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from slmkit.answer_checks import find_repetition
 from slmkit.serve.audit import AuditLog, AuditRecord, key_id
 from slmkit.serve.config import AuditSettings, OutputFilter, RepetitionGuard, ServeConfig
 from slmkit.serve.guards import (
     RepetitionDetector,
     StreamingFilter,
-    find_repetition,
     prune_messages,
 )
 from slmkit.serve.logs import check_alerts, percentile, window_stats

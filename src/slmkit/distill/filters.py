@@ -4,12 +4,9 @@ rejection reason."""
 
 from __future__ import annotations
 
+from slmkit.answer_checks import failed_check
 from slmkit.distill.config import DistillSettings
-from slmkit.serve.config import RepetitionGuard
-from slmkit.serve.engines.request import GenerationRequest
-from slmkit.serve.generation import Outcome
 from slmkit.serve.route_config import EscalationChecks
-from slmkit.serve.routing import failed_check
 
 # every reason an answer can be rejected for, in the order they are checked (the counts table's rows)
 REASONS = ("empty", "refusal", "repetition", "truncated", "too_long", "must_include")
@@ -20,12 +17,10 @@ def rejection(
     finish_reason: str | None,
     must_include: list[str],
     settings: DistillSettings,
-    request: GenerationRequest,
 ) -> tuple[str, str] | None:
     """(reason, detail) for an answer the data must not hold, or None to keep it."""
     checks = EscalationChecks(empty=True, refusal=settings.refusal, repetition=settings.repetition)
-    outcome = Outcome(text_parts=[text], finish_reason=finish_reason)
-    failed = failed_check(outcome, checks, request, RepetitionGuard(), [])
+    failed = failed_check(text, checks)
     if failed is not None:
         return failed, f"the answer failed the {failed} check"
     if finish_reason == "length" and not settings.keep_truncated:

@@ -19,7 +19,6 @@ from slmkit.distill.filters import REASONS, rejection
 from slmkit.distill.prompts import PromptRow, read_prompts
 from slmkit.distill.teacher import NoAnswer, Teacher, check_teacher, open_teacher
 from slmkit.errors import ConfigError, DataError, SlmError
-from slmkit.serve.engines.request import GenerationRequest
 
 
 class DistillIncomplete(SlmError):
@@ -147,8 +146,7 @@ async def _distill_one(
         if len(result.failures) < 5:
             result.failures.append(f"line {row.line}: {exc}")
         return
-    request = GenerationRequest(teacher.model, asked, None, settings.max_tokens, stream=False)
-    problem = rejection(answer.text, answer.finish_reason, row.must_include, settings, request)
+    problem = rejection(answer.text, answer.finish_reason, row.must_include, settings)
     if problem is None:
         result.counts["accepted"] += 1
         messages = [*row.messages, {"role": "assistant", "content": answer.text}]

@@ -9,25 +9,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from slmkit.answer_checks import find_repetition
 from slmkit.serve.api_errors import context_length_exceeded
 from slmkit.serve.config import DEFAULT_REDACTIONS, OutputFilter, RepetitionGuard
-
-_WORD = re.compile(r"\w+|[^\w\s]")
-MAX_UNIT_WORDS = 32
-
-
-def find_repetition(text: str, min_unit: int = 4, min_repeats: int = 4) -> int | None:
-    """Length in words of a unit repeated `min_repeats` times back to back at the end of `text`, or None."""
-    words = _WORD.findall(text.lower())
-    for unit in range(min_unit, MAX_UNIT_WORDS + 1):
-        span = unit * min_repeats
-        if span > len(words):
-            return None
-        tail = words[-span:]
-        first = tail[:unit]
-        if all(tail[i * unit : (i + 1) * unit] == first for i in range(1, min_repeats)):
-            return unit
-    return None
 
 
 class RepetitionDetector:

@@ -11,15 +11,14 @@ json_schema, must_not_include), `fallback:context` (the prompt is over a member'
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
+from slmkit import answer_checks
 from slmkit.errors import ConfigError
-from slmkit.models.reasoning import split_reasoning
 from slmkit.serve.admission import Admission, AdmissionSlot
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.config import RepetitionGuard, ServeConfig
@@ -32,7 +31,6 @@ from slmkit.serve.generation import (
     generate_with_retry,
     prompt_text,
 )
-from slmkit.serve.guards import find_repetition
 from slmkit.serve.metrics import GatewayMetrics
 from slmkit.serve.protocol import ChatCompletionRequest, CompletionRequest
 from slmkit.serve.route_config import EscalationChecks, Route, RouteRule, route_problem
@@ -110,54 +108,17 @@ def failed_check(
     guard: RepetitionGuard,
     logprobs: list[float],
 ) -> str | None:
-    """The first escalation check the answer fails (its name in the reason), or None."""
-    text = split_reasoning(outcome.text)[1]  # the answer is judged, not the reasoning
-    lowered = text.lower()
-    if checks.empty and not text.strip() and not outcome.extra.get("tool_calls"):
-        return "empty"
-    if any(phrase.lower() in lowered for phrase in checks.refusal):
-        return "refusal"
-    if checks.repetition and (
-        outcome.repeated or find_repetition(text, guard.ngram, guard.min_repeats) is not None
-    ):
-        return "repetition"
-    threshold = checks.min_mean_logprob
-    if threshold is not None and logprobs and sum(logprobs) / len(logprobs) < threshold:
-        return "low_logprob"
-    if checks.json_schema and json_problem(text, gen.passthrough.get("response_format")):
-        return "json_schema"
-    if any(phrase.lower() in lowered for phrase in checks.must_not_include):
-        return "must_not_include"
-    return None
-
-
-def json_problem(text: str, response_format: Any) -> str | None:
-    """Why `text` does not meet a `response_format` of type json_object / json_schema, or None."""
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if kind not in ("json_object", "json_schema"):
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        return f"not JSON ({exc})"
-    if kind == "json_object":
-        return None if isinstance(value, dict) else "not a JSON object"
-    spec = response_format.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else None
-    return schema_problem(value, schema) if isinstance(schema, dict) else None
-
-
-def schema_problem(value: Any, schema: dict[str, Any]) -> str | None:
-    """The first JSON-schema violation, or None."""
-    import jsonschema_rs
-
-    try:
-        jsonschema_rs.validate(schema, value)
-    except jsonschema_rs.ValidationError as exc:
-        return str(exc).splitlines()[0]
-    except ValueError:
-        return None  # a schema the validator cannot read: the engine was given it as it is
-    return None
+    """The first escalation check a chain member's answer fails (its name in the reason), or None."""
+    return answer_checks.failed_check(
+        outcome.text,
+        checks,
+        response_format=gen.passthrough.get("response_format"),
+        tool_calls=bool(outcome.extra.get("tool_calls")),
+        repeated=outcome.repeated,
+        logprobs=logprobs,
+        ngram=guard.ngram,
+        min_repeats=guard.min_repeats,
+    )
 
 
 class LogprobTap:

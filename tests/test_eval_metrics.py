@@ -8,8 +8,7 @@ import pytest
 
 from eval_helpers import FACT_ROWS, write_jsonl
 from slmkit.errors import ConfigError, DataError
-from slmkit.evaluate.commands import parse_models, parse_thresholds
-from slmkit.evaluate.config import Criteria, EvalConfig
+from slmkit.evaluate.config import Criteria, EvalConfig, parse_models, parse_thresholds
 from slmkit.evaluate.evalset import load_eval_set
 from slmkit.evaluate.judge import parse_verdict
 from slmkit.evaluate.metrics import (

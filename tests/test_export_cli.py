@@ -59,8 +59,7 @@ def test_one_pydantic_error_formatter_for_files_and_options() -> None:
 
     from slmkit.config import dotted, format_validation_error
     from slmkit.errors import ConfigError
-    from slmkit.export.commands import export_config
-    from slmkit.export.config import KNOWN_QUANTS, ExportConfig
+    from slmkit.export.config import KNOWN_QUANTS, ExportConfig, export_config
 
     with pytest.raises(ValidationError) as caught:
         ExportConfig.model_validate({"quants": "q9", "thresholds": {"max_kld": -1, "typo": 1}})

@@ -95,3 +95,20 @@ def test_an_import_inside_a_function_counts(tmp_path: Path) -> None:
     engines.mkdir(parents=True)
     (engines / "fake.py").write_text("def f():\n    from slmkit.serve.gateway import Gateway\n")
     assert imports(tmp_path) == {("serve.engines", "serve"): {"slmkit.serve.engines.fake"}}
+
+
+def test_the_board_calls_the_stages_not_the_cli_commands() -> None:
+    """The board and the CLI are peers: what both need (parsing a model list, an export config)
+    lives in the stage's package, not in a CLI command module."""
+    board = {
+        module
+        for (importer, _), modules in imports().items()
+        if importer == "ui"
+        for module in modules
+    }
+    assert board, "the walk found no import of the board"
+    for path in (SRC / "ui").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.endswith(".commands"), (path.name, node.module)
+                assert node.module != "slmkit.cli", path.name

@@ -11,13 +11,11 @@ from rich.table import Table
 
 from slmkit.config import describe, from_options, option
 from slmkit.console import console, out
-from slmkit.data.config import DataConfig, SplitConfig
+from slmkit.data.config import FLAGS, DataConfig, SplitConfig, check_format, data_config
 from slmkit.data.records import Problem
 from slmkit.errors import DataError
 
 ALL_DATASETS = "Default: every dataset with a local file."
-# config field -> the option that sets it, where the two names differ (for error messages)
-FLAGS = {"files": "FILES", "names": "--dataset", "eval": "--eval", "output_dir": "--output-dir"}
 
 data_app = typer.Typer(
     help="Check, inspect, convert and split training data.", no_args_is_help=True
@@ -45,28 +43,6 @@ def _tokenizer(model: str) -> Any:
     from slmkit.models.load import load_tokenizer
 
     return load_tokenizer(model)
-
-
-def _check_format(fmt: str, template: str | None = None) -> None:
-    from slmkit.data.loader import FORMAT_CHOICES
-    from slmkit.models.templates import NAMED_TEMPLATES, named_template
-
-    if template is not None and template.lower() not in NAMED_TEMPLATES:
-        try:
-            named_template(template)
-        except DataError as exc:
-            raise DataError(f"--template {template!r}: {exc.message}") from None
-
-    if fmt not in FORMAT_CHOICES:
-        raise DataError(
-            f"--format {fmt!r}: unknown format (expected one of {', '.join(FORMAT_CHOICES)})"
-        )
-
-
-def data_config(**values: Any) -> DataConfig:
-    """The data stage's settings from command-line values; a bad one names its option."""
-    _check_format(values["format"], values.get("template"))
-    return from_options(DataConfig, values, FLAGS)
 
 
 def print_problems(problems: list[Problem], max_errors: int) -> None:
@@ -264,7 +240,7 @@ def convert_cmd(
     from slmkit.data.convert import TARGETS, convert_records, write_rows
     from slmkit.data.loader import load_records
 
-    _check_format(fmt)
+    check_format(fmt)
     if to not in TARGETS:
         raise DataError(f"--to {to!r}: unknown target (expected one of {', '.join(TARGETS)})")
     loaded = load_records([file], fmt)
@@ -291,7 +267,7 @@ def split_cmd(
     """Deterministic train/validation split (records with the same prompt stay together)."""
     from slmkit.data.split import split_data
 
-    _check_format(fmt)
+    check_format(fmt)
     values = {"files": files, "output_dir": output_dir, "val_ratio": val_ratio, "seed": seed}
     config = from_options(SplitConfig, {**values, "format": fmt, "to": to}, FLAGS)
     result = split_data(config)

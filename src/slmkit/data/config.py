@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from slmkit.config import StrictModel
+from slmkit.config import StrictModel, from_options
 from slmkit.errors import DataError
 from slmkit.models.templates import TEMPLATE_NAMES, named_template
 
@@ -135,3 +135,30 @@ class SplitConfig(StrictModel):
     )
     seed: int = Field(default=0, description="Seed: the same seed gives the same split.")
     to: SplitTarget = Field(default="messages", description="Format of the written files.")
+
+
+# What `slm data` and the board's Data tab give as options, as settings.
+# config field -> the option that sets it, where the two names differ (for error messages)
+FLAGS = {"files": "FILES", "names": "--dataset", "eval": "--eval", "output_dir": "--output-dir"}
+
+
+def check_format(fmt: str, template: str | None = None) -> None:
+    from slmkit.data.loader import FORMAT_CHOICES
+    from slmkit.models.templates import NAMED_TEMPLATES, named_template
+
+    if template is not None and template.lower() not in NAMED_TEMPLATES:
+        try:
+            named_template(template)
+        except DataError as exc:
+            raise DataError(f"--template {template!r}: {exc.message}") from None
+
+    if fmt not in FORMAT_CHOICES:
+        raise DataError(
+            f"--format {fmt!r}: unknown format (expected one of {', '.join(FORMAT_CHOICES)})"
+        )
+
+
+def data_config(**values: Any) -> DataConfig:
+    """The data stage's settings from command-line values; a bad one names its option."""
+    check_format(values["format"], values.get("template"))
+    return from_options(DataConfig, values, FLAGS)

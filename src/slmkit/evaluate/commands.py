@@ -15,75 +15,14 @@ from slmkit.evaluate.config import (
     JudgeSettings,
     RetrievalEvalConfig,
     RetrievalSettings,
+    build_config,
+    parse_models,
+    parse_thresholds,
 )
 
 # What only the command line needs to say (the fields say what each setting is).
 CRITERION_SYNTAX = "As METRIC=NUMBER (repeatable or comma-separated)."
 JUDGE_SYNTAX = "Giving it turns LLM-as-judge on."
-
-
-def parse_models(text: str) -> list[dict[str, str]]:
-    """`base=default,tuned=runs/demo` -> [{name, ref}, ...]; a bare ref is named after itself."""
-    specs = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        name, sep, ref = part.partition("=")
-        if not sep:
-            ref, name = part, Path(part.rstrip("/")).stem or part
-        if not name.strip() or not ref.strip():
-            raise ConfigError(f"--models {part!r}: expected NAME=REF (e.g. tuned=runs/demo)")
-        specs.append({"name": name.strip(), "ref": ref.strip()})
-    if not specs:
-        raise ConfigError("--models: give at least one model, e.g. base=default,tuned=runs/demo")
-    return specs
-
-
-def parse_thresholds(values: list[str], option: str) -> dict[str, float]:
-    """`fact_recall=0.3` (repeatable or comma-separated) -> {"fact_recall": 0.3}."""
-    out: dict[str, float] = {}
-    for text in (p.strip() for v in values for p in v.split(",")):
-        if not text:
-            continue
-        metric, sep, raw = text.partition("=")
-        try:
-            out[metric.strip()] = float(raw)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise ConfigError(f"{option} {text!r}: expected METRIC=NUMBER (e.g. fact_recall=0.3)")
-    return out
-
-
-def build_config(
-    config_file: Path | None, overrides: dict[str, Any], criteria: dict[str, Any]
-) -> Any:
-    from pydantic import ValidationError
-
-    from slmkit.config import format_validation_error, read_yaml
-
-    data: dict[str, Any] = {}
-    lines: dict[tuple[Any, ...], int] = {}
-    source = "command line"
-    if config_file is not None:
-        data, lines = read_yaml(config_file)
-        source = str(config_file)
-    if overrides.get("retrieval") and isinstance(data.get("retrieval"), dict):
-        overrides = {**overrides, "retrieval": {**data["retrieval"], **overrides["retrieval"]}}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    data["criteria"] = {**data.get("criteria", {}), **{k: v for k, v in criteria.items() if v}}
-    retrieval_only = "models" not in data and "data" not in data and "retrieval" in data
-    if not retrieval_only and ("models" not in data or "data" not in data):
-        raise ConfigError(
-            "slm eval needs --models and --data, or --retrieval and --index (or a --config file that sets them)"
-        )
-    try:
-        if retrieval_only:
-            keep = {k: data[k] for k in ("retrieval", "out_dir") if k in data}
-            return RetrievalEvalConfig.model_validate(keep)
-        return EvalConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source, lines)) from exc
 
 
 def register(app: typer.Typer) -> None:

@@ -14,18 +14,11 @@ from slmkit.export.config import (
     LOW_QUANTS,
     STANDARD_QUANTS,
     ExportConfig,
-    Thresholds,
+    export_config,
 )
 
 # What only the command line needs to say about `--quant` (the field says what it is).
 QUANT_SYNTAX = f"Comma-separated: {', '.join(STANDARD_QUANTS)}; lower on request ({', '.join(LOW_QUANTS[-3:])}, ...)."
-
-
-def export_config(**values: Any) -> ExportConfig:
-    """An `ExportConfig` from CLI values; a bad value is one ConfigError line naming the option."""
-    thresholds = {k: v for k, v in values.items() if k in Thresholds.model_fields and v is not None}
-    settings = {k: v for k, v in values.items() if k in ExportConfig.model_fields and v is not None}
-    return from_options(ExportConfig, {**settings, "thresholds": thresholds})
 
 
 def _print_table(table: Any) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from slmkit.config import StrictModel
+from slmkit.config import StrictModel, from_options
 from slmkit.tools import default_threads
 
 MergeDtype = Literal["float16", "bfloat16", "float32"]
@@ -219,3 +219,10 @@ class ExportSection(ExportConfig):
 
     def to_export_config(self) -> ExportConfig:
         return ExportConfig(**self.model_dump(exclude={"enabled"}, exclude_unset=True))
+
+
+def export_config(**values: Any) -> ExportConfig:
+    """An `ExportConfig` from CLI values; a bad value is one ConfigError line naming the option."""
+    thresholds = {k: v for k, v in values.items() if k in Thresholds.model_fields and v is not None}
+    settings = {k: v for k, v in values.items() if k in ExportConfig.model_fields and v is not None}
+    return from_options(ExportConfig, {**settings, "thresholds": thresholds})

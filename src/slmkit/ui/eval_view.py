@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from slmkit.errors import ConfigError
-from slmkit.evaluate.commands import build_config, parse_models, parse_thresholds
-from slmkit.evaluate.config import EvalConfig
+from slmkit.evaluate.config import EvalConfig, build_config, parse_models, parse_thresholds
 from slmkit.evaluate.report import DIGITS, SIDE_BY_SIDE, fmt
 from slmkit.evaluate.summary import COLUMNS as TERMINAL_COLUMNS
 from slmkit.train.run_index import list_runs

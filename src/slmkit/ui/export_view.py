@@ -10,8 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from slmkit.errors import ConfigError
-from slmkit.export.commands import export_config
-from slmkit.export.config import ExportConfig
+from slmkit.export.config import ExportConfig, export_config
 from slmkit.export.report import headers, problem_lines, table_rows
 from slmkit.export.report_file import ExportFolder, is_export_folder
 from slmkit.train.run_index import list_runs

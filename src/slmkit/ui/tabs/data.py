@@ -7,8 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from slmkit.config import describe, field_default
-from slmkit.data.commands import data_config
-from slmkit.data.config import DataConfig
+from slmkit.data.config import DataConfig, data_config
 from slmkit.data.loader import FORMAT_CHOICES
 from slmkit.data.validate import ValidationReport, validate_data
 from slmkit.models.templates import TEMPLATE_NAMES

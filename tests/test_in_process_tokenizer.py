@@ -96,3 +96,62 @@ def test_admit_refuses_an_engine_not_ready_and_a_prompt_without_room(
     with pytest.raises(ApiError) as refused:
         asyncio.run(tokens.admit(_request("hello"), state, n_ctx))  # type: ignore[arg-type]
     assert (refused.value.status, refused.value.code) == (status, code)
+
+
+class ByteTokenizer:
+    """Token = one UTF-8 byte; a split character decodes to U+FFFD, as a real tokenizer does."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def _feed(text: bytes, stop: list[str], max_tokens: int, eos: int | None = None) -> Any:
+    """Feed `text`'s bytes (then `eos`) to a Job; (texts sent, finish reason)."""
+    from slmkit.serve.engines.in_process import Job
+
+    async def scenario() -> tuple[list[str], str | None]:
+        request = GenerationRequest(
+            model_id="m", messages=None, prompt="p", max_tokens=max_tokens, stream=True, stop=stop
+        )
+        job = Job(request, [1, 2], asyncio.get_running_loop(), asyncio.Queue())
+        tokens, reason = SharedTokenizer(ByteTokenizer()), None
+        for token in [*text, *([eos] if eos is not None else [])]:
+            if (reason := job.take(token, tokens, {255})) is not None:
+                break
+        await asyncio.sleep(0)  # the deltas were put with call_soon_threadsafe
+        sent = []
+        while not job.events.empty():
+            item = job.events.get_nowait()
+            sent.append(item.text)  # type: ignore[union-attr]
+        return sent, reason
+
+    return asyncio.run(scenario())
+
+
+def test_a_job_sends_whole_characters_and_cuts_at_a_stop_string() -> None:
+    sent, reason = _feed("né END more".encode(), stop=["END"], max_tokens=50)
+    assert "".join(sent) == "né " and reason == "stop"
+    assert "\ufffd" not in "".join(sent)  # é's first byte alone was held back
+
+
+def test_a_job_ends_at_eos_or_at_max_tokens() -> None:
+    assert _feed(b"ok", stop=[], max_tokens=50, eos=255) == (["o", "k"], "stop")
+    sent, reason = _feed(b"abcdef", stop=[], max_tokens=3)
+    assert "".join(sent) == "abc" and reason == "length"
+
+
+def test_a_held_back_stop_prefix_is_sent_when_the_stop_string_does_not_come() -> None:
+    sent, reason = _feed(b"an ENtry", stop=["END", "###"], max_tokens=50, eos=255)
+    assert "".join(sent) == "an ENtry" and reason == "stop"
+    sent, reason = _feed(b"x #", stop=["###"], max_tokens=3)  # cut by max_tokens while held
+    assert "".join(sent) == "x #" and reason == "length"
+
+
+def test_stop_prefix_length() -> None:
+    from slmkit.serve.engines.in_process import stop_prefix_length
+
+    assert stop_prefix_length("the E", ["END"]) == 1
+    assert stop_prefix_length("the EN", ["END", "NOPE"]) == 2
+    assert stop_prefix_length("the ##", ["###", "#"]) == 2
+    assert stop_prefix_length("the end", ["END"]) == 0
+    assert stop_prefix_length("", ["END"]) == 0

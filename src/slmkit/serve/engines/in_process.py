@@ -8,18 +8,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncGenerator
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 from slmkit.serve.engines.base import Delta, EngineState
 from slmkit.serve.engines.errors import ApiError, context_length_exceeded, engine_unavailable
 from slmkit.serve.engines.request import GenerationRequest
-
-
-class WorkerJob(Protocol):
-    """A queued generation: the worker thread puts deltas (then None) on `events`."""
-
-    events: asyncio.Queue[Delta | BaseException | None]
-    cancelled: bool
 
 
 def message_text(content: Any) -> str:
@@ -81,6 +75,91 @@ class SharedTokenizer:
         return input_ids
 
 
+def stop_prefix_length(text: str, stops: list[str]) -> int:
+    """How many characters at the end of `text` could be the start of a stop string."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
+@dataclass
+class Job:
+    """A queued generation of an in-process engine. The worker thread feeds it tokens (`take`)
+    and ends it (`finish`, `fail`); its deltas, then None, reach the event loop on `events`."""
+
+    request: GenerationRequest
+    input_ids: list[int]
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[Delta | BaseException | None]
+    cancelled: bool = False
+    done: bool = False
+    tokens: list[int] = field(default_factory=list)
+    sent_chars: int = 0
+
+    def emit(self, item: Delta | BaseException | None) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+    def emit_text(self, text: str) -> None:
+        """What `text` (the whole answer so far) adds to what was sent."""
+        if len(text) > self.sent_chars:
+            self.emit(Delta(text=text[self.sent_chars :]))
+            self.sent_chars = len(text)
+
+    def take(self, token: int, tokenizer: SharedTokenizer, eos: set[int]) -> str | None:
+        """One generated token: its text is sent, except a partial character and a tail that may
+        begin a stop string (both wait for the next token; a stop string cuts the answer);
+        returns the finish reason once the answer ends, else None."""
+        if token in eos:
+            self.flush(tokenizer)
+            return "stop"
+        self.tokens.append(token)
+        text = tokenizer.decode(self.tokens)
+        for stop in self.request.stop:
+            at = text.find(stop)
+            if at != -1:
+                self.emit_text(text[:at])
+                return "stop"
+        if len(self.tokens) >= self.request.max_tokens:
+            self.flush(tokenizer, text)
+            return "length"
+        if not text.endswith("\ufffd"):
+            self.emit_text(text[: len(text) - stop_prefix_length(text, self.request.stop)])
+        return None
+
+    def flush(self, tokenizer: SharedTokenizer, text: str | None = None) -> None:
+        """The answer ended without a stop string: send what was held back (a last partial
+        character is dropped)."""
+        text = tokenizer.decode(self.tokens) if text is None else text
+        self.emit_text(text.removesuffix("\ufffd"))
+
+    def finish(self, reason: str) -> None:
+        self.done = True
+        self.emit(
+            Delta(
+                finish_reason=reason,
+                prompt_tokens=len(self.input_ids),
+                completion_tokens=len(self.tokens),
+            )
+        )
+        self.emit(None)
+
+    def fail(self, exc: Exception) -> None:
+        self.done = True
+        self.emit(
+            ApiError(
+                503,
+                f"generation failed: {type(exc).__name__}: {exc}",
+                type_="server_error",
+                code="engine_error",
+            )
+        )
+        self.emit(None)
+
+
 def opened_text(tokenizer: Any, request: GenerationRequest) -> str:
     """`<think>\\n` when the chat template's generation prompt opened a reasoning block, so the
     answer reads as llama-server returns it (it repeats the opening in the text it streams)."""
@@ -101,7 +180,7 @@ def eos_ids(tokenizer: Any, model: Any = None) -> set[int]:
     return {int(i) for i in ids if i is not None}
 
 
-async def relay(job: WorkerJob, opened: str = "") -> AsyncGenerator[Delta, None]:
+async def relay(job: Job, opened: str = "") -> AsyncGenerator[Delta, None]:
     """The job's deltas as they arrive (`opened` before the first text); a worker's exception is
     raised here. However the consumer stops (done, disconnect, error), the job is marked cancelled
     so the worker stops at its next token."""

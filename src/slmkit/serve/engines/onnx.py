@@ -13,28 +13,12 @@ import json
 import queue
 import threading
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from slmkit.serve.engines.base import Delta, EngineState
-from slmkit.serve.engines.errors import ApiError
-from slmkit.serve.engines.in_process import SharedTokenizer, opened_text, relay
+from slmkit.serve.engines.in_process import Job, SharedTokenizer, opened_text, relay
 from slmkit.serve.engines.request import GenerationRequest
-
-
-@dataclass
-class _Job:
-    request: GenerationRequest
-    input_ids: list[int]
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[Delta | BaseException | None]
-    cancelled: bool = False
-    tokens: list[int] = field(default_factory=list)
-    sent_chars: int = 0
-
-    def emit(self, item: Delta | BaseException | None) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
 
 
 class OnnxEngine:
@@ -47,7 +31,7 @@ class OnnxEngine:
         self.model_ids = [model_id]
         self.folder = folder
         self._state: EngineState = "stopped"
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self.model: Any = None
         self.tokenizer: Any = None
@@ -110,7 +94,7 @@ class OnnxEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         input_ids = await self.tokens.admit(request, self._state, self._n_ctx)
-        job = _Job(request, input_ids, asyncio.get_running_loop(), asyncio.Queue())
+        job = Job(request, input_ids, asyncio.get_running_loop(), asyncio.Queue())
         self._jobs.put(job)
         async for delta in relay(job, opened_text(self.tokenizer, request)):
             yield delta
@@ -124,26 +108,11 @@ class OnnxEngine:
             try:
                 reason = self._run(job)
             except Exception as exc:
-                job.emit(
-                    ApiError(
-                        503,
-                        f"generation failed: {type(exc).__name__}: {exc}",
-                        type_="server_error",
-                        code="engine_error",
-                    )
-                )
-                job.emit(None)
+                job.fail(exc)
                 continue
-            job.emit(
-                Delta(
-                    finish_reason=reason,
-                    prompt_tokens=len(job.input_ids),
-                    completion_tokens=len(job.tokens),
-                )
-            )
-            job.emit(None)
+            job.finish(reason)
 
-    def _run(self, job: _Job) -> str:
+    def _run(self, job: Job) -> str:
         """Generate until EOS, a stop string, max_tokens or cancellation; returns the finish reason."""
         from slmkit.export.onnx_eval import stream_tokens
 
@@ -162,20 +131,8 @@ class OnnxEngine:
         for token in tokens:
             if job.cancelled:
                 return "stop"
-            if token in eos:
-                return "stop"
-            job.tokens.append(token)
-            text = self.tokens.decode(job.tokens)
-            for stop in r.stop:
-                at = text.find(stop)
-                if at != -1:
-                    self._emit_text(job, text[:at])
-                    return "stop"
-            if not text.endswith("\ufffd"):  # wait for a whole character
-                self._emit_text(job, text)
+            reason = job.take(token, self.tokens, eos)
+            if reason is not None:
+                return reason
+        job.flush(self.tokens)  # out of context room
         return "length"
-
-    def _emit_text(self, job: _Job, text: str) -> None:
-        if len(text) > job.sent_chars:
-            job.emit(Delta(text=text[job.sent_chars :]))
-            job.sent_chars = len(text)

@@ -12,13 +12,12 @@ import contextlib
 import queue
 import threading
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slmkit.serve.engines.base import Delta, EngineState
-from slmkit.serve.engines.errors import ApiError
-from slmkit.serve.engines.in_process import SharedTokenizer, eos_ids, opened_text, relay
+from slmkit.serve.engines.in_process import Job, SharedTokenizer, eos_ids, opened_text, relay
 from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.engines.settings import TransformersSettings
 
@@ -45,16 +44,8 @@ class BatchCounts:
 
 
 @dataclass
-class _Job:
-    request: GenerationRequest
-    adapter: str
-    input_ids: list[int]
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[Delta | BaseException | None]
-    cancelled: bool = False
-    done: bool = False
-    tokens: list[int] = field(default_factory=list)
-    sent_chars: int = 0
+class _Job(Job):
+    adapter: str = BASE  # the adapter's model id, or BASE
 
     def signature(self) -> tuple[Any, ...]:
         r = self.request
@@ -69,9 +60,6 @@ class _Job:
             seed,
             id(self) if seed is not None else None,
         )
-
-    def emit(self, item: Delta | BaseException | None) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
 
 
 class TransformersEngine:
@@ -167,7 +155,7 @@ class TransformersEngine:
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         input_ids = await self.tokens.admit(request, self._state, self._n_ctx)
         adapter = request.model_id if self.adapters.get(request.model_id) is not None else BASE
-        job = _Job(request, adapter, input_ids, asyncio.get_running_loop(), asyncio.Queue())
+        job = _Job(request, input_ids, asyncio.get_running_loop(), asyncio.Queue(), adapter=adapter)
         self._jobs.put(job)
         async for delta in relay(job, opened_text(self.tokenizer, request)):
             yield delta
@@ -199,16 +187,7 @@ class TransformersEngine:
         except Exception as exc:
             for job in batch:
                 if not job.done:
-                    job.done = True
-                    job.emit(
-                        ApiError(
-                            503,
-                            f"generation failed: {type(exc).__name__}: {exc}",
-                            type_="server_error",
-                            code="engine_error",
-                        )
-                    )
-                    job.emit(None)
+                    job.fail(exc)
 
     def _generate_batch(self, batch: list[_Job]) -> None:
         import torch
@@ -279,42 +258,15 @@ class _RowStreamer:
         if job.cancelled:
             job.done = True
             return
-        if token in self.eos:
-            self._finish(job, "stop")
-            return
-        job.tokens.append(token)
-        text = self.tokens.decode(job.tokens)
-        for stop in job.request.stop:
-            at = text.find(stop)
-            if at != -1:
-                self._emit_text(job, text[:at])
-                self._finish(job, "stop")
-                return
-        if not text.endswith("\ufffd"):  # wait for a whole character
-            self._emit_text(job, text)
-        if len(job.tokens) >= job.request.max_tokens:
-            self._finish(job, "length")
-
-    def _emit_text(self, job: _Job, text: str) -> None:
-        if len(text) > job.sent_chars:
-            job.emit(Delta(text=text[job.sent_chars :]))
-            job.sent_chars = len(text)
-
-    def _finish(self, job: _Job, reason: str) -> None:
-        job.done = True
-        job.emit(
-            Delta(
-                finish_reason=reason,
-                prompt_tokens=len(job.input_ids),
-                completion_tokens=len(job.tokens),
-            )
-        )
-        job.emit(None)
+        reason = job.take(token, self.tokens, self.eos)
+        if reason is not None:
+            job.finish(reason)
 
     def finish_all(self) -> None:
         for job in self.batch:
             if not job.done:
-                self._finish(job, "length")
+                job.flush(self.tokens)
+                job.finish("length")
             elif job.cancelled:
                 job.emit(None)
 

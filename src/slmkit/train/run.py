@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import PrinterCallback, set_seed
-
 from slmkit import console
 from slmkit.config import dump_config
 from slmkit.errors import ConfigError, SlmError
@@ -20,13 +18,6 @@ from slmkit.models.load import copy_sentencepiece_model
 from slmkit.recipe import Recipe
 from slmkit.registry.hooks import record_run
 from slmkit.train import runfolder
-from slmkit.train.callbacks import (
-    MetricsFileCallback,
-    NanStopCallback,
-    ProgressCallback,
-    tensorboard_callbacks,
-    truncate_metrics,
-)
 from slmkit.train.dataset import data_files, prepare_dpo_data, prepare_sft_data
 from slmkit.train.diagnosis import Diagnosis, diagnose
 from slmkit.train.modeling import (
@@ -75,7 +66,6 @@ def train(
             "data.train: empty; this recipe's training data comes from its distill: stage",
             hint="run it with `slm run`, or add data files to data.train",
         )
-    quiet_transformers()
     check_device(recipe)
     recipe_dir = (recipe_dir or Path.cwd()).resolve()
     run_dir = Path(recipe.output_dir).expanduser().resolve()
@@ -84,6 +74,17 @@ def train(
         recipe, base.ref, base.hf_path, data_files(recipe, recipe_dir), base.init_adapter
     )
     checkpoint = _decide_resume(run_dir, manifest, resume, force)
+    # transformers and TRL load only now: a refused resume or a bad device answers in seconds
+    from transformers import PrinterCallback, set_seed
+
+    from slmkit.train.callbacks import (
+        MetricsFileCallback,
+        NanStopCallback,
+        ProgressCallback,
+        tensorboard_callbacks,
+    )
+
+    quiet_transformers()
     precision, described_precision = resolve_precision(recipe)
     tokenizer = load_tokenizer_for(base, recipe.data.template)
     data = (
@@ -206,6 +207,8 @@ def _start_run_folder(
 ) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint is not None:
+        from slmkit.train.callbacks import truncate_metrics
+
         truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[-1]))
     else:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)

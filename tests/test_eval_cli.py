@@ -65,7 +65,7 @@ def test_eval_tiny_run_writes_report_and_reuses_the_cache(tmp_path: Path, tiny_r
 def _minilm_cosines(texts: list[str], references: list[str]) -> list[float]:
     import numpy as np
 
-    from slmkit.serve.embeddings import MiniLMEmbedder
+    from slmkit.models.embedder import MiniLMEmbedder
 
     embedder = MiniLMEmbedder.load()
     answers, _ = embedder.embed([t or " " for t in texts])

@@ -27,7 +27,6 @@ RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 KNOWN = {  # (importer, imported): why
     ("export", "evaluate"): "the quantization report scores answers with the eval's metrics",
     ("train", "recipe"): "a run takes the whole recipe (its data, train and dpo sections)",
-    ("rag", "serve"): "the index embeds with the gateway's MiniLM embedder",
     ("serve", "monitor"): "the gateway starts the scheduled drift monitor and reads its settings",
 }
 

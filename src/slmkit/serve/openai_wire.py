@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from typing import Any
 
 from slmkit.serve.api_errors import ApiError
@@ -106,3 +108,10 @@ def completion_body(
         "choices": [choice],
         "usage": usage_body(outcome.prompt_tokens or 0, outcome.tokens_out()),
     }
+
+
+def wire_vector(vector: list[float], encoding_format: str) -> list[float] | str:
+    """A vector as OpenAI sends it: a list of floats, or base64 of little-endian float32s."""
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+    return vector

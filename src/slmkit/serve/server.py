@@ -257,7 +257,7 @@ def check_port_free(host: str, port: int) -> None:
 def load_embedder(config: ServeConfig) -> Any:
     if not config.embeddings.enabled:
         return None
-    from slmkit.serve.embeddings import MiniLMEmbedder
+    from slmkit.models.embedder import MiniLMEmbedder
 
     return MiniLMEmbedder.load()
 

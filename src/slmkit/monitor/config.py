@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
+from slmkit.config import http_url
 from slmkit.monitor.settings import MonitorSettings
 from slmkit.serve.config import WebhookSettings
 
@@ -34,9 +34,7 @@ class MonitorConfig(MonitorSettings):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("url must start with http:// or https:// and name a host")
-        return value.rstrip("/")
+        return http_url(value).rstrip("/")
 
     @model_validator(mode="after")
     def _something_to_evaluate(self) -> MonitorConfig:

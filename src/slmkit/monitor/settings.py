@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from slmkit.config import ENV_NAME, StrictModel
+from slmkit.config import StrictModel, env_name
 
 MonitorMetric = Literal["fact_recall", "exact_match", "rouge_l"]
 
@@ -47,6 +47,4 @@ class MonitorSettings(StrictModel):
     @field_validator("api_key_env")
     @classmethod
     def _check_env_name(cls, value: str | None) -> str | None:
-        if value is not None and not ENV_NAME.match(value):
-            raise ValueError("api_key_env must be an environment variable name, e.g. SLM_KEY")
-        return value
+        return env_name(value, "api_key_env", "SLM_KEY")

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from slmkit.config import ENV_NAME, StrictModel
+from slmkit.config import StrictModel, env_name, http_url
 from slmkit.monitor.settings import MonitorSettings
 from slmkit.paths import slm_home
 from slmkit.rag.config import RagSettings
@@ -353,9 +353,7 @@ class ApiKey(StrictModel):
     @field_validator("key_env")
     @classmethod
     def _check_env_name(cls, value: str | None) -> str | None:
-        if value is not None and not ENV_NAME.match(value):
-            raise ValueError("key_env must be an environment variable name, e.g. TEAM_A_KEY")
-        return value
+        return env_name(value, "key_env", "TEAM_A_KEY")
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiKey:
@@ -476,16 +474,12 @@ class WebhookSettings(StrictModel):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("url must start with http:// or https:// and name a host")
-        return value
+        return http_url(value)
 
     @field_validator("bearer_env")
     @classmethod
     def _check_env_name(cls, value: str | None) -> str | None:
-        if value is not None and not ENV_NAME.match(value):
-            raise ValueError("bearer_env must be an environment variable name, e.g. ALERT_TOKEN")
-        return value
+        return env_name(value, "bearer_env", "ALERT_TOKEN")
 
 
 class AlertingSettings(StrictModel):

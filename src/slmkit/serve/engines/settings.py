@@ -3,12 +3,11 @@ and remote OpenAI-compatible endpoints. Part of `slm serve`'s config (`serve/con
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, field_validator
 
-from slmkit.config import ENV_NAME, StrictModel
+from slmkit.config import StrictModel, env_name, http_url
 
 
 class UpstreamSettings(StrictModel):
@@ -35,16 +34,12 @@ class UpstreamSettings(StrictModel):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("url must start with http:// or https:// and name a host")
-        return value.rstrip("/")
+        return http_url(value).rstrip("/")
 
     @field_validator("api_key_env")
     @classmethod
     def _check_env_name(cls, value: str | None) -> str | None:
-        if value is not None and not ENV_NAME.match(value):
-            raise ValueError("api_key_env must be an environment variable name, e.g. BIG_API_KEY")
-        return value
+        return env_name(value, "api_key_env", "BIG_API_KEY")
 
 
 class LlamaCppSettings(StrictModel):

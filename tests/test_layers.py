@@ -41,24 +41,27 @@ def unit_of(module: str) -> str:
     return parts[1]
 
 
+def imported(path: Path) -> list[str]:
+    """The slmkit modules a source file imports (absolute imports, at any depth)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return [name for name in names if name == "slmkit" or name.startswith("slmkit.")]
+
+
 def imports(src: Path = SRC) -> dict[tuple[str, str], set[str]]:
     """(importer unit, imported unit) -> the importing modules, across units only."""
     found: dict[tuple[str, str], set[str]] = defaultdict(set)
     for path in src.rglob("*.py"):
         module = ".".join(("slmkit", *path.relative_to(src).with_suffix("").parts))
         module = module.removesuffix(".__init__")
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            else:
-                continue
-            for name in names:
-                if name == "slmkit" or name.startswith("slmkit."):
-                    edge = (unit_of(module), unit_of(name))
-                    if edge[0] != edge[1]:
-                        found[edge].add(module)
+        for name in imported(path):
+            edge = (unit_of(module), unit_of(name))
+            if edge[0] != edge[1]:
+                found[edge].add(module)
     return found
 
 
@@ -99,15 +102,7 @@ def test_an_import_inside_a_function_counts(tmp_path: Path) -> None:
 def test_the_board_calls_the_stages_not_the_cli_commands() -> None:
     """The board and the CLI are peers: what both need (parsing a model list, an export config)
     lives in the stage's package, not in a CLI command module."""
-    board = {
-        module
-        for (importer, _), modules in imports().items()
-        if importer == "ui"
-        for module in modules
-    }
+    board = {(path.name, name) for path in (SRC / "ui").rglob("*.py") for name in imported(path)}
     assert board, "the walk found no import of the board"
-    for path in (SRC / "ui").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                assert not node.module.endswith(".commands"), (path.name, node.module)
-                assert node.module != "slmkit.cli", path.name
+    for path, name in board:
+        assert not name.endswith(".commands") and name != "slmkit.cli", (path, name)

@@ -32,8 +32,8 @@ def failed_check(
     tool_calls: bool = False,
     repeated: bool = False,
     logprobs: Sequence[float] = (),
-    ngram: int = 4,
-    min_repeats: int = 4,
+    ngram: int,
+    min_repeats: int,
 ) -> str | None:
     """The first check the answer fails (its name), or None. The answer is judged without its
     reasoning; `repeated`: a loop was already seen while it streamed; `logprobs`: its tokens'."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from slmkit.answer_checks import failed_check
 from slmkit.distill.config import DistillSettings
+from slmkit.serve.config import RepetitionGuard
 from slmkit.serve.route_config import EscalationChecks
 
 # every reason an answer can be rejected for, in the order they are checked (the counts table's rows)
@@ -20,7 +21,8 @@ def rejection(
 ) -> tuple[str, str] | None:
     """(reason, detail) for an answer the data must not hold, or None to keep it."""
     checks = EscalationChecks(empty=True, refusal=settings.refusal, repetition=settings.repetition)
-    failed = failed_check(text, checks)
+    loop = RepetitionGuard()  # the gateway's default loop settings
+    failed = failed_check(text, checks, ngram=loop.ngram, min_repeats=loop.min_repeats)
     if failed is not None:
         return failed, f"the answer failed the {failed} check"
     if finish_reason == "length" and not settings.keep_truncated:

@@ -216,3 +216,35 @@ class MemoryEngine:
 
     def context_size(self) -> int | None:
         return None
+
+
+class ScriptedEngine(MemoryEngine):
+    """An in-memory engine that says `words` one delta each, waiting `delay_s` before each, and
+    raises `error` instead of the word at index `fail_at` (0: before anything is said)."""
+
+    def __init__(
+        self,
+        model_id: str = "m",
+        words: tuple[str, ...] = ("Hello", " there"),
+        *,
+        fail_at: int | None = None,
+        error: Exception | None = None,
+        delay_s: float = 0.0,
+        capacity: int = 2,
+    ) -> None:
+        super().__init__(model_id, capacity)
+        self.words, self.fail_at, self.error, self.delay_s = words, fail_at, error, delay_s
+
+    async def generate(self, request: Any) -> Any:
+        import asyncio
+
+        from slmkit.serve.engines.base import Delta
+
+        self.calls += 1
+        for i, word in enumerate(self.words):
+            if i == self.fail_at and self.error is not None:
+                raise self.error
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            yield Delta(text=word)
+        yield Delta(finish_reason="stop", prompt_tokens=3, completion_tokens=len(self.words))

@@ -122,7 +122,7 @@ class Answering(MovingAlias):
         self.dies = dies
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
-        from slmkit.serve.api_errors import engine_unavailable
+        from slmkit.serve.engines.errors import engine_unavailable
 
         self.calls += 1
         yield Delta(text=f"{self.version} ")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from slmkit.serve.engines.errors import ApiError
+from slmkit.serve.engines.errors import EngineError
 from slmkit.serve.engines.in_process import SharedTokenizer
 from slmkit.serve.engines.request import GenerationRequest
 
@@ -86,16 +86,16 @@ def test_encoding_and_decoding_from_two_threads_take_turns() -> None:
 
 
 @pytest.mark.parametrize(
-    ("state", "n_ctx", "status", "code"),
-    [("starting", 100, 503, "engine_unavailable"), ("ready", 5, 400, "context_length_exceeded")],
+    ("state", "n_ctx", "kind", "retryable"),
+    [("starting", 100, "unavailable", True), ("ready", 5, "context_length", False)],
 )
 def test_admit_refuses_an_engine_not_ready_and_a_prompt_without_room(
-    state: str, n_ctx: int, status: int, code: str
+    state: str, n_ctx: int, kind: str, retryable: bool
 ) -> None:
     tokens = SharedTokenizer(SlowTokenizer())
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(EngineError) as refused:
         asyncio.run(tokens.admit(_request("hello"), state, n_ctx))  # type: ignore[arg-type]
-    assert (refused.value.status, refused.value.code) == (status, code)
+    assert (refused.value.kind, refused.value.retryable) == (kind, retryable)
 
 
 class ByteTokenizer:

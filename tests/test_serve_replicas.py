@@ -19,8 +19,8 @@ import psutil
 import pytest
 
 from serve_helpers import MemoryEngine, ServerProcess, needs_llama_server
-from slmkit.serve.api_errors import ApiError, engine_unavailable, invalid_request
 from slmkit.serve.engines.base import Delta
+from slmkit.serve.engines.errors import EngineError, engine_unavailable, invalid_request
 from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.metrics import GatewayMetrics
 from slmkit.serve.replicas import ReplicaPool
@@ -188,7 +188,7 @@ class FakeEngine(MemoryEngine):
     def __init__(self, name: str) -> None:
         super().__init__("m")
         self.name = name
-        self.error: ApiError | None = None
+        self.error: EngineError | None = None
         self.fail_after_first = False
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
@@ -270,7 +270,7 @@ def test_all_cooled_tries_the_one_whose_cooldown_ends_first() -> None:
     clock: FakeClock = pool.clock  # type: ignore[assignment]
     for engine, step in zip(engines, (5.0, 1.0, 3.0), strict=True):
         engine.error = engine_unavailable("m")
-        with pytest.raises(ApiError):
+        with pytest.raises(EngineError):
             answer(pool)
         clock.now += step
     assert not any(pool.is_up(r) for r in pool.replicas)
@@ -286,13 +286,19 @@ def test_client_errors_are_not_retried_and_mid_answer_failures_are_raised() -> N
     metrics = GatewayMetrics()
     pool.attach_metrics(metrics)
     engines[0].error = invalid_request("bad schema")
-    with pytest.raises(ApiError) as rejected:
+    with pytest.raises(EngineError) as rejected:
         answer(pool)
-    assert rejected.value.status == 400 and engines[1].calls == 0 and pool.replicas[0].fails == 0
+    assert (
+        rejected.value.kind == "bad_request"
+        and engines[1].calls == 0
+        and pool.replicas[0].fails == 0
+    )
     engines[1].error, engines[1].fail_after_first = engine_unavailable("m"), True
-    with pytest.raises(ApiError) as broken:  # b's first token went out: no one can take over
+    with pytest.raises(EngineError) as broken:  # b's first token went out: no one can take over
         answer(pool)
-    assert broken.value.status == 503 and engines[2].calls == 0 and pool.replicas[1].fails == 1
+    assert (
+        broken.value.kind == "unavailable" and engines[2].calls == 0 and pool.replicas[1].fails == 1
+    )
     text = metrics.render().decode()
     for replica, outcome in (("a", "rejected"), ("b", "failed")):
         line = (
@@ -308,9 +314,9 @@ def test_no_ready_replica_is_503() -> None:
     for engine in engines:
         engine.state = "failed"
     assert pool.state == "failed"
-    with pytest.raises(ApiError) as down:
+    with pytest.raises(EngineError) as down:
         answer(pool)
-    assert down.value.status == 503 and down.value.code == "engine_unavailable"
+    assert down.value.kind == "unavailable" and "no replica is ready" in down.value.message
 
 
 @pytest.mark.parametrize(

@@ -193,7 +193,7 @@ async def _generate_missing(
 
 
 async def _ask(engine: Any, model_id: str, item: EvalItem, settings: EvalSettings) -> Generation:
-    from slmkit.serve.api_errors import ApiError
+    from slmkit.serve.engines.errors import EngineError
     from slmkit.serve.engines.request import GenerationRequest
 
     request = GenerationRequest(
@@ -215,8 +215,8 @@ async def _ask(engine: Any, model_id: str, item: EvalItem, settings: EvalSetting
             out.finish_reason = delta.finish_reason or out.finish_reason
             out.prompt_tokens = delta.prompt_tokens or out.prompt_tokens
             out.completion_tokens = delta.completion_tokens or out.completion_tokens
-    except ApiError as exc:
-        out.error = f"{exc.status}: {exc.message}"
+    except EngineError as exc:
+        out.error = f"{exc.kind}: {exc.message}"
     out.latency_s = time.perf_counter() - started
     out.reasoning, text = split_reasoning("".join(parts))  # scored: the answer alone
     out.text = text.strip()

@@ -19,6 +19,7 @@ from slmkit.console import info, warn
 from slmkit.registry.store import Registry, Version
 from slmkit.serve.engine_group import pass_on_restart_hook
 from slmkit.serve.engines.base import Delta, Engine, EngineState
+from slmkit.serve.engines.errors import engine_unavailable
 from slmkit.serve.engines.request import GenerationRequest
 
 EngineFactory = Callable[[Version], Engine]
@@ -205,8 +206,6 @@ class AliasEngine:
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         serving = self.current
         if serving is None:
-            from slmkit.serve.api_errors import engine_unavailable
-
             raise engine_unavailable(self.model_id, "the alias has no version started yet")
         request.version = serving.version
         serving.in_flight += 1

@@ -204,8 +204,8 @@ def _add_error_handlers(app: FastAPI, gateway: Gateway) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        err = api_errors.internal_error(exc)
-        return JSONResponse(err.body(), status_code=500)
+        err = api_errors.internal_error(exc)  # an engine's error in the API's terms, else a 500
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
 def _add_routes(app: FastAPI, gateway: Gateway) -> None:

@@ -15,6 +15,7 @@ from slmkit.serve.api_errors import ApiError
 from slmkit.serve.audit import AuditRecord
 from slmkit.serve.config import ServeConfig
 from slmkit.serve.engines.base import Delta, Engine
+from slmkit.serve.engines.errors import EngineError
 from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.guards import (
     CachedResponse,
@@ -127,7 +128,8 @@ def prompt_text(gen: GenerationRequest) -> str:
 async def next_delta(
     events: AsyncGenerator[Delta, None], deadline: float, timeout_s: float
 ) -> Delta | None:
-    """The next delta, None at the end; ApiError (408) past the request deadline."""
+    """The next delta, None at the end; ApiError (408) past the request deadline, and an
+    engine's error as the API answers it."""
     remaining = deadline - time.monotonic()
     try:
         if remaining <= 0:
@@ -138,6 +140,8 @@ async def next_delta(
         return await asyncio.wait_for(events.__anext__(), remaining)
     except StopAsyncIteration:
         return None
+    except EngineError as exc:
+        raise api_errors.from_engine(exc) from exc
     except (asyncio.TimeoutError, TimeoutError) as exc:
         raise api_errors.request_timeout(timeout_s) from exc
 
@@ -169,7 +173,7 @@ async def collect(
     try:
         return await _collect_once(engine, gen, started, deadline, timeout_s, config)
     except ApiError as exc:
-        if len(gen.avoid) == avoided or exc.status < 500 or time.monotonic() >= deadline:
+        if len(gen.avoid) == avoided or not exc.retryable or time.monotonic() >= deadline:
             raise  # no replica to leave out, the request's own fault, or no time left
         if metrics is not None:
             metrics.failovers.labels(gen.model_id).inc()

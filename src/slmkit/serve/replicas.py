@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from slmkit.console import warn
-from slmkit.serve.api_errors import ApiError, engine_unavailable
 from slmkit.serve.engine_group import group_state, pass_on_restart_hook
 from slmkit.serve.engines.base import Delta, Engine, EngineState
+from slmkit.serve.engines.errors import EngineError, engine_unavailable
 from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.metrics import GatewayMetrics
 
@@ -45,11 +45,6 @@ class Replica:
             self.latency_s = seconds
         else:
             self.latency_s += LATENCY_WEIGHT * (seconds - self.latency_s)
-
-
-def retryable(error: ApiError) -> bool:
-    """The replica's fault (down, overloaded, broken answer), not the request's."""
-    return error.status >= 500 or error.status == 429
 
 
 class ReplicaPool:
@@ -159,11 +154,11 @@ class ReplicaPool:
         }
 
     async def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
-        """Counted by the first replica that can (up ones first; a dead one raises 503)."""
+        """Counted by the first replica that can (up ones first; a dead one is unavailable)."""
         for replica in sorted(self.replicas, key=lambda r: not self.is_up(r)):
             if replica.engine.state != "ready":
                 continue
-            with contextlib.suppress(ApiError):
+            with contextlib.suppress(EngineError):
                 count = await replica.engine.count_prompt_tokens(request)
                 if count is not None:
                     return count
@@ -177,7 +172,7 @@ class ReplicaPool:
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         # replicas that failed this request before (a non-streamed answer tried again) sit out
         tried = {r.index for r in self.replicas if self.tag(r) in request.avoid}
-        error: ApiError | None = None
+        error: EngineError | None = None
         for _ in range(1 + self.retries):
             replica = self.pick(tried)
             if replica is None:
@@ -198,8 +193,8 @@ class ReplicaPool:
                 outcome = "ok"
                 self.succeeded(replica)
                 return
-            except ApiError as exc:
-                outcome = "failed" if retryable(exc) else "rejected"
+            except EngineError as exc:  # the replica's fault when retryable, else the request's
+                outcome = "failed" if exc.retryable else "rejected"
                 if outcome == "rejected":
                     raise
                 self.failed(replica)

@@ -23,6 +23,7 @@ from slmkit.serve.admission import Admission, AdmissionSlot
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.config import RepetitionGuard, ServeConfig
 from slmkit.serve.engines.base import Delta, Engine
+from slmkit.serve.engines.errors import EngineError
 from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.generation import (
     Outcome,
@@ -69,8 +70,7 @@ class RoutePlan:
             return None
         if error.code == "context_length_exceeded":
             return "fallback:context"
-        failed = error.status >= 500 or error.status == 429
-        return "fallback:error" if failed and self.route.fallback_on_error else None
+        return "fallback:error" if error.retryable and self.route.fallback_on_error else None
 
     def move_on(self, reason: str) -> None:
         self.members.pop(0)
@@ -192,7 +192,7 @@ class Router:
         async def count_tokens() -> int:
             try:
                 counted = await engine.count_prompt_tokens(ctx.gen)
-            except ApiError:  # the first member is down: the rules still apply
+            except EngineError:  # the first member is down: the rules still apply
                 counted = None
             return counted if counted is not None else len(prompt_text(ctx.gen)) // 4  # ~4 a token
 

@@ -55,7 +55,8 @@ class StreamResponder:
     async def open(self, engine: Engine, ctx: RequestContext, on_close: OnClose) -> GuardedStream:
         """Start generating and wait for the first delta; errors up to then are raised."""
         timeout_s = self.config.limits.request_timeout_s
-        deadline = time.monotonic() + timeout_s
+        # the request's deadline, shared with the route members that were asked before this one
+        deadline = time.monotonic() + timeout_s - (time.perf_counter() - ctx.started)
         events = engine.generate(ctx.gen)
         try:
             first = await next_delta(events, deadline, timeout_s)

@@ -55,7 +55,7 @@ class Engine(Protocol):
     def context_size(self) -> int | None: ...
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
-        """An async generator (`async def` with `yield`) of deltas; raises `ApiError` before the
-        first one for anything decided up front. The gateway `aclose()`s it to stop the engine's
+        """An async generator (`async def` with `yield`) of deltas; raises `EngineError` before
+        the first one for anything decided up front, or part-way when generation breaks. The gateway `aclose()`s it to stop the engine's
         work early (deadline, repetition loop, client gone)."""
         ...

@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slmkit.serve.engines.base import Delta, EngineState
-from slmkit.serve.engines.errors import ApiError, context_length_exceeded, engine_unavailable
+from slmkit.serve.engines.errors import (
+    context_length_exceeded,
+    engine_failed,
+    engine_unavailable,
+    invalid_request,
+)
 from slmkit.serve.engines.request import GenerationRequest
 
 
@@ -35,8 +40,8 @@ def encode_request(tokenizer: Any, request: GenerationRequest) -> list[int]:
     try:
         prompt = render_chat_prompt(tokenizer, messages)
     except Exception as exc:  # template errors are caused by what the client sent
-        raise ApiError(
-            400, f"cannot render the chat template: {exc}", code="invalid_messages"
+        raise invalid_request(
+            f"cannot render the chat template: {exc}", code="invalid_messages"
         ) from exc
     return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
@@ -149,14 +154,7 @@ class Job:
 
     def fail(self, exc: Exception) -> None:
         self.done = True
-        self.emit(
-            ApiError(
-                503,
-                f"generation failed: {type(exc).__name__}: {exc}",
-                type_="server_error",
-                code="engine_error",
-            )
-        )
+        self.emit(engine_failed(f"generation failed: {type(exc).__name__}: {exc}"))
         self.emit(None)
 
 

@@ -15,11 +15,16 @@ from typing import Any
 import httpx
 
 from slmkit.serve.engines.base import Delta
-from slmkit.serve.engines.errors import ApiError, context_length_exceeded
+from slmkit.serve.engines.errors import (
+    EngineError,
+    context_length_exceeded,
+    engine_failed,
+    invalid_request,
+)
 from slmkit.serve.engines.request import GenerationRequest
 
-ErrorMapper = Callable[[int, dict[str, Any]], ApiError]  # (HTTP status, JSON body) -> ApiError
-FailureMapper = Callable[[Exception], ApiError]  # a broken connection or a timeout -> ApiError
+ErrorMapper = Callable[[int, dict[str, Any]], EngineError]  # (HTTP status, JSON body) -> error
+FailureMapper = Callable[[Exception], EngineError]  # a broken connection or a timeout -> error
 RetryPolicy = Callable[[Exception], bool]  # may a request that got no response be sent again?
 
 
@@ -59,10 +64,10 @@ def error_fields(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def context_overflow(
     status: int, err: dict[str, Any], message: str, n_ctx: int | None
-) -> ApiError | None:
+) -> EngineError | None:
     """OpenAI's `context_length_exceeded` when the server refused an over-long prompt."""
     if err.get("code") == "context_length_exceeded":  # an OpenAI-shaped server said it already
-        return ApiError(400, message, param="messages", code="context_length_exceeded")
+        return EngineError("context_length", message, param="messages", code=err["code"])
     if err.get("type") == "exceed_context_size_error" or (
         status == 400 and "context" in message.lower()
     ):
@@ -148,12 +153,10 @@ async def parse_sse(
         chunk = json.loads(data)
         if "error" in chunk:
             message, err = error_fields(chunk)
-            raise ApiError(
-                400 if err.get("code") == 400 else 503,
-                message,
-                type_="server_error",
-                code="engine_error",
-            )
+            # llama-server sends a refusal of what it was asked with its HTTP status as the code
+            if err.get("code") == 400:
+                raise invalid_request(message, code="engine_error")
+            raise engine_failed(message)
         usage = chunk.get("usage")
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta", {}) if chat else {"content": choice.get("text", "")}

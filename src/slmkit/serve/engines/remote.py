@@ -17,7 +17,12 @@ import httpx
 
 from slmkit.config import env_secret
 from slmkit.serve.engines.base import Delta, EngineState
-from slmkit.serve.engines.errors import ApiError, invalid_request, upstream_failed
+from slmkit.serve.engines.errors import (
+    EngineError,
+    invalid_request,
+    upstream_failed,
+    upstream_rate_limited,
+)
 from slmkit.serve.engines.openai_http import (
     OpenAIHttp,
     build_payload,
@@ -116,7 +121,7 @@ class RemoteEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         if self._state != "ready":
-            raise upstream_failed(self.model_id, self._state, 503)
+            raise upstream_failed(self.model_id, self._state, "upstream_unavailable")
         events = self.http.stream(
             request,
             build_payload(request, self.remote_model),
@@ -130,7 +135,7 @@ class RemoteEngine:
                     if delta.prompt_tokens is not None or delta.completion_tokens is not None:
                         self.charge(delta.prompt_tokens or 0, delta.completion_tokens or 0)
                     yield delta
-        except ApiError as exc:
+        except EngineError as exc:
             raise self.masked(exc) from None
 
     def charge(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -143,9 +148,9 @@ class RemoteEngine:
             self._cost.inc(cost)
         return cost
 
-    def map_error(self, status: int, body: dict[str, Any]) -> ApiError:
-        """The endpoint's error answer in our terms: the client's fault stays a 4xx, the endpoint's
-        (or the gateway's credentials) becomes a 502/503/504."""
+    def map_error(self, status: int, body: dict[str, Any]) -> EngineError:
+        """The endpoint's error answer in our terms: the client's fault stays `bad_request`, the
+        endpoint's (or the gateway's credentials) becomes an `upstream_*` error."""
         message, err = error_fields(body)
         message = self.mask(message)[:300]
         overflow = context_overflow(status, err, message, None)
@@ -165,23 +170,21 @@ class RemoteEngine:
                 self.model_id, f"it has no model {self.remote_model!r} or no such path: 404"
             )
         if status == 429:
-            return ApiError(
-                429,
-                f"The upstream serving `{self.model_id}` is rate limiting; retry shortly.",
-                type_="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": "2"},
-            )
+            return upstream_rate_limited(self.model_id)
         if status in (408, 504):
-            return upstream_failed(self.model_id, f"it timed out: {status}", 504)
+            return upstream_failed(self.model_id, f"it timed out: {status}", "upstream_timeout")
         if status == 503:
-            return upstream_failed(self.model_id, f"it is unavailable: {message}", 503)
+            return upstream_failed(
+                self.model_id, f"it is unavailable: {message}", "upstream_unavailable"
+            )
         return upstream_failed(self.model_id, f"it answered {status}: {message}")
 
-    def map_failure(self, exc: Exception) -> ApiError:
+    def map_failure(self, exc: Exception) -> EngineError:
         if isinstance(exc, httpx.TimeoutException):
             return upstream_failed(
-                self.model_id, f"no answer within {self.settings.timeout_s:g} s", 504
+                self.model_id,
+                f"no answer within {self.settings.timeout_s:g} s",
+                "upstream_timeout",
             )
         what = "unreachable" if isinstance(exc, httpx.ConnectError) else "connection broke"
         return upstream_failed(self.model_id, f"{what}: {type(exc).__name__}")
@@ -189,15 +192,8 @@ class RemoteEngine:
     def mask(self, text: str) -> str:
         return text.replace(self._secret, MASK) if self._secret else text
 
-    def masked(self, exc: ApiError) -> ApiError:
+    def masked(self, exc: EngineError) -> EngineError:
         """The same error with any echo of the key masked (a remote may quote what it was sent)."""
         if not self._secret or self._secret not in exc.message:
             return exc
-        return ApiError(
-            exc.status,
-            self.mask(exc.message),
-            type_=exc.type,
-            param=exc.param,
-            code=exc.code,
-            headers=exc.headers,
-        )
+        return exc.with_message(self.mask(exc.message))

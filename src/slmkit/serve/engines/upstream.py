@@ -22,7 +22,7 @@ from slmkit.child_process import free_port
 from slmkit.console import info, warn
 from slmkit.errors import ServeError
 from slmkit.serve.engines.base import Delta, EngineState
-from slmkit.serve.engines.errors import ApiError, engine_unavailable, invalid_request
+from slmkit.serve.engines.errors import EngineError, engine_unavailable, invalid_request
 from slmkit.serve.engines.openai_http import (
     OpenAIHttp,
     build_payload,
@@ -78,7 +78,7 @@ class UpstreamEngine:
     def upstream_payload(self, request: GenerationRequest) -> dict[str, Any]:
         return build_payload(request, self.model_id)
 
-    def map_upstream_error(self, status: int, body: dict[str, Any]) -> ApiError:
+    def map_upstream_error(self, status: int, body: dict[str, Any]) -> EngineError:
         message, err = error_fields(body)
         overflow = context_overflow(status, err, message, self._n_ctx)
         if overflow is not None:
@@ -214,7 +214,7 @@ class UpstreamEngine:
             async for delta in events:
                 yield delta
 
-    def _connection_failed(self, exc: Exception) -> ApiError:
+    def _connection_failed(self, exc: Exception) -> EngineError:
         return engine_unavailable(
             self.model_id, f"connection to the engine failed: {type(exc).__name__}"
         )

@@ -1,7 +1,8 @@
 """Replicas: one model id answered by two real llama-server children behind a real `slm serve`.
 Least-busy spreads 40 requests over both (read from the per-replica metric and the audit rows),
 round-robin alternates exactly, and a killed replica is cooled down while every request still
-succeeds on the other (retry before the first token). The logprobs of the shared OpenAI HTTP part
+succeeds on the other (retry before the first token), and one SIGKILLed while answering 8 concurrent
+clients leaves every one of them answered by the other (a non-streamed answer is asked again). The logprobs of the shared OpenAI HTTP part
 are read from a real llama-server. The balancing rules themselves (strategies, cooldown, the
 soonest-cooled fallback, retries, outcomes) run on fake in-memory engines and a fake clock below."""
 
@@ -37,6 +38,8 @@ CONFIG = {
             "deployments": [{"ref": "default"}, {"ref": "default"}],
             "strategy": "round-robin",
         },
+        # killed while answering; its own model id, so the other tests' replicas stay whole
+        {"id": "midway", "ref": "default", "replicas": 2, "allowed_fails": 1, "cooldown_s": 120},
     ],
 }
 
@@ -171,6 +174,65 @@ def test_killed_replica_is_cooled_and_no_request_fails(server: ServerProcess) ->
     pool = {e["id"]: e for e in health.json()["engines"]}["pool"]
     replica = {r["replica"]: r for r in pool["replicas"]}[dead]
     assert not replica["up"] and replica["cooled_for_s"] > 60
+
+
+def decoding(child: psutil.Process) -> bool:
+    """Whether a llama-server child has a slot that has already generated tokens (its /slots)."""
+    import httpx
+
+    cmd = child.cmdline()
+    port = cmd[cmd.index("--port") + 1]
+    try:
+        slots = httpx.get(f"http://127.0.0.1:{port}/slots", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return any(
+        s.get("is_processing") and any(t.get("n_decoded", 0) > 0 for t in s.get("next_token", []))
+        for s in slots
+    )
+
+
+@needs_llama_server
+def test_a_replica_killed_mid_answer_leaves_every_request_answered(
+    server: ServerProcess, home: Path
+) -> None:
+    """8 concurrent non-streamed requests; one replica is SIGKILLed while it is generating: each
+    request it held is asked again on the other, so every client gets a 200 and one audit row."""
+    victim = pool_children(server, "midway")[0]
+    story = [{"role": "user", "content": "Tell a long story about a lighthouse keeper."}]
+
+    def long_ask(_: int) -> Any:
+        return server.client().chat.completions.with_raw_response.create(
+            model="midway", messages=story, max_tokens=96, temperature=0
+        )
+
+    before = server.metric("slm_failovers_total", model="midway")
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(long_ask, i) for i in range(8)]
+        deadline = time.monotonic() + 60
+        while not decoding(victim):
+            assert time.monotonic() < deadline, "the victim never started answering"
+            time.sleep(0.02)
+        victim.kill()
+        raws = [f.result() for f in futures]  # an error here is a request that failed
+    replies = [raw.parse() for raw in raws]
+    assert all(r.choices[0].message.content for r in replies)
+    assert server.metric("slm_failovers_total", model="midway") > before  # some were cut part-way
+    ids = [raw.headers["x-request-id"] for raw in raws]
+    conn = sqlite3.connect(home / "serve" / "audit.db")
+    try:
+        wait_until = time.monotonic() + 10
+        while True:  # the audit writer is a background thread
+            marks = ",".join("?" for _ in ids)
+            rows = conn.execute(
+                f"SELECT id, status FROM requests WHERE id IN ({marks})", ids
+            ).fetchall()
+            if len(rows) >= len(ids) or time.monotonic() > wait_until:
+                break
+            time.sleep(0.1)
+    finally:
+        conn.close()
+    assert sorted(rows) == sorted((i, 200) for i in ids)  # one row each, none failed
 
 
 # -- the balancing rules on fake engines and a fake clock -------------------------------------------

@@ -1,6 +1,6 @@
 """Replicas: one model id answered by two real llama-server children behind a real `slm serve`.
-Least- busy spreads 40 requests over both (read from the per-replica metric and the audit rows),
-round- robin alternates exactly, and a killed replica is cooled down while every request still
+Least-busy spreads 40 requests over both (read from the per-replica metric and the audit rows),
+round-robin alternates exactly, and a killed replica is cooled down while every request still
 succeeds on the other (retry before the first token), and one SIGKILLed while answering 8
 concurrent clients leaves every one of them answered by the other (a non-streamed answer is asked
 again). The logprobs of the shared OpenAI HTTP part are read from a real llama-server. The

@@ -89,3 +89,15 @@ def test_seeded_sampling_is_reproducible(embedded_model_dir: Path) -> None:
     # at temperature 1 another seed gives another 12-token answer.
     other = run_slm(*args[:-3], "1", *args[-2:])
     assert other.returncode == 0 and other.stdout != first.stdout, "the seed changed nothing"
+
+
+@pytest.mark.parametrize(
+    ("flags", "now"),
+    [(["--keys"], "slm logs keys"), (["--ab", "support"], "slm logs ab support")],
+)
+def test_a_logs_view_that_became_a_subcommand_names_it(
+    tmp_path: Path, flags: list[str], now: str
+) -> None:
+    proc = run_slm("logs", "--db", str(tmp_path / "audit.db"), *flags)
+    assert proc.returncode == 2 and f"is now `{now}`" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

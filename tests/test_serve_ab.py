@@ -2,7 +2,7 @@
 a real `slm serve`, with the response cache on. 200 requests from distinct users land on both
 versions within a binomial tolerance; one user always meets the same version; requests without a
 user are drawn at random. Feedback favours v2, a route over the split escalates a few answers, and
-`slm logs --ab` reports per-version figures equal to direct SQL counts, with a significant verdict.
+`slm logs ab` reports per-version figures equal to direct SQL counts, with a significant verdict.
 The statistics themselves are checked against values worked out by hand."""
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def sql_figures(home: Path) -> dict[str, dict[str, int]]:
 @needs_llama_server
 @pytest.mark.slow
 def test_logs_ab_json_equals_the_sql_counts(traffic: Traffic, home: Path, slm) -> None:
-    result = slm("logs", "--db", str(home / "serve" / "audit.db"), "--ab", "support", "--json")
+    result = slm("logs", "ab", "support", "--db", str(home / "serve" / "audit.db"), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     expected = sql_figures(home)
@@ -210,7 +210,7 @@ def test_logs_ab_json_equals_the_sql_counts(traffic: Traffic, home: Path, slm) -
 @pytest.mark.slow
 def test_logs_ab_table_shows_each_versions_figures(traffic: Traffic, home: Path, slm) -> None:
     db = str(home / "serve" / "audit.db")
-    result = slm("logs", "--db", db, "--ab", "support", "--since", "1h", env={"COLUMNS": "200"})
+    result = slm("logs", "ab", "support", "--db", db, "--since", "1h", env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
     expected = sql_figures(home)
     for version, want in expected.items():

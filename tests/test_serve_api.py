@@ -389,9 +389,7 @@ def test_metrics_audit_log_feedback_and_logs(server: ServerProcess, home: Path, 
         "logs", "--db", str(db), "--last", "3", env={"SLM_HOME": str(home), "COLUMNS": "200"}
     )
     assert reply.id[:12] in table.stdout and "p95" in table.stdout
-    listed = slm(
-        "logs", "--db", str(db), "--feedback", env={"SLM_HOME": str(home), "COLUMNS": "200"}
-    )
+    listed = slm("logs", "feedback", "--db", str(db), env={"SLM_HOME": str(home), "COLUMNS": "200"})
     assert "Hello Ann!" in listed.stdout
 
 

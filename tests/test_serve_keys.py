@@ -1,6 +1,6 @@
 """Per-key limits on a real `slm serve default`: named keys from the file and the environment, rpm /
 tpm / daily-token limits answered with 429 + Retry-After (the openai client raises RateLimitError),
-other keys unaffected, usage per key name in /metrics and `slm logs --keys`, key values never
+other keys unaffected, usage per key name in /metrics and `slm logs keys`, key values never
 stored or exported, and bad key config refused in one line. The window arithmetic runs on a fake
 clock below."""
 
@@ -157,7 +157,7 @@ def test_usage_per_key_name_and_no_key_value_anywhere(
     assert 'slm_key_requests_total{key="team-c"}' in metrics
     assert f'slm_key_requests_total{{key="{key_id(PLAIN)}"}}' in metrics
 
-    shown = slm("logs", "--db", str(db), "--keys", "--json", env={"SLM_HOME": str(home)})
+    shown = slm("logs", "keys", "--db", str(db), "--json", env={"SLM_HOME": str(home)})
     assert shown.returncode == 0, shown.stderr
     by_key = {row["key"]: row for row in json.loads(shown.stdout)}
     for name in ("team-a", "team-b", "team-c", "free", key_id(PLAIN)):  # audit == /metrics
@@ -167,7 +167,7 @@ def test_usage_per_key_name_and_no_key_value_anywhere(
         assert by_key[name]["requests"] == admitted + rejected
         assert by_key[name]["tokens"] == server.metric("slm_key_tokens_total", key=name)
     assert by_key["team-a"]["rejected"] >= 2 and by_key["free"]["rejected"] == 0
-    table = slm("logs", "--db", str(db), "--keys", env={"SLM_HOME": str(home)})
+    table = slm("logs", "keys", "--db", str(db), env={"SLM_HOME": str(home)})
     assert "team-c" in table.stdout and "429s" in table.stdout
 
 

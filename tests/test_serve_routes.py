@@ -3,7 +3,7 @@
 takes over. Each escalation check fires on an answer built to fail it, and the client then gets
 exactly what `fallback` answers on its own; rules (prompt length, regex, metadata, user, header)
 pick the target; a stream through an escalating route is held and replayed; an engine error falls
-back; the audit row, /metrics, `slm logs --routes` and `slm cost` say where each request went and
+back; the audit row, /metrics, `slm logs routes` and `slm cost` say where each request went and
 why. Bad route config is one line."""
 
 from __future__ import annotations
@@ -252,13 +252,13 @@ def test_slm_logs_routes_shows_local_share_and_reasons(
         ).fetchall()
     local = sum(1 for (by,) in rows if by == "local")
     wide = {"COLUMNS": "200"}
-    result = slm("logs", "--db", str(db), "--routes", "--window", "1h", "--json", env=wide)
+    result = slm("logs", "routes", "--db", str(db), "--window", "1h", "--json", env=wide)
     assert result.returncode == 0, result.stderr
     stats = {s["route"]: s for s in json.loads(result.stdout)}
     assert stats["support"]["local_share"] == pytest.approx(local / len(rows))
     assert stats["support"]["first_member"] == "local"
     assert stats["check-refusal"]["reasons"]["escalated:refusal"] >= 2
-    table = slm("logs", "--db", str(db), "--routes", "--window", "1h", env=wide)
+    table = slm("logs", "routes", "--db", str(db), "--window", "1h", env=wide)
     assert table.returncode == 0, table.stderr
     support = next(line for line in table.stdout.splitlines() if "support" in line)
     assert f"{local / len(rows):.0%} (local)" in support and "long-prompt 1" in support, support

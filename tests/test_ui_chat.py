@@ -1,6 +1,6 @@
 """The board's Chat tab: a model answers through a real `slm serve` child, streamed; a thumbs-down
 with a corrected answer lands in the same feedback store as `POST /v1/feedback` (`slm logs
---feedback` lists it); an unknown model reference is the CLI's one-line error."""
+feedback` lists it); an unknown model reference is the CLI's one-line error."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_chat_streams_an_answer_and_a_thumbs_down_with_a_correction_is_stored(
         (-1, CORRECTION, "default")
     ]
     screenshot(page, "chat")
-    listed = run_slm("logs", "--feedback", "--db", str(db), env={"COLUMNS": "200"}, timeout=120)
+    listed = run_slm("logs", "feedback", "--db", str(db), env={"COLUMNS": "200"}, timeout=120)
     assert listed.returncode == 0 and rows[0]["request_id"] in listed.stdout
 
 

@@ -1,4 +1,4 @@
-"""`slm logs --ab MODEL`: the versions of an A/B split compared from the audit log.
+"""`slm logs ab MODEL`: the versions of an A/B split compared from the audit log.
 
 Per version: requests, errors, p50/p95 latency, feedback rate (rated / requests), thumbs-up share
 with a 95% Wilson interval, and escalation rate (a route escalated the version's answer). Each

@@ -1,9 +1,9 @@
-"""CLI: `slm serve`, `slm logs`, `slm bench serve`. Thin: parse, call the stage, print."""
+"""CLI: `slm serve` and `slm bench serve` (`slm logs` is in `logs_commands.py`). Thin: parse, call
+the stage, print."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Annotated, get_args
@@ -56,7 +56,7 @@ def serve_cmd(
     from slmkit.config import dump_config
     from slmkit.serve.server import model_entry, serve
 
-    cfg = _load_config(config, list(set_ or []))
+    cfg = load_serve_config(config, list(set_ or []))
     entries = [model_entry(text) for text in [*(refs or []), *(model or [])]]
     if entries:
         known = {e.id for e in entries}
@@ -75,7 +75,7 @@ def serve_cmd(
     serve(cfg)
 
 
-def _load_config(path: Path | None, overrides: list[str]) -> ServeConfig:
+def load_serve_config(path: Path | None, overrides: list[str]) -> ServeConfig:
     from pydantic import ValidationError
 
     from slmkit.config import apply_overrides, dotted, format_validation_error, load_config
@@ -88,230 +88,6 @@ def _load_config(path: Path | None, overrides: list[str]) -> ServeConfig:
         raise ConfigError(
             format_validation_error(exc, name=lambda loc: f"--set {dotted(loc)}")
         ) from exc
-
-
-def _audit_db(db: Path | None, config: Path | None) -> Path:
-    if db is not None:
-        return db
-    return _load_config(config, []).audit.db_path()
-
-
-def logs_cmd(
-    db: Annotated[
-        Path | None,
-        typer.Option(
-            help="Audit SQLite file (default: from --config or $SLM_HOME/serve/audit.db)."
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="serve.yaml (audit path and alert rules).")
-    ] = None,
-    window: Annotated[
-        str,
-        typer.Option(help="Statistics window: seconds, or with a unit (90s, 5m, 1h, 7d)."),
-    ] = "300",
-    last: Annotated[int, typer.Option(help="Recent requests to list.")] = 10,
-    feedback: Annotated[
-        bool, typer.Option("--feedback", help="List recent feedback instead.")
-    ] = False,
-    keys: Annotated[
-        bool,
-        typer.Option("--keys", help="Requests, 429s and tokens per API key name over the window."),
-    ] = False,
-    routes: Annotated[
-        bool,
-        typer.Option(
-            "--routes",
-            help="Per route over the window: requests, local share (answered by the chain's "
-            "first member), rule hits, escalations and fallbacks by reason.",
-        ),
-    ] = False,
-    ab: Annotated[
-        str | None,
-        typer.Option(
-            "--ab",
-            metavar="MODEL",
-            help="Compare the versions of an A/B split model: requests, errors, latency, feedback "
-            "rate, thumbs-up share (95% CI), escalation rate, and whether the difference is "
-            "significant.",
-        ),
-    ] = None,
-    since: Annotated[
-        str | None,
-        typer.Option(
-            help="With --ab: start at a date (2026-11-27), an ISO time (UTC unless it says) or a "
-            "duration back from now (7d, 12h). Default: all."
-        ),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print statistics as JSON.")] = False,
-) -> None:
-    """Recent requests, p50/p95/p99 latency, error rate and tokens/s from the audit log; alerts."""
-    from rich.table import Table
-
-    from slmkit.serve.logs import (
-        check_alerts,
-        feedback_rows,
-        parse_window,
-        recent_requests,
-        window_stats,
-    )
-
-    path = _audit_db(db, config)
-    window_s = parse_window(window)
-    if ab is not None:
-        _print_ab_report(path, ab, since, config, as_json)
-        return
-    if since is not None:
-        raise ConfigError("--since: it applies to --ab MODEL (the other views use --window)")
-    if keys:
-        _print_key_stats(path, window_s, as_json)
-        return
-    if routes:
-        chains = {r.id: r.chain for r in _load_config(config, []).routes}
-        _print_route_stats(path, window_s, chains, as_json)
-        return
-    if feedback:
-        table = Table("time", "request", "model", "rating", "correction")
-        for row in feedback_rows(path, last):
-            table.add_row(
-                _time(row["ts"]),
-                row["request_id"],
-                row["model"] or "-",
-                f"{row['rating']:+d}",
-                (row["correction"] or "")[:60],
-            )
-        out.print(table)
-        return
-    stats = window_stats(path, window_s)
-    alerts = check_alerts(path, _load_config(config, []).alerts)
-    if as_json:
-        data = {
-            **stats.__dict__,
-            "error_rate": stats.error_rate,
-            "alerts": [a.__dict__ for a in alerts],
-        }
-        out.print(json.dumps(data, indent=2), markup=False, emoji=False, soft_wrap=True)
-        return
-    table = Table("time", "id", "model", "status", "tokens in/out", "latency", "ttft")
-    for row in recent_requests(path, last):
-        table.add_row(
-            _time(row["ts"]),
-            row["id"],
-            str(row["model"]),
-            str(row["status"]),
-            f"{row['prompt_tokens'] or 0}/{row['completion_tokens'] or 0}",
-            _ms(row["latency_s"]),
-            _ms(row["ttft_s"]),
-        )
-    out.print(table)
-    out.print(
-        f"last {window_s:g} s: {stats.requests} requests, error rate {stats.error_rate:.1%}, "
-        f"latency p50 {_ms(stats.latency_p50)} p95 {_ms(stats.latency_p95)} p99 {_ms(stats.latency_p99)}, "
-        f"ttft p50 {_ms(stats.ttft_p50)}, {stats.tokens_per_s:.1f} output tokens/s"
-    )
-    for alert in alerts:
-        console.print(f"[red]ALERT {alert.rule}:[/red] {alert.message}")
-
-
-def _print_key_stats(path: Path, window: float, as_json: bool) -> None:
-    from rich.table import Table
-
-    from slmkit.serve.logs import key_stats
-
-    stats = key_stats(path, window)
-    if as_json:
-        data = [{**s.__dict__, "tokens": s.tokens} for s in stats]
-        out.print(json.dumps(data, indent=2), markup=False, emoji=False, soft_wrap=True)
-        return
-    table = Table("key", "requests", "429s", "prompt tokens", "completion tokens", "tokens")
-    for s in stats:
-        counts = (s.requests, s.rejected, s.prompt_tokens, s.completion_tokens, s.tokens)
-        table.add_row(s.key, *(str(n) for n in counts))
-    out.print(table)
-    out.print(f"last {window:g} s, {len(stats)} keys")
-
-
-def _print_route_stats(
-    path: Path, window: float, chains: dict[str, list[str]], as_json: bool
-) -> None:
-    from rich.table import Table
-
-    from slmkit.serve.logs import route_stats
-
-    stats = route_stats(path, window, chains=chains)
-    if as_json:
-        data = [{**s.__dict__, "local_share": s.local_share} for s in stats]
-        out.print(json.dumps(data, indent=2), markup=False, emoji=False, soft_wrap=True)
-        return
-    table = Table("route", "requests", "local share", "by rule", "escalated", "fallback")
-    for s in stats:
-        share = "-" if s.local_share is None else f"{s.local_share:.0%} ({s.first_member})"
-        table.add_row(
-            s.route,
-            str(s.requests),
-            share,
-            _counts(s.count("rule:")),
-            _counts(s.count("escalated:")),
-            _counts(s.count("fallback:")),
-        )
-    out.print(table)
-    out.print(
-        f"last {window:g} s, {len(stats)} route(s); local share = answered by the first member"
-    )
-
-
-def _print_ab_report(
-    path: Path, model: str, since: str | None, config: Path | None, as_json: bool
-) -> None:
-    from rich.table import Table
-
-    from slmkit.serve.ab_report import ab_report
-    from slmkit.serve.logs import parse_time
-
-    entry = next((m for m in _load_config(config, []).models if m.id == model), None)
-    order = [arm.version for arm in entry.ab or []] if entry is not None else []
-    start = parse_time(since, "--since") if since is not None else None
-    report = ab_report(path, model, start, order)
-    if as_json:
-        text = json.dumps(report.as_dict(), indent=2)
-        out.print(text, markup=False, emoji=False, soft_wrap=True)
-        return
-    table = Table(
-        "version", "requests", "errors", "p50", "p95", "rated", "thumbs up (95% CI)", "escalated"
-    )
-    for v in report.versions:
-        ci = v.thumbs_up_ci
-        share = "-" if ci is None else f"{v.thumbs_up_share:.0%} ({ci[0]:.0%}-{ci[1]:.0%})"
-        table.add_row(
-            v.version,
-            str(v.requests),
-            str(v.errors),
-            _ms(v.latency_p50),
-            _ms(v.latency_p95),
-            f"{v.rated} ({v.feedback_rate:.0%})",
-            share,
-            f"{v.escalated} ({v.escalation_rate:.0%})",
-        )
-    out.print(table)
-    for c in report.comparisons:
-        out.print(f"thumbs up: {c.verdict}", markup=False)
-        if c.latency_p_value is not None:
-            out.print(
-                f"latency: {c.version} vs {c.baseline}, Mann-Whitney p={c.latency_p_value:.2g}",
-                markup=False,
-            )
-
-
-def _counts(by_name: dict[str, int]) -> str:
-    return ", ".join(f"{name} {n}" for name, n in by_name.items()) or "-"
-
-
-def _time(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S")
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 def bench_serve_cmd(
@@ -368,8 +144,10 @@ def bench_serve_cmd(
 
 
 def register(app: typer.Typer) -> None:
+    from slmkit.serve import logs_commands
+
     app.command("serve")(serve_cmd)
-    app.command("logs")(logs_cmd)
+    logs_commands.register(app)
     bench = typer.Typer(help="Benchmarks against running services.", no_args_is_help=True)
     bench.command("serve")(bench_serve_cmd)
     app.add_typer(bench, name="bench")

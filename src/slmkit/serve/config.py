@@ -66,7 +66,7 @@ class AbArm(StrictModel):
     )
     name: str | None = Field(
         default=None,
-        description="Version name in the audit log, /metrics and `slm logs --ab`; default: the "
+        description="Version name in the audit log, /metrics and `slm logs ab`; default: the "
         "registry version of an `@v3` or `@alias` reference (`v3`), else the reference itself.",
     )
 
@@ -314,7 +314,7 @@ class AuditSettings(StrictModel):
 
 class ApiKey(StrictModel):
     """One API key with a name and optional limits; the name, never the key, is what the audit
-    log, `/metrics`, errors and `slm logs --keys` show."""
+    log, `/metrics`, errors and `slm logs keys` show."""
 
     name: str = Field(
         description="Name of the key in the audit log, /metrics and errors (letters, digits, . _ : -)."

@@ -1,7 +1,7 @@
 """The board's chat talks to real `slm serve` children: one per model reference, started on first
 use on a free loopback port with the board's SLM_HOME and the audit log on (text included), so a
 chat answer is logged like any other request and its thumbs up/down go through the gateway's own
-`POST /v1/feedback` into the same feedback store that `slm logs --feedback` reads."""
+`POST /v1/feedback` into the same feedback store that `slm logs feedback` reads."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Chat: any model reference (default, a run folder, an export or .gguf) answers through a real
 `slm serve` child, streamed; a second model answers the same prompt side by side; thumbs up/down
-and a corrected answer go to the gateway's `POST /v1/feedback` (the store `slm logs --feedback` reads)."""
+and a corrected answer go to the gateway's `POST /v1/feedback` (the store `slm logs feedback` reads)."""
 
 from __future__ import annotations
 

@@ -143,8 +143,8 @@ def test_p95_latency_rule_fires_for_the_healthy_model(
 
 
 def test_for_s_and_escalation_share_on_the_watcher(capsys: pytest.CaptureFixture[str]) -> None:
+    from slmkit.serve.alert_config import AlertRule
     from slmkit.serve.alerts import AlertWatcher
-    from slmkit.serve.config import AlertRule
     from slmkit.serve.metrics import GatewayMetrics
 
     sent: list[dict] = []
@@ -186,17 +186,17 @@ def test_bad_alert_config_is_one_line(config: dict, expected: str, tmp_path: Pat
     path.write_text(yaml.safe_dump(config))
     from slmkit.config import load_config
     from slmkit.errors import ConfigError
-    from slmkit.serve.config import ServeConfig
+    from slmkit.monitor.serve_section import MonitoredServeConfig
 
     with pytest.raises(ConfigError) as info:
-        load_config(path, ServeConfig, [])
+        load_config(path, MonitoredServeConfig, [])
     assert expected in str(info.value) and "\n" not in str(info.value)
 
 
 def test_unset_bearer_variable_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """`slm serve` builds this sender before it starts anything: the line is its start-up error."""
     from slmkit.errors import ConfigError
-    from slmkit.serve.config import WebhookSettings
+    from slmkit.serve.alert_config import WebhookSettings
     from slmkit.serve.webhook import WebhookSender
 
     monkeypatch.delenv("NO_SUCH_VAR_9", raising=False)
@@ -213,7 +213,7 @@ def test_webhook_payload_reaches_a_flaky_receiver_after_backoff() -> None:
     """Two server errors, then accepted: three attempts, the waits doubling (0.2 s then 0.4 s)."""
     import asyncio
 
-    from slmkit.serve.config import WebhookSettings
+    from slmkit.serve.alert_config import WebhookSettings
     from slmkit.serve.metrics import GatewayMetrics
     from slmkit.serve.webhook import WebhookSender
 
@@ -242,7 +242,7 @@ def test_webhook_payload_reaches_a_flaky_receiver_after_backoff() -> None:
 def test_a_refused_payload_is_not_posted_again_but_a_busy_receiver_is() -> None:
     import asyncio
 
-    from slmkit.serve.config import WebhookSettings
+    from slmkit.serve.alert_config import WebhookSettings
     from slmkit.serve.webhook import WebhookSender
 
     for statuses, posts, delivered in (([400], 1, False), ([429, 408], 3, True)):
@@ -255,7 +255,7 @@ def test_a_refused_payload_is_not_posted_again_but_a_busy_receiver_is() -> None:
 def test_stopping_delivers_what_is_queued_and_a_failing_delivery_keeps_the_queue_going() -> None:
     import asyncio
 
-    from slmkit.serve.config import WebhookSettings
+    from slmkit.serve.alert_config import WebhookSettings
     from slmkit.serve.metrics import GatewayMetrics
     from slmkit.serve.webhook import WebhookSender
 
@@ -396,8 +396,8 @@ def test_the_watcher_keeps_checking_after_a_check_fails() -> None:
 
 
 def test_a_check_reads_only_the_windows_requests_and_forgets_older_ones() -> None:
+    from slmkit.serve.alert_config import AlertRule
     from slmkit.serve.alerts import AlertWatcher, _Request
-    from slmkit.serve.config import AlertRule
     from slmkit.serve.metrics import GatewayMetrics
 
     rule = AlertRule(name="errors", error_rate_above=0.5, window_s=60, min_requests=1)

@@ -78,8 +78,10 @@ def test_the_docs_index_points_at_every_page() -> None:
 
 def test_serve_config_reference_is_generated_from_the_schema() -> None:
     from slmkit.config import reference_markdown
-    from slmkit.serve.config import ServeConfig
+    from slmkit.monitor.serve_section import MonitoredServeConfig
 
     text = (REPO / "docs" / "serve.md").read_text()
     block = text.split("<!-- reference:serve -->\n", 1)[1].split("\n<!-- /reference:serve -->")[0]
-    assert block == reference_markdown(ServeConfig), "regenerate the table in docs/serve.md"
+    assert block == reference_markdown(MonitoredServeConfig), (
+        "regenerate the table in docs/serve.md"
+    )

@@ -27,15 +27,17 @@ RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 KNOWN = {  # (importer, imported): why
     ("export", "evaluate"): "the quantization report scores answers with the eval's metrics",
     ("train", "recipe"): "a run takes the whole recipe (its data, train and dpo sections)",
-    ("serve", "monitor"): "the gateway starts the scheduled drift monitor and reads its settings",
 }
 
 
 def unit_of(module: str) -> str:
-    """The layer unit of a dotted module name: its top package under slmkit (serve.engines apart)."""
+    """The layer unit of a dotted module name: its top package under slmkit (serve.engines apart);
+    a stage's command modules (`<stage>/commands.py`, `*_commands.py`) are the CLI's."""
     parts = module.split(".")
     if len(parts) == 1:
         return "slmkit"
+    if parts[-1] == "commands" or parts[-1].endswith("_commands"):
+        return "cli"
     if parts[1:3] == ["serve", "engines"]:
         return "serve.engines"
     return parts[1]

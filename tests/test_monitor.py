@@ -24,7 +24,10 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
     config = MonitorConfig(url=url, model="m", evals=[evalset], state=tmp_path / "s.json")
     with pytest.raises(SlmError) as info:
         run_round(config)
-    assert str(info.value).startswith("the served model answered no question of qa: 502")
+    assert str(info.value).startswith(
+        "the served model answered no question of qa: upstream_error: The upstream serving `m` "
+        "failed (unreachable"
+    )
     assert "\n" not in str(info.value)
     assert not (tmp_path / "s.json").exists()  # no baseline from a failed round
 

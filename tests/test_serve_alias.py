@@ -172,7 +172,7 @@ def test_unknown_alias_stops_the_start_with_one_line(tmp_path: Path) -> None:
 def test_alias_entries_validate() -> None:
     from pydantic import ValidationError
 
-    from slmkit.serve.config import ModelEntry
+    from slmkit.serve.model_config import ModelEntry
 
     assert ModelEntry(id="support", ref="@support").follows_alias
     assert not ModelEntry(id="fixed", ref="@v3").follows_alias  # a version never moves

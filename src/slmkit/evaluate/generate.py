@@ -63,7 +63,7 @@ class ModelTarget:
 
 
 def model_target(spec: ModelSpec, settings: EvalSettings) -> ModelTarget:
-    from slmkit.serve.config import ModelEntry
+    from slmkit.serve.model_config import ModelEntry
     from slmkit.serve.server import choose_engine
 
     resolved = resolve_model(spec.ref, prepare=False)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from slmkit.errors import SlmError
+from slmkit.monitor.serve_section import MonitoredServeConfig
 from slmkit.serve.config import AuditSettings, OutputFilter, ServeConfig
 
 if TYPE_CHECKING:
@@ -27,7 +28,9 @@ feedback_app = typer.Typer(
 def _serve_config(config: Path | None) -> ServeConfig | None:
     from slmkit.config import load_config
 
-    return load_config(config, ServeConfig, []) if config is not None else None
+    if config is None:
+        return None
+    return load_config(config, MonitoredServeConfig, [])  # serve.yaml may have a `monitor:` section
 
 
 def _audit_path(audit: Path | None, cfg: ServeConfig | None) -> Path:

@@ -12,7 +12,7 @@ import typer
 from slmkit.config import from_options, option
 from slmkit.errors import SlmError
 from slmkit.monitor.config import MonitorConfig
-from slmkit.serve.config import WebhookSettings
+from slmkit.serve.alert_config import WebhookSettings
 
 FLAGS = {"evals": "--eval", "feedback_audit": "--feedback-audit", "url": "--url"}
 

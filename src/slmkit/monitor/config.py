@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from slmkit.config import http_url
 from slmkit.monitor.settings import MonitorSettings
-from slmkit.serve.config import WebhookSettings
+from slmkit.serve.alert_config import WebhookSettings
 
 
 class MonitorConfig(MonitorSettings):

@@ -1,6 +1,10 @@
-"""The `monitor:` section of `slm serve`: the rounds of `slm monitor` run by the server itself, in a
-background task (each round in a worker thread, so requests never wait on it), through its own
-OpenAI API on loopback; drift alerts go to the server's `alerting.webhook`."""
+"""The `monitor:` section of `slm serve`: the rounds of `slm monitor` run beside the gateway, in a
+background task (each round in a worker thread, so requests never wait on it), through the
+gateway's own OpenAI API on loopback; drift alerts go to the server's `alerting.webhook`.
+
+The gateway knows nothing of it: `slm serve` reads serve.yaml as `MonitoredServeConfig`
+(`serve_section.py`: the gateway's settings plus this section) and hands the gateway a
+`ScheduledMonitor` to start and stop with it."""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from slmkit.console import info, warn
 from slmkit.errors import SlmError
 from slmkit.monitor.config import MonitorConfig
 from slmkit.monitor.drift import MonitorRound, check_ready, run_round
-from slmkit.serve.config import ServeConfig, ServeMonitor
+from slmkit.monitor.serve_section import MonitoredServeConfig, ServeMonitor
+from slmkit.serve.config import ServeConfig
 
 
 def monitor_config(config: ServeConfig, section: ServeMonitor) -> MonitorConfig:
@@ -37,7 +42,7 @@ class ScheduledMonitor:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_serve(cls, config: ServeConfig) -> ScheduledMonitor | None:
+    def from_serve(cls, config: MonitoredServeConfig) -> ScheduledMonitor | None:
         if config.monitor is None:
             return None
         return cls(monitor_config(config, config.monitor), config.monitor.every_s)

@@ -1,5 +1,5 @@
 """What a monitoring round measures, shared by `slm monitor` (`MonitorConfig`) and the `monitor:`
-section of `slm serve` (`ServeMonitor`). Imports nothing of `serve`, which imports it."""
+section of `slm serve` (`serve_section.ServeMonitor`)."""
 
 from __future__ import annotations
 

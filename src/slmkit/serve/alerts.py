@@ -19,7 +19,7 @@ from typing import Any, Literal
 from prometheus_client import Gauge
 
 from slmkit.console import warn
-from slmkit.serve.config import AlertingSettings, AlertRule
+from slmkit.serve.alert_config import AlertingSettings, AlertRule
 
 CHECK_INTERVAL_S = AlertingSettings().check_interval_s
 

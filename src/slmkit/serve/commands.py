@@ -13,8 +13,10 @@ import typer
 from slmkit.config import from_options, option
 from slmkit.console import console, out
 from slmkit.errors import ConfigError
+from slmkit.monitor.serve_section import MonitoredServeConfig
 from slmkit.serve.bench import BenchConfig
-from slmkit.serve.config import EngineName, ServeConfig
+from slmkit.serve.config import ServeConfig
+from slmkit.serve.model_config import EngineName
 
 
 def serve_cmd(
@@ -54,6 +56,7 @@ def serve_cmd(
 ) -> None:
     """Serve models behind an OpenAI-compatible API (chat, completions, models, metrics)."""
     from slmkit.config import dump_config
+    from slmkit.monitor.scheduled import ScheduledMonitor
     from slmkit.serve.server import model_entry, serve
 
     cfg = load_serve_config(config, list(set_ or []))
@@ -72,18 +75,20 @@ def serve_cmd(
     if print_config:
         out.print(dump_config(cfg), end="", markup=False)
         return
-    serve(cfg)
+    monitor = ScheduledMonitor.from_serve(cfg)  # a bad set or baseline stops the start here
+    serve(cfg, companions=[monitor] if monitor is not None else [])
 
 
-def load_serve_config(path: Path | None, overrides: list[str]) -> ServeConfig:
+def load_serve_config(path: Path | None, overrides: list[str]) -> MonitoredServeConfig:
+    """serve.yaml (or only `--set` overrides) with its `monitor:` section."""
     from pydantic import ValidationError
 
     from slmkit.config import apply_overrides, dotted, format_validation_error, load_config
 
     if path is not None:
-        return load_config(path, ServeConfig, overrides)
+        return load_config(path, MonitoredServeConfig, overrides)
     try:
-        return ServeConfig.model_validate(apply_overrides({}, overrides))
+        return MonitoredServeConfig.model_validate(apply_overrides({}, overrides))
     except ValidationError as exc:
         raise ConfigError(
             format_validation_error(exc, name=lambda loc: f"--set {dotted(loc)}")

@@ -12,8 +12,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from slmkit.serve import api_errors
 from slmkit.serve.admission import Admission, AdmissionSlot
 from slmkit.serve.alerts import AlertWatcher, default_server_name
+from slmkit.serve.answer_cache import AnswerCache
 from slmkit.serve.answer_text import AnswerText
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.audit import MONITOR_SOURCE, AuditLog, AuditRecord
@@ -33,7 +34,6 @@ from slmkit.serve.generation import (
     generate_with_retry,
     prompt_text,
 )
-from slmkit.serve.guards import ResponseCache
 from slmkit.serve.key_limits import KeyLimits
 from slmkit.serve.logs import tokens_today_by_key
 from slmkit.serve.metrics import GatewayMetrics
@@ -51,18 +51,31 @@ from slmkit.serve.streaming import StreamResponder
 from slmkit.serve.webhook import WebhookSender
 
 
+class Companion(Protocol):
+    """A background task that lives as long as the gateway (started after its engines, stopped
+    before them), e.g. the scheduled drift monitor that `slm serve` runs beside it."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class Gateway:
     """Routes OpenAI requests to engines; owns metrics, audit, cache, admission and alerts."""
 
     def __init__(
-        self, config: ServeConfig, engines: dict[str, Engine], embedder: Any = None
+        self,
+        config: ServeConfig,
+        engines: dict[str, Engine],
+        embedder: Any = None,
+        companions: Sequence[Companion] = (),
     ) -> None:
         self.config = config
         self.engines = engines
         self.embedder = embedder
         self.metrics = GatewayMetrics()
         self.audit: AuditLog | None = None
-        self.cache = ResponseCache(config.cache.max_entries) if config.cache.enabled else None
+        self.cache = AnswerCache(config.cache, engines, self.metrics)
         self.admission = Admission(engines, config.limits.max_queue, self.metrics)
         self.router = Router(config, engines, self.admission, self.metrics)
         self.rag = GatewayRag.load(config, embedder)  # `rag:` indexes: a bad one stops the start
@@ -72,11 +85,7 @@ class Gateway:
             if config.alerting.webhook is not None
             else None
         )
-        self.monitor = None
-        if config.monitor is not None:  # `slm monitor` rounds in the server (a `monitor:` section)
-            from slmkit.monitor.scheduled import ScheduledMonitor
-
-            self.monitor = ScheduledMonitor.from_serve(config)
+        self.companions = list(companions)  # e.g. the scheduled drift monitor of `slm serve`
         self.alerts = AlertWatcher(
             config.alerts,
             self.metrics.alerts,
@@ -113,12 +122,12 @@ class Gateway:
         if self.webhook is not None:
             self.webhook.start()
         self.alerts.start()
-        if self.monitor is not None:
-            self.monitor.start()
+        for companion in self.companions:
+            companion.start()
 
     async def stop(self) -> None:
-        if self.monitor is not None:
-            await self.monitor.stop()
+        for companion in reversed(self.companions):
+            await companion.stop()
         await self.alerts.stop()
         if self.webhook is not None:
             await self.webhook.stop()
@@ -213,7 +222,7 @@ class Gateway:
         """Answer an admitted request; a stream takes the admission slot over until it ends."""
         policy = getattr(body, "context_policy", None) or self.config.limits.context_policy
         await self._fit_context(engine, ctx, policy)
-        outcome = self._cache_lookup(ctx)
+        outcome = self.cache.lookup(ctx)
         if ctx.gen.stream:
             on_close = self._stream_closer(ctx, slot)
             if outcome is None and plan is not None and plan.holds_stream:
@@ -232,7 +241,7 @@ class Gateway:
             outcome = await generate_with_retry(
                 engine, ctx.gen, ctx.started, self.config, self.metrics
             )
-            self._cache_store(ctx, outcome)
+            self.cache.store(ctx, outcome)
         return self._json_response(ctx, outcome)
 
     def _stream_closer(
@@ -242,7 +251,7 @@ class Gateway:
             slot.release()
             self._finish(ctx, ctx.error)
             if ctx.status == 200 and ctx.outcome is not None and not ctx.rec.cached:
-                self._cache_store(ctx, ctx.outcome)
+                self.cache.store(ctx, ctx.outcome)
 
         return on_close
 
@@ -263,40 +272,6 @@ class Gateway:
             ctx.gen.messages = fitted.messages
             ctx.headers[f"x-slm-context-{fitted.action}"] = str(fitted.dropped)
             self.metrics.context_actions.labels(ctx.gen.model_id, fitted.action).inc()
-
-    # -- cache ------------------------------------------------------------------------------
-    def _cache_lookup(self, ctx: RequestContext) -> Outcome | None:
-        if self.cache is None or not ctx.gen.deterministic or ctx.rec.route or self._split(ctx):
-            return None  # a routed answer depends on the checks and the members' state
-        hit = self.cache.get(ctx.gen.cache_key(self._cache_version(ctx, answered=False)))
-        self.metrics.cache.labels(ctx.gen.model_id, "hit" if hit else "miss").inc()
-        ctx.headers["x-slm-cache"] = "hit" if hit else "miss"
-        if hit is None:
-            return None
-        ctx.rec.cached = True
-        return Outcome.from_cache(hit, ttft=time.perf_counter() - ctx.started)
-
-    def _cache_store(self, ctx: RequestContext, outcome: Outcome) -> None:
-        if self.cache is None or not ctx.gen.deterministic or outcome.repeated or ctx.rec.route:
-            return
-        if self._split(ctx):
-            return
-        self.cache.put(
-            ctx.gen.cache_key(self._cache_version(ctx, answered=True)), outcome.to_cache()
-        )
-
-    def _cache_version(self, ctx: RequestContext, *, answered: bool) -> str | None:
-        """The version an alias serves now (lookup) or the one that answered (store); None for
-        models that do not move between versions while serving."""
-        engine = self.engines.get(ctx.gen.model_id)
-        if getattr(engine, "kind", None) != "alias":
-            return None
-        version = ctx.gen.version if answered else getattr(engine, "version", None)
-        return version if isinstance(version, str) else None
-
-    def _split(self, ctx: RequestContext) -> bool:
-        """An A/B split model: one arm's cached answer must never be served for another's."""
-        return getattr(self.engines.get(ctx.gen.model_id), "kind", None) == "ab"
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _finish(self, ctx: RequestContext, error: ApiError | None = None) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from slmkit.errors import SlmError
+from slmkit.serve.alert_config import AlertRule
 from slmkit.serve.alerts import Alert, Window, evaluate_window, is_failure, percentile
 from slmkit.serve.audit import user_traffic
-from slmkit.serve.config import AlertRule
 
 
 @dataclass

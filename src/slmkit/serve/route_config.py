@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pydantic import Field, field_validator, model_validator
 
 from slmkit.config import StrictModel
+from slmkit.serve.model_config import MODEL_ID
 
 
 def _check_regex(value: str | None) -> str | None:
@@ -24,8 +25,6 @@ def _check_regex(value: str | None) -> str | None:
 
 
 def _check_id(value: str, what: str) -> str:
-    from slmkit.serve.config import MODEL_ID  # config.py imports this module
-
     if not MODEL_ID.match(value):
         raise ValueError(
             f"{what} must be 1-64 of letters, digits, . _ : - and start with a letter or digit"

@@ -6,17 +6,21 @@ import asyncio
 import contextlib
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slmkit.child_process import port_problem
 from slmkit.console import info
 from slmkit.errors import ServeError
 from slmkit.models import ResolvedModel, resolve_model
-from slmkit.serve.config import Deployment, ModelEntry, ServeConfig
+from slmkit.serve.config import ServeConfig
 from slmkit.serve.engines.base import Engine
 from slmkit.serve.engines.settings import UpstreamSettings
+from slmkit.serve.model_config import Deployment, ModelEntry
+
+if TYPE_CHECKING:
+    from slmkit.serve.gateway import Companion
 
 
 def model_entry(text: str) -> ModelEntry:
@@ -262,12 +266,18 @@ def load_embedder(config: ServeConfig) -> Any:
     return MiniLMEmbedder.load()
 
 
-def serve(config: ServeConfig, on_ready: Callable[[str], None] | None = None) -> None:
-    """Run the gateway until SIGINT/SIGTERM; engines are stopped (terminate, then kill) on the way out."""
+def serve(
+    config: ServeConfig,
+    on_ready: Callable[[str], None] | None = None,
+    companions: Sequence[Companion] = (),
+) -> None:
+    """Run the gateway until SIGINT/SIGTERM; engines are stopped (terminate, then kill) on the way
+    out. `companions` start and stop with it."""
     check_port_free(config.host, config.port)
     from slmkit.serve.gateway import Gateway
 
-    gateway = Gateway(config, build_engines(config), embedder=load_embedder(config))
+    embedder = load_embedder(config)
+    gateway = Gateway(config, build_engines(config), embedder=embedder, companions=companions)
     asyncio.run(_run(gateway, on_ready))
 
 

@@ -21,7 +21,7 @@ from prometheus_client import Counter
 
 from slmkit.config import env_secret
 from slmkit.console import warn
-from slmkit.serve.config import WebhookSettings
+from slmkit.serve.alert_config import WebhookSettings
 from slmkit.serve.engines.remote import display_url
 
 QUEUE_SIZE = 1000

@@ -39,7 +39,9 @@ CONFIG = {
             "deployments": [{"ref": "default"}, {"ref": "default"}],
             "strategy": "round-robin",
         },
-        # killed while answering; its own model id, so the other tests' replicas stay whole
+        # one replica killed by a test each: their own model ids, so that the others' stay whole
+        # in any order of the tests
+        {"id": "cooled", "ref": "default", "replicas": 2, "allowed_fails": 1, "cooldown_s": 120},
         {"id": "midway", "ref": "default", "replicas": 2, "allowed_fails": 1, "cooldown_s": 120},
     ],
 }
@@ -152,27 +154,27 @@ def test_logprobs_come_from_a_real_llama_server(server: ServerProcess) -> None:
 
 @needs_llama_server
 def test_killed_replica_is_cooled_and_no_request_fails(server: ServerProcess) -> None:
-    before = {name: served(server, "pool", name) for name in ("llamacpp-0", "llamacpp-1")}
-    victim = pool_children(server, "pool")[1]
+    before = {name: served(server, "cooled", name) for name in ("llamacpp-0", "llamacpp-1")}
+    victim = pool_children(server, "cooled")[1]
     victim.kill()
     while victim.is_running() and victim.status() != psutil.STATUS_ZOMBIE:  # reaped only later
         time.sleep(0.01)
-    replies = ask_many(server, "pool", 8)  # any that meets the dead child is retried on the other
+    replies = ask_many(server, "cooled", 8)  # any that meets the dead child is retried on the other
     assert all(r.choices[0].message.content for r in replies)
-    failed = {name: served(server, "pool", name, "failed") for name in before}
+    failed = {name: served(server, "cooled", name, "failed") for name in before}
     dead = max(failed, key=lambda name: failed[name])
     alive = "llamacpp-1" if dead == "llamacpp-0" else "llamacpp-0"
     assert failed == {dead: 1, alive: 0}  # allowed_fails: 1, then it is left out
-    assert server.metric("slm_replica_up", model="pool", replica=dead) == 0
-    assert server.metric("slm_replica_up", model="pool", replica=alive) == 1
+    assert server.metric("slm_replica_up", model="cooled", replica=dead) == 0
+    assert server.metric("slm_replica_up", model="cooled", replica=alive) == 1
 
-    replies = ask_many(server, "pool", 8)
+    replies = ask_many(server, "cooled", 8)
     assert all(r.choices[0].message.content for r in replies)
-    assert served(server, "pool", dead) == before[dead]  # cooled: nothing more went there
-    assert served(server, "pool", alive) == before[alive] + 16
+    assert served(server, "cooled", dead) == before[dead]  # cooled: nothing more went there
+    assert served(server, "cooled", alive) == before[alive] + 16
     health = server.get("/health")
     assert health.status_code == 200  # the model is still served
-    pool = {e["id"]: e for e in health.json()["engines"]}["pool"]
+    pool = {e["id"]: e for e in health.json()["engines"]}["cooled"]
     replica = {r["replica"]: r for r in pool["replicas"]}[dead]
     assert not replica["up"] and replica["cooled_for_s"] > 60
 

@@ -143,6 +143,16 @@ class ServerProcess:
             self.base_url + path, content=content, headers=headers, timeout=120, **kwargs
         )
 
+    def wait_ready(self, model: str, timeout_s: float = 120) -> None:
+        """Until /health says `model`'s engine is ready again (after a test killed its child)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            engines = {e["id"]: e for e in self.get("/health").json()["engines"]}
+            if engines.get(model, {}).get("state") == "ready":
+                return
+            assert time.monotonic() < deadline, f"{model} not ready again: {engines.get(model)}"
+            time.sleep(0.2)
+
     def engine_children(self) -> list[Any]:
         """The engine subprocesses (llama-server) of this gateway."""
         import psutil

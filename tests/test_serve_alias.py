@@ -65,23 +65,39 @@ def _health(server: ServerProcess) -> dict[str, Any]:
     return next(e for e in engines if e.get("id") == "support")
 
 
-def _audit_versions(home: Path, expected: int) -> list[tuple[str, int, int]]:
+def _audit_versions(home: Path, ids: list[str]) -> list[tuple[str, int, int]]:
+    """The version, stream flag and status of these requests, in their order."""
     deadline = time.monotonic() + 30
-    rows: list[tuple[str, int, int]] = []
+    marks = ",".join("?" for _ in ids)
+    rows: dict[str, tuple[str, int, int]] = {}
     while time.monotonic() < deadline:  # the audit writer is a background thread
         with sqlite3.connect(home / "serve" / "audit.db") as conn:
-            rows = conn.execute(
-                "SELECT version, stream, status FROM requests WHERE model = 'support' ORDER BY ts"
+            found = conn.execute(
+                f"SELECT id, version, stream, status FROM requests WHERE id IN ({marks})", ids
             ).fetchall()
-        if len(rows) >= expected:
+        rows = {row[0]: row[1:] for row in found}
+        if len(rows) == len(ids):
             break
         time.sleep(0.2)
-    return rows
+    return [rows[i] for i in ids if i in rows]
+
+
+def _serving(server: ServerProcess, home: Path, version: str) -> None:
+    """Point the alias at `version` (as a rollback would) and wait until the server serves it
+    alone: the tests below move the alias, and each starts from where it needs it."""
+    registry = Registry(home / "registry.db")
+    if registry.alias_target("support") != version:
+        registry.promote(version, "support")
+    deadline = time.monotonic() + 90
+    while (h := _health(server))["version"] != version or h["draining"]:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.2)
 
 
 def test_promote_while_streaming_keeps_the_stream_and_switches(
     server: ServerProcess, home: Path
 ) -> None:
+    _serving(server, home, "v1")
     client = server.client()
     assert [(m.id, m.model_extra.get("version")) for m in client.models.list().data] == [
         ("support", "v1")
@@ -126,7 +142,7 @@ def test_promote_while_streaming_keeps_the_stream_and_switches(
     finish = [c.choices[0].finish_reason for c in rest if c.choices and c.choices[0].finish_reason]
     assert finish == ["length"] and len(text) > STREAM_TOKENS  # every token arrived
 
-    assert _audit_versions(home, 2) == [("v1", 1, 200), ("v2", 0, 200)]
+    assert _audit_versions(home, [first.id, after.id]) == [("v1", 1, 200), ("v2", 0, 200)]
     assert [(m.id, m.model_extra.get("version")) for m in client.models.list().data] == [
         ("support", "v2")
     ]
@@ -142,6 +158,7 @@ def test_promote_while_streaming_keeps_the_stream_and_switches(
 def test_a_version_that_cannot_start_leaves_the_old_one_serving(
     server: ServerProcess, home: Path
 ) -> None:
+    _serving(server, home, "v2")
     broken = home / "broken.gguf"
     broken.write_bytes(b"GGUF" + bytes(64))  # a header and nothing else: llama-server refuses it
     registry = Registry(home / "registry.db")

@@ -348,6 +348,8 @@ def test_sixteen_concurrent_clients_ten_requests_each_no_failures(server: Server
 
 
 def test_metrics_audit_log_feedback_and_logs(server: ServerProcess, home: Path, slm) -> None:
+    for _ in range(10):  # the counts below hold whichever tests ran before
+        chat(server, messages=[{"role": "user", "content": "Tell me about the sea."}])
     reply = chat(
         server, messages=[{"role": "user", "content": "My mail is ann@example.com, say hi"}]
     )

@@ -232,24 +232,42 @@ def test_requests_no_rule_matches_take_the_first_member(server: ServerProcess, h
 
 
 def test_metrics_count_requests_per_route_target_and_reason(server: ServerProcess) -> None:
-    chat(server, "check-must-not", CAPITAL)
     labels = {
         "route": "check-must-not",
         "target": "fallback",
         "reason": "escalated:must_not_include",
     }
-    assert server.metric("slm_route_requests_total", **labels) >= 2
-    assert server.metric("slm_requests_total", model="check-must-not", status="200") >= 2
+    routed = server.metric("slm_route_requests_total", **labels)
+    answered = server.metric("slm_requests_total", model="check-must-not", status="200")
+    for _ in range(2):
+        chat(server, "check-must-not", CAPITAL)
+    assert server.metric("slm_route_requests_total", **labels) == routed + 2
+    assert server.metric("slm_requests_total", model="check-must-not", status="200") == answered + 2
+
+
+def some_routed_traffic(server: ServerProcess, home: Path) -> None:
+    """Requests of each kind the route statistics count, in the audit log when this returns: a rule
+    hit and a default answer on `support`, two escalations on `check-refusal` (the tests that
+    read the log make their own)."""
+    chat(server, "support", [{"role": "user", "content": "Please read this. " * 120}])  # rule
+    chat(server, "support", COLOR)  # default: the first member answers
+    for _ in range(2):
+        last = chat(server, "check-refusal", CAPITAL)
+    audit_row(home, last.headers["x-request-id"])  # the writer keeps the order: all are in
 
 
 def test_slm_logs_routes_shows_local_share_and_reasons(
     slm, server: ServerProcess, home: Path
 ) -> None:
+    some_routed_traffic(server, home)
     db = home / "serve" / "audit.db"
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
             "SELECT served_by FROM requests WHERE route = 'support' AND status = 200"
         ).fetchall()
+        (long_prompt,) = conn.execute(
+            "SELECT COUNT(*) FROM requests WHERE route_reason = 'rule:long-prompt'"
+        ).fetchone()
     local = sum(1 for (by,) in rows if by == "local")
     wide = {"COLUMNS": "200"}
     result = slm("logs", "routes", "--db", str(db), "--window", "1h", "--json", env=wide)
@@ -261,13 +279,15 @@ def test_slm_logs_routes_shows_local_share_and_reasons(
     table = slm("logs", "routes", "--db", str(db), "--window", "1h", env=wide)
     assert table.returncode == 0, table.stderr
     support = next(line for line in table.stdout.splitlines() if "support" in line)
-    assert f"{local / len(rows):.0%} (local)" in support and "long-prompt 1" in support, support
+    assert f"{local / len(rows):.0%} (local)" in support, support
+    assert f"long-prompt {long_prompt}" in support, support
     assert "refusal" in next(ln for ln in table.stdout.splitlines() if "check-refusal" in ln)
 
 
 def test_slm_cost_measures_the_local_share_from_the_routes(
     slm, server: ServerProcess, home: Path
 ) -> None:
+    some_routed_traffic(server, home)
     db = home / "serve" / "audit.db"
     with sqlite3.connect(db) as conn:
         # a route's first member is who answers its `default` requests (none for the check-*
@@ -312,7 +332,15 @@ def test_a_prompt_over_the_first_members_context_moves_on(
 
 
 def test_an_engine_error_falls_back_down_the_chain(server: ServerProcess, home: Path) -> None:
-    """Last in the module: the local engine is killed (the gateway restarts it in the background)."""
+    """The local engine is killed twice; the gateway restarts it, and the test waits for that so
+    that the other tests find it serving in any order."""
+    try:
+        _falls_back_when_killed(server, home)
+    finally:
+        server.wait_ready("local")
+
+
+def _falls_back_when_killed(server: ServerProcess, home: Path) -> None:
     fallback = content(chat(server, "fallback", COLOR))
     kill_local_engine(server)
     routed = chat(server, "support", COLOR)

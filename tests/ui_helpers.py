@@ -135,8 +135,12 @@ def board_model(board: BoardProcess, tiny_model_dir: Path) -> Path:
     return target
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Headless Chromium for one test module. Not per session: Playwright's sync API keeps an
+    asyncio loop running on the main thread while it is open, and the tests of a later module in
+    the same worker that call `asyncio.run` would fail ("cannot be called from a running event
+    loop")."""
     from playwright.sync_api import sync_playwright
 
     path = chromium_path()

@@ -18,7 +18,16 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
+        self._requests(self.registry)
+        self._engines(self.registry)
+        self._guards(self.registry)
+        self._keys(self.registry)
+        self._replicas(self.registry)
+        self._routing(self.registry)
+        self._alerting(self.registry)
+
+    def _requests(self, r: CollectorRegistry) -> None:
+        """Requests: counts, latency, tokens, in flight and queued; the feedback on them."""
         self.requests = Counter(
             "slm_requests",
             "Requests answered, by endpoint, model and HTTP status.",
@@ -61,6 +70,12 @@ class GatewayMetrics:
             ["model"],
             registry=r,
         )
+        self.feedback = Counter(
+            "slm_feedback", "Feedback received, by rating.", ["rating"], registry=r
+        )
+
+    def _engines(self, r: CollectorRegistry) -> None:
+        """The engines' state: up, restarts, the version an alias answers with."""
         self.engine_restarts = Counter(
             "slm_engine_restarts", "Engine restarts after a crash.", ["model"], registry=r
         )
@@ -73,6 +88,9 @@ class GatewayMetrics:
             ["model", "version"],
             registry=r,
         )
+
+    def _guards(self, r: CollectorRegistry) -> None:
+        """What the gateway did to answers: cache, loops, context fitting, redaction, audit."""
         self.cache = Counter(
             "slm_cache_requests", "Response cache lookups.", ["model", "result"], registry=r
         )
@@ -90,12 +108,6 @@ class GatewayMetrics:
         )
         for kind in ("dropped", "write_error"):
             self.audit_problems.labels(kind)
-        self.failovers = Counter(
-            "slm_failovers",
-            "Non-streamed requests asked again on another replica after one failed part-way.",
-            ["model"],
-            registry=r,
-        )
         self.context_actions = Counter(
             "slm_context_actions",
             "Prompts pruned or summarized to fit the context.",
@@ -105,9 +117,9 @@ class GatewayMetrics:
         self.redactions = Counter(
             "slm_output_redactions", "Spans replaced by the output filter.", ["model"], registry=r
         )
-        self.feedback = Counter(
-            "slm_feedback", "Feedback received, by rating.", ["rating"], registry=r
-        )
+
+    def _keys(self, r: CollectorRegistry) -> None:
+        """Per API key name: requests, tokens, 429s (serve/key_limits.py)."""
         self.key_requests = Counter(
             "slm_key_requests",
             "Generation requests admitted under each API key (by key name).",
@@ -126,7 +138,9 @@ class GatewayMetrics:
             ["key", "limit"],
             registry=r,
         )
-        # replicas and upstreams (serve/replicas.py, engines/remote.py)
+
+    def _replicas(self, r: CollectorRegistry) -> None:
+        """Replicas and remote endpoints (serve/replicas.py, engines/remote.py)."""
         self.replica_requests = Counter(
             "slm_replica_requests",
             "Requests sent to each replica of a model, by outcome (ok, failed, rejected, cancelled).",
@@ -145,13 +159,21 @@ class GatewayMetrics:
             ["model", "replica"],
             registry=r,
         )
+        self.failovers = Counter(
+            "slm_failovers",
+            "Non-streamed requests asked again on another replica after one failed part-way.",
+            ["model"],
+            registry=r,
+        )
         self.upstream_cost = Counter(
             "slm_upstream_cost_usd",
             "USD spent on remote endpoints: reported usage x the configured prices.",
             ["model"],
             registry=r,
         )
-        # routes (serve/routing.py)
+
+    def _routing(self, r: CollectorRegistry) -> None:
+        """Routes (serve/routing.py) and A/B splits (serve/ab.py)."""
         self.route_requests = Counter(
             "slm_route_requests",
             "Requests through a route, by the member that answered and why (default, rule:<name>, "
@@ -159,13 +181,15 @@ class GatewayMetrics:
             ["route", "target", "reason"],
             registry=r,
         )
-        # A/B splits (serve/ab.py)
         self.ab_requests = Counter(
             "slm_ab_requests",
             "Requests of an A/B split model, by the version (arm) that answered them.",
             ["model", "version"],
             registry=r,
         )
+
+    def _alerting(self, r: CollectorRegistry) -> None:
+        """Alert rules firing and webhook deliveries (serve/alerts.py, serve/webhook.py)."""
         self.alerts = Gauge(
             "slm_alert_firing", "1 while an alert rule fires.", ["rule"], registry=r
         )

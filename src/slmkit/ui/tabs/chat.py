@@ -105,12 +105,71 @@ def _answer_line(model_id: str, tokens: int | None, started: float) -> str:
     return status_html(f"{model_id}: {count}{seconds:.1f} s{speed}", "ok")
 
 
+@dataclass
+class Pane:
+    """One side of the chat: its model picker, status line, chat and conversation."""
+
+    side: str
+    ref: Any
+    status: Any
+    chat: Any
+    state: Any
+
+
+@dataclass
+class FeedbackBox:
+    """The feedback status line and the thumbs-down form (the answer it is for, a correction)."""
+
+    status: Any
+    pending: Any  # the answer a thumbs-down is for, until saved or cancelled
+    box: Any
+    target: Any
+    correction: Any
+    save: Any
+    cancel: Any
+
+
 def build(board: Board) -> None:
     import gradio as gr
 
     gateways = ChatGateways(board.folder("chat"))
     atexit.register(gateways.close)
-    choices = model_choices(board)
+    refs = _model_pickers(model_choices(board))
+    settings = _settings()
+    panes = _panes(*refs)
+    with gr.Row():
+        prompt = gr.Textbox(
+            placeholder="ask something (Enter sends)",
+            show_label=False,
+            scale=6,
+            elem_id="chat-prompt",
+        )
+        send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
+        clear = gr.Button("Clear", scale=1, elem_id="chat-clear")
+    feedback = _feedback_box()
+    _wire_answers(gateways, settings, panes, prompt, [send.click, prompt.submit])
+    _wire_feedback(panes, feedback)
+
+    def clear_all() -> tuple[Any, ...]:
+        hidden = gr.update(visible=False)
+        return [], [], PaneState(), PaneState(), None, hidden
+
+    a, b = panes
+    clear.click(
+        clear_all, outputs=[a.chat, b.chat, a.state, b.state, feedback.pending, feedback.box]
+    )
+    for pane in panes:
+        pane.chat.clear(PaneState, outputs=[pane.state])  # the chat's own bin icon
+
+    def refresh_models() -> tuple[Any, Any]:
+        found = model_choices(board)
+        return gr.update(choices=found), gr.update(choices=["", *found])
+
+    board.on_load(refresh_models, [], list(refs))
+
+
+def _model_pickers(choices: list[str]) -> tuple[Any, Any]:
+    import gradio as gr
 
     with gr.Row():
         ref_a = gr.Dropdown(
@@ -127,6 +186,13 @@ def build(board: Board) -> None:
             label="model B (optional): answers the same prompt side by side",
             elem_id="chat-model-b",
         )
+    return ref_a, ref_b
+
+
+def _settings() -> list[Any]:
+    """The generation settings both sides use: system prompt, temperature, max tokens, seed."""
+    import gradio as gr
+
     with gr.Accordion("generation settings", open=True), gr.Row():
         system = gr.Textbox(
             label="system prompt",
@@ -152,6 +218,12 @@ def build(board: Board) -> None:
             elem_id="chat-max-tokens",
         )
         seed = gr.Textbox(label="seed (empty: random)", max_lines=1, elem_id="chat-seed")
+    return [system, temperature, max_tokens, seed]
+
+
+def _panes(ref_a: Any, ref_b: Any) -> tuple[Pane, Pane]:
+    import gradio as gr
+
     with gr.Row(equal_height=False):
         with gr.Column():
             status_a = gr.HTML(status_html("model A answers here"), elem_id="chat-status-a")
@@ -161,27 +233,24 @@ def build(board: Board) -> None:
                 status_html("pick model B to compare answers"), elem_id="chat-status-b"
             )
             chat_b = gr.Chatbot(label="model B", height=380, buttons=["copy_all"], elem_id="chat-b")
-    state_a, state_b = gr.State(PaneState()), gr.State(PaneState())
-    with gr.Row():
-        prompt = gr.Textbox(
-            placeholder="ask something (Enter sends)",
-            show_label=False,
-            scale=6,
-            elem_id="chat-prompt",
-        )
-        send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
-        clear = gr.Button("Clear", scale=1, elem_id="chat-clear")
-    question = gr.State("")
+    return (
+        Pane("A", ref_a, status_a, chat_a, gr.State(PaneState())),
+        Pane("B", ref_b, status_b, chat_b, gr.State(PaneState())),
+    )
 
-    feedback_status = gr.HTML(
+
+def _feedback_box() -> FeedbackBox:
+    import gradio as gr
+
+    status = gr.HTML(
         status_html(
             "thumbs up / down under an answer saves your rating; thumbs down lets you add the right answer"
         ),
         elem_id="chat-feedback-status",
     )
     pending = gr.State(None)
-    with gr.Group(visible=False, elem_id="chat-correction-box") as correction_box:
-        correction_for = gr.Markdown(elem_id="chat-correction-for")
+    with gr.Group(visible=False, elem_id="chat-correction-box") as box:
+        target = gr.Markdown(elem_id="chat-correction-for")
         correction = gr.Textbox(
             label="corrected answer (optional): what the model should have said",
             lines=3,
@@ -190,6 +259,20 @@ def build(board: Board) -> None:
         with gr.Row():
             save = gr.Button("Save thumbs-down", variant="primary", elem_id="chat-save-feedback")
             cancel = gr.Button("Cancel", elem_id="chat-cancel-feedback")
+    return FeedbackBox(status, pending, box, target, correction, save, cancel)
+
+
+def _wire_answers(
+    gateways: ChatGateways,
+    settings: list[Any],
+    panes: tuple[Pane, Pane],
+    prompt: Any,
+    triggers: list[Any],
+) -> None:
+    """Send (or Enter) takes the prompt out of the box; then each side streams its answer."""
+    import gradio as gr
+
+    question = gr.State("")
 
     def take(text: str) -> tuple[str, str]:
         return "", text
@@ -205,37 +288,28 @@ def build(board: Board) -> None:
             st: PaneState,
         ) -> Iterator[tuple[Any, ...]]:
             try:
-                settings = settings_from(sys_, temp, tokens, seed_)
+                chosen = settings_from(sys_, temp, tokens, seed_)
             except SlmError as exc:
                 yield error_html(exc), gr.skip(), gr.skip()
                 return
-            yield from reply(gateways, side, q, ref, settings, st)
+            yield from reply(gateways, side, q, ref, chosen, st)
 
         return answer
 
-    settings_inputs = [system, temperature, max_tokens, seed]
-    for trigger in (send.click, prompt.submit):
+    for trigger in triggers:
         asked = trigger(take, inputs=[prompt], outputs=[prompt, question], show_progress="hidden")
-        asked.then(
-            answer_with("A"),
-            inputs=[question, ref_a, *settings_inputs, state_a],
-            outputs=[status_a, chat_a, state_a],
-            show_progress="hidden",
-        )
-        asked.then(
-            answer_with("B"),
-            inputs=[question, ref_b, *settings_inputs, state_b],
-            outputs=[status_b, chat_b, state_b],
-            show_progress="hidden",
-        )
+        for pane in panes:
+            asked.then(
+                answer_with(pane.side),
+                inputs=[question, pane.ref, *settings, pane.state],
+                outputs=[pane.status, pane.chat, pane.state],
+                show_progress="hidden",
+            )
 
-    def clear_all() -> tuple[Any, ...]:
-        hidden = gr.update(visible=False)
-        return [], [], PaneState(), PaneState(), None, hidden
 
-    clear.click(clear_all, outputs=[chat_a, chat_b, state_a, state_b, pending, correction_box])
-    chat_a.clear(PaneState, outputs=[state_a])  # the chat's own bin icon
-    chat_b.clear(PaneState, outputs=[state_b])
+def _wire_feedback(panes: tuple[Pane, Pane], feedback: FeedbackBox) -> None:
+    """A thumbs-up is saved at once; a thumbs-down opens the form for a corrected answer."""
+    import gradio as gr
 
     def like_with(side: str) -> Any:
         @reports_errors(outputs=4)
@@ -264,9 +338,9 @@ def build(board: Board) -> None:
 
         return on_like
 
-    like_outputs = [feedback_status, pending, correction_box, correction_for]
-    chat_a.like(like_with("A"), inputs=[state_a], outputs=like_outputs)
-    chat_b.like(like_with("B"), inputs=[state_b], outputs=like_outputs)
+    like_outputs = [feedback.status, feedback.pending, feedback.box, feedback.target]
+    for pane in panes:
+        pane.chat.like(like_with(pane.side), inputs=[pane.state], outputs=like_outputs)
 
     @reports_errors(outputs=4)
     def save_down(target: dict[str, str] | None, text: str) -> tuple[Any, ...]:
@@ -282,18 +356,12 @@ def build(board: Board) -> None:
         line = f"thumbs-down saved for {target['id']} ({target['ref']}){with_text}"
         return status_html(line, "ok"), None, gr.update(visible=False), ""
 
-    save.click(
+    feedback.save.click(
         save_down,
-        inputs=[pending, correction],
-        outputs=[feedback_status, pending, correction_box, correction],
+        inputs=[feedback.pending, feedback.correction],
+        outputs=[feedback.status, feedback.pending, feedback.box, feedback.correction],
     )
-    cancel.click(
+    feedback.cancel.click(
         lambda: (status_html("thumbs-down not saved"), None, gr.update(visible=False)),
-        outputs=[feedback_status, pending, correction_box],
+        outputs=[feedback.status, feedback.pending, feedback.box],
     )
-
-    def refresh_models() -> tuple[Any, Any]:
-        found = model_choices(board)
-        return gr.update(choices=found), gr.update(choices=["", *found])
-
-    board.on_load(refresh_models, [], [ref_a, ref_b])

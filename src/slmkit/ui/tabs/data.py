@@ -57,6 +57,48 @@ def check_data(
 def build(board: Board) -> None:
     import gradio as gr
 
+    inputs, check = _inputs()
+    view = _report_view()
+    status, index, sample, state = view[0], view[5], view[6], view[7]
+
+    @reports_errors(outputs=8)
+    def run_check(*values: Any) -> tuple[Any, ...]:
+        report, tokenizer = check_data(board, *values)
+        summary = report_stats(report)
+        n_samples = len(report.tokenized.samples) if report.tokenized else 0
+        kind = "ok" if report.ok else "error"
+        line = (
+            f"{len(report.loaded.records)} valid record(s), {report.n_errors} error(s), "
+            f"{report.n_warnings} warning(s)"
+        )
+        if not report.ok:
+            line = f"error: validation failed: {line} (listed below)"
+        return (
+            status_html(line, kind),
+            file_rows(report),
+            problem_rows(report.problems),
+            stats_markdown(report, summary),
+            histogram_figure(summary),
+            gr.Slider(maximum=max(n_samples - 1, 1), value=0),
+            sample_html(report, 0, tokenizer),
+            (report, tokenizer),
+        )
+
+    @reports_errors(outputs=2)
+    def show_sample(i: float, held: tuple[ValidationReport, Any] | None) -> tuple[Any, ...]:
+        if held is None:
+            return gr.skip(), ""
+        return gr.skip(), sample_html(held[0], int(i), held[1])
+
+    check.click(run_check, inputs=inputs, outputs=view)
+    index.release(show_sample, inputs=[index, state], outputs=[status, sample])
+
+
+def _inputs() -> tuple[list[Any], Any]:
+    """The data (paths or uploads), the model and template, format, cutoff, train on prompt (in
+    `check_data`'s order), and the Check button."""
+    import gradio as gr
+
     with gr.Row():
         with gr.Column(scale=3):
             picked = gr.Textbox(
@@ -103,6 +145,14 @@ def build(board: Board) -> None:
                     elem_id="data-train-on-prompt",
                 )
             check = gr.Button("Check data", variant="primary", elem_id="data-check")
+    return [picked, uploaded, model, fmt, template, cutoff, on_prompt], check
+
+
+def _report_view() -> list[Any]:
+    """What a check shows: status, files, problems, statistics, the length histogram, the sample
+    slider and the rendered sample, and the report they come from."""
+    import gradio as gr
+
     status = gr.HTML(status_html("pick or upload data, then Check data"), elem_id="data-status")
     files = gr.Dataframe(
         headers=FILE_COLUMNS, interactive=False, label="files", elem_id="data-files"
@@ -125,38 +175,4 @@ def build(board: Board) -> None:
     sample = gr.HTML(elem_id="data-sample")
     state = gr.State(None)
 
-    @reports_errors(outputs=8)
-    def run_check(*values: Any) -> tuple[Any, ...]:
-        report, tokenizer = check_data(board, *values)
-        summary = report_stats(report)
-        n_samples = len(report.tokenized.samples) if report.tokenized else 0
-        kind = "ok" if report.ok else "error"
-        line = (
-            f"{len(report.loaded.records)} valid record(s), {report.n_errors} error(s), "
-            f"{report.n_warnings} warning(s)"
-        )
-        if not report.ok:
-            line = f"error: validation failed: {line} (listed below)"
-        return (
-            status_html(line, kind),
-            file_rows(report),
-            problem_rows(report.problems),
-            stats_markdown(report, summary),
-            histogram_figure(summary),
-            gr.Slider(maximum=max(n_samples - 1, 1), value=0),
-            sample_html(report, 0, tokenizer),
-            (report, tokenizer),
-        )
-
-    @reports_errors(outputs=2)
-    def show_sample(i: float, held: tuple[ValidationReport, Any] | None) -> tuple[Any, ...]:
-        if held is None:
-            return gr.skip(), ""
-        return gr.skip(), sample_html(held[0], int(i), held[1])
-
-    check.click(
-        run_check,
-        inputs=[picked, uploaded, model, fmt, template, cutoff, on_prompt],
-        outputs=[status, files, problems, stats, histogram, index, sample, state],
-    )
-    index.release(show_sample, inputs=[index, state], outputs=[status, sample])
+    return [status, files, problems, stats, histogram, index, sample, state]

@@ -73,29 +73,7 @@ def view(session: MonitorSession, status: str) -> tuple[Any, ...]:
 def build(board: Board) -> None:
     import gradio as gr
 
-    default_db = str(AuditSettings().db_path())
-    with gr.Row():
-        url = gr.Textbox(
-            value=DEFAULT_URL,
-            label="gateway URL (`slm serve`)",
-            scale=3,
-            max_lines=1,
-            elem_id="monitor-url",
-        )
-        key = gr.Textbox(
-            label="API key (if it has one)",
-            type="password",
-            scale=2,
-            max_lines=1,
-            elem_id="monitor-key",
-        )
-        db = gr.Textbox(
-            value=default_db,
-            label="its audit log (`slm logs --db`; on this machine)",
-            scale=4,
-            max_lines=1,
-            elem_id="monitor-db",
-        )
+    url, key, db = _target()
     with gr.Row():
         connect = gr.Button("Watch", variant="primary", scale=0, elem_id="monitor-connect")
         stop = gr.Button("Stop", scale=0, elem_id="monitor-stop")
@@ -106,20 +84,14 @@ def build(board: Board) -> None:
     session = gr.State(MonitorSession())
     summary = gr.HTML(elem_id="monitor-summary")
     alerts = gr.HTML(elem_id="monitor-alerts")
-    with gr.Row():
-        rps = _plot("requests/s", "requests/s", "monitor-rps", "rps")
-        tps = _plot("output tokens/s", "tokens/s", "monitor-tps", "tps")
-        fly = _plot("requests in flight", "requests", "monitor-inflight", "fly")
-    with gr.Row():
-        lat = _plot("latency p50 / p95 / p99", "ms", "monitor-latency", "lat")
-        err = _plot("error rate (5xx and 429)", "%", "monitor-errors", "err", y_lim=[0, 100])
+    charts = _charts()
     gr.Markdown("#### Latest requests (audit log)")
     audit_line = gr.HTML(elem_id="monitor-audit-status")
     table = gr.Dataframe(
         headers=REQUEST_COLUMNS, interactive=False, wrap=True, elem_id="monitor-requests"
     )
     timer = gr.Timer(POLL_S, active=False)
-    outputs = [status, session, summary, alerts, rps, tps, fly, lat, err, audit_line, table]
+    outputs = [status, session, summary, alerts, *charts, audit_line, table]
 
     def watch(url_: str, key_: str, db_: str) -> tuple[Any, ...]:
         fresh = MonitorSession(url=url_, api_key=key_.strip(), audit_db=db_.strip())
@@ -145,3 +117,47 @@ def build(board: Board) -> None:
     url.submit(watch, inputs=[url, key, db], outputs=[*outputs, timer])
     stop.click(lambda: (status_html("stopped"), gr.Timer(active=False)), outputs=[status, timer])
     timer.tick(tick, inputs=[session], outputs=outputs, show_progress="hidden")
+
+
+def _target() -> tuple[Any, Any, Any]:
+    """The gateway to watch: its URL, API key and audit log."""
+    import gradio as gr
+
+    default_db = str(AuditSettings().db_path())
+    with gr.Row():
+        url = gr.Textbox(
+            value=DEFAULT_URL,
+            label="gateway URL (`slm serve`)",
+            scale=3,
+            max_lines=1,
+            elem_id="monitor-url",
+        )
+        key = gr.Textbox(
+            label="API key (if it has one)",
+            type="password",
+            scale=2,
+            max_lines=1,
+            elem_id="monitor-key",
+        )
+        db = gr.Textbox(
+            value=default_db,
+            label="its audit log (`slm logs --db`; on this machine)",
+            scale=4,
+            max_lines=1,
+            elem_id="monitor-db",
+        )
+    return url, key, db
+
+
+def _charts() -> list[Any]:
+    """requests/s, tokens/s, in flight, latency quantiles, error rate (in `view`'s order)."""
+    import gradio as gr
+
+    with gr.Row():
+        rps = _plot("requests/s", "requests/s", "monitor-rps", "rps")
+        tps = _plot("output tokens/s", "tokens/s", "monitor-tps", "tps")
+        fly = _plot("requests in flight", "requests", "monitor-inflight", "fly")
+    with gr.Row():
+        lat = _plot("latency p50 / p95 / p99", "ms", "monitor-latency", "lat")
+        err = _plot("error rate (5xx and 429)", "%", "monitor-errors", "err", y_lim=[0, 100])
+    return [rps, tps, fly, lat, err]

@@ -4,6 +4,7 @@ curve, step, tokens/s, ETA and diagnosis; a reloaded page re-attaches to the lat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from slmkit.ui.messages import error_html, reports_errors, status_html
 from slmkit.ui.tabs.runs import run_details
 
 REFRESH_S = 2.0
+LOADED_OUTPUTS = 1 + len(train_form.FORM_KEYS) + 2  # status, the fields, run name, loaded recipe
 LABELS = {
     "model": "model",
     "data.train": "data.train (files or dataset_info folders, one per line)",
@@ -51,7 +53,64 @@ def _latest(board: Board) -> Job | None:
     return board.jobs.latest("train")
 
 
+@dataclass
+class RecipeForm:
+    """The recipe's fields, the run name and the YAML they make, with Load and Save."""
+
+    fields: dict[str, Any]
+    run_name: Any
+    recipe_code: Any
+    load: Any
+    save: Any
+    saved: Any
+    base: Any  # the loaded recipe's settings that the form does not show
+
+    @property
+    def inputs(self) -> list[Any]:
+        return [self.fields[key] for key in train_form.FORM_KEYS]
+
+    @property
+    def values(self) -> list[Any]:
+        """What every action reads: the fields, the run name, the loaded recipe."""
+        return [*self.inputs, self.run_name, self.base]
+
+
+@dataclass
+class Controls:
+    """Estimate, Start, Stop and Resume, the status line and the memory table."""
+
+    estimate: Any
+    start: Any
+    stop: Any
+    resume: Any
+    status: Any
+    memory: Any
+
+
+@dataclass
+class LiveView:
+    """The latest training as it runs: state, progress line, loss curve, diagnosis, log tail."""
+
+    live: Any
+    progress: Any
+    plot: Any
+    diagnosis: Any
+    log: Any
+    seen: Any  # (job id, metrics rows) last sent to the plot
+
+    @property
+    def outputs(self) -> list[Any]:
+        return [self.live, self.progress, self.plot, self.diagnosis, self.log, self.seen]
+
+
 def build(board: Board) -> None:
+    form = _recipe_form(board)
+    controls = _controls()
+    live = _live_view()
+    _wire(board, form, controls, live, _Actions(board))
+
+
+def _recipe_form(board: Board) -> RecipeForm:
     import gradio as gr
 
     fields: dict[str, Any] = {}
@@ -92,8 +151,11 @@ def build(board: Board) -> None:
             saved = gr.File(
                 label="saved recipe", interactive=False, visible=False, elem_id="train-saved"
             )
-    inputs = [fields[key] for key in train_form.FORM_KEYS]
-    base = gr.State(None)  # the loaded recipe's settings that the form does not show
+    return RecipeForm(fields, run_name, recipe_code, load, save, saved, gr.State(None))
+
+
+def _controls() -> Controls:
+    import gradio as gr
 
     with gr.Row():
         estimate = gr.Button("Estimate memory", elem_id="train-estimate")
@@ -108,6 +170,12 @@ def build(board: Board) -> None:
         visible=False,
         elem_id="train-memory",
     )
+    return Controls(estimate, start, stop, resume, status, memory)
+
+
+def _live_view() -> LiveView:
+    import gradio as gr
+
     gr.Markdown("### Training")
     live = gr.HTML(status_html("no training started from this board yet"), elem_id="train-live")
     progress = gr.Markdown(elem_id="train-progress")
@@ -116,50 +184,96 @@ def build(board: Board) -> None:
     log = gr.Textbox(
         label="log (tail)", lines=8, max_lines=8, interactive=False, elem_id="train-log"
     )
-    seen = gr.State(None)  # (job id, metrics rows) last sent to the plot
+    return LiveView(live, progress, plot, diagnosis, log, gr.State(None))
 
-    def drafted(values: tuple[Any, ...]) -> tuple[dict[str, Any], Path, str]:
+
+def _wire(
+    board: Board, form: RecipeForm, controls: Controls, live: LiveView, act: _Actions
+) -> None:
+    """Each control to its action: every form change previews the YAML; the timer and a
+    reloaded page show the latest training."""
+    import gradio as gr
+
+    status, values = controls.status, form.values
+    for component in [*form.inputs, form.run_name]:
+        component.change(
+            act.preview, inputs=values, outputs=[status, form.recipe_code], show_progress="hidden"
+        )
+    form.save.click(act.save_recipe, inputs=values, outputs=[status, form.saved])
+    controls.estimate.click(act.show_estimate, inputs=values, outputs=[status, controls.memory])
+    started = [status, controls.memory, form.recipe_code, live.seen]
+    controls.start.click(act.start_training, inputs=values, outputs=started)
+    controls.resume.click(act.resume_training, inputs=values, outputs=started)
+    controls.stop.click(act.stop_training, outputs=[status])
+    loaded = [status, *form.inputs, form.run_name, form.base]
+    form.load.upload(act.load_recipe_file, inputs=[form.load], outputs=loaded)
+    board.on_load(act.attach, [], loaded)
+    board.on_load(act.refresh, [live.seen], live.outputs)
+    board.on_load(act.draft, values, [status, form.recipe_code])
+    timer = gr.Timer(REFRESH_S)
+    timer.tick(act.refresh, inputs=[live.seen], outputs=live.outputs, show_progress="hidden")
+
+
+class _Actions:
+    """What the controls do. Each takes the form's values (`RecipeForm.values`) and answers the
+    outputs it is wired to; a `ConfigError` becomes the status line (`reports_errors`)."""
+
+    def __init__(self, board: Board) -> None:
+        self.board = board
+        self.attach = reports_errors(outputs=LOADED_OUTPUTS)(self._attach)
+        self.load_recipe_file = reports_errors(outputs=LOADED_OUTPUTS)(self._load_recipe_file)
+        self.draft = reports_errors(outputs=2)(self._draft)
+        self.preview = reports_errors(outputs=2)(self._preview)
+        self.save_recipe = reports_errors(outputs=2)(self._save_recipe)
+        self.show_estimate = reports_errors(outputs=2)(self._show_estimate)
+        self.start_training = reports_errors(outputs=4)(self._start_training)
+        self.stop_training = reports_errors(outputs=1)(self._stop_training)
+
+    def drafted(self, values: tuple[Any, ...]) -> tuple[dict[str, Any], Path, str]:
         """(recipe data, where Start saves it, its YAML) of the form, not yet validated."""
         *form, name, loaded = values
-        data = train_form.recipe_data(form, name, board.runs_dir, loaded)
-        path = board.folder("recipes") / f"{name.strip()}.yaml"
+        data = train_form.recipe_data(form, name, self.board.runs_dir, loaded)
+        path = self.board.folder("recipes") / f"{name.strip()}.yaml"
         return data, path, train_form.recipe_yaml(data, path)
 
-    def checked(values: tuple[Any, ...]) -> tuple[Any, Path, str]:
-        data, path, text = drafted(values)
+    def checked(self, values: tuple[Any, ...]) -> tuple[Any, Path, str]:
+        data, path, text = self.drafted(values)
         return train_form.validate_recipe(data), path, text
 
-    @reports_errors(outputs=2)
-    def draft(*values: Any) -> tuple[Any, ...]:
-        return gr.skip(), drafted(values)[2]
+    def _draft(self, *values: Any) -> tuple[Any, ...]:
+        import gradio as gr
 
-    @reports_errors(outputs=2)
-    def preview(*values: Any) -> tuple[Any, ...]:
-        data, _, text = drafted(values)
+        return gr.skip(), self.drafted(values)[2]
+
+    def _preview(self, *values: Any) -> tuple[Any, ...]:
+        data, _, text = self.drafted(values)
         try:
             recipe = train_form.validate_recipe(data)
         except ConfigError as exc:
             return error_html(exc), text
         return status_html(f"recipe ok: run folder {recipe.output_dir}"), text
 
-    @reports_errors(outputs=2)
-    def save_recipe(*values: Any) -> tuple[Any, ...]:
-        _, path, text = checked(values)
+    def _save_recipe(self, *values: Any) -> tuple[Any, ...]:
+        import gradio as gr
+
+        _, path, text = self.checked(values)
         path.write_text(text)
         return status_html(f"saved {path}", "ok"), gr.File(str(path), visible=True)
 
-    @reports_errors(outputs=2)
-    def show_estimate(*values: Any) -> tuple[Any, ...]:
-        recipe, _, _ = checked(values)
+    def _show_estimate(self, *values: Any) -> tuple[Any, ...]:
+        import gradio as gr
+
+        recipe, _, _ = self.checked(values)
         line, rows = train_form.memory_estimate(recipe)
         headers = train_form.estimate_columns(rows)
         return status_html(line), gr.Dataframe(rows, headers=headers, visible=True)
 
-    @reports_errors(outputs=4)
-    def start_training(*values: Any, resuming: bool = False) -> tuple[Any, ...]:
-        recipe, path, text = checked(values)
-        job = _latest(board)
-        if job is not None and board.jobs.is_running(job):
+    def _start_training(self, *values: Any, resuming: bool = False) -> tuple[Any, ...]:
+        import gradio as gr
+
+        recipe, path, text = self.checked(values)
+        job = _latest(self.board)
+        if job is not None and self.board.jobs.is_running(job):
             raise ConfigError(f"a training is running ({job.target}): stop it first")
         run_dir = Path(recipe.output_dir)
         if not resuming and (run_dir / runfolder.MANIFEST).is_file():
@@ -167,7 +281,7 @@ def build(board: Board) -> None:
         line, rows = train_form.memory_estimate(recipe)
         path.write_text(text)
         argv = ["train", str(path), *(["--resume"] if resuming else [])]
-        board.jobs.start("train", argv, run_dir)
+        self.board.jobs.start("train", argv, run_dir)
         what = "resumed" if resuming else "started"
         return (
             status_html(f"{what} {run_dir.name}; {line}", "ok"),
@@ -176,19 +290,21 @@ def build(board: Board) -> None:
             None,
         )
 
-    def resume_training(*values: Any) -> tuple[Any, ...]:
-        return start_training(*values, resuming=True)
+    def resume_training(self, *values: Any) -> tuple[Any, ...]:
+        return self.start_training(*values, resuming=True)
 
-    @reports_errors(outputs=1)
-    def stop_training() -> str:
-        job = _latest(board)
-        if job is None or not board.jobs.is_running(job):
+    def _stop_training(self) -> str:
+        job = _latest(self.board)
+        if job is None or not self.board.jobs.is_running(job):
             return status_html("no training is running")
-        board.jobs.stop(job)
+        self.board.jobs.stop(job)
         return status_html(f"stopping {Path(job.target).name} (Ctrl-C: the last checkpoint stays)")
 
-    def refresh(held: tuple[str, int] | None) -> tuple[Any, ...]:
+    def refresh(self, held: tuple[str, int] | None) -> tuple[Any, ...]:
         """The latest training's state; the plot only when new metrics arrived."""
+        import gradio as gr
+
+        board = self.board
         job = _latest(board)
         if job is None:
             return (gr.skip(),) * 6
@@ -215,38 +331,21 @@ def build(board: Board) -> None:
             (job.id, len(rows)),
         )
 
-    @reports_errors(outputs=1 + len(inputs) + 2)
-    def attach() -> tuple[Any, ...]:
+    def _attach(self) -> tuple[Any, ...]:
         """On page load: the form shows the latest training's recipe."""
-        job = _latest(board)
+        import gradio as gr
+
+        job = _latest(self.board)
         recipe_path = Path(job.argv[1]) if job is not None and len(job.argv) > 1 else None
         if recipe_path is None or not recipe_path.is_file():
-            return (gr.skip(),) * (1 + len(inputs) + 2)
+            return (gr.skip(),) * LOADED_OUTPUTS
         values, name, data = train_form.load_form(recipe_path)
         return (gr.skip(), *values, name, data)
 
-    @reports_errors(outputs=1 + len(inputs) + 2)
-    def load_recipe_file(path: str | None) -> tuple[Any, ...]:
+    def _load_recipe_file(self, path: str | None) -> tuple[Any, ...]:
+        import gradio as gr
+
         if not path:
-            return (gr.skip(),) * (1 + len(inputs) + 2)
+            return (gr.skip(),) * LOADED_OUTPUTS
         values, name, data = train_form.load_form(Path(path))
         return (status_html(f"loaded {Path(path).name}", "ok"), *values, name, data)
-
-    form = [*inputs, run_name, base]
-    for component in [*inputs, run_name]:
-        component.change(
-            preview, inputs=form, outputs=[status, recipe_code], show_progress="hidden"
-        )
-    save.click(save_recipe, inputs=form, outputs=[status, saved])
-    estimate.click(show_estimate, inputs=form, outputs=[status, memory])
-    started = [status, memory, recipe_code, seen]
-    start.click(start_training, inputs=form, outputs=started)
-    resume.click(resume_training, inputs=form, outputs=started)
-    stop.click(stop_training, outputs=[status])
-    load.upload(load_recipe_file, inputs=[load], outputs=[status, *inputs, run_name, base])
-    live_outputs = [live, progress, plot, diagnosis, log, seen]
-    board.on_load(attach, [], [status, *inputs, run_name, base])
-    board.on_load(refresh, [seen], live_outputs)
-    board.on_load(draft, form, [status, recipe_code])
-    timer = gr.Timer(REFRESH_S)
-    timer.tick(refresh, inputs=[seen], outputs=live_outputs, show_progress="hidden")

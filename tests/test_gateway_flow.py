@@ -93,7 +93,7 @@ def test_a_stream_that_breaks_after_its_first_word_ends_with_an_error_event(
 def test_a_requests_own_fault_part_way_is_not_asked_again_on_another_replica(
     tmp_path: Path,
 ) -> None:
-    from slmkit.serve.replicas import ReplicaPool
+    from slmkit.serve.engines.replicas import ReplicaPool
 
     refusing = ScriptedEngine(fail_at=1, error=invalid_request("bad schema", code="bad_schema"))
     other = ScriptedEngine()

@@ -138,8 +138,8 @@ def test_a_non_streamed_answer_cut_by_a_dying_replica_is_asked_again_elsewhere(
 
     from slmkit.serve.app import create_app
     from slmkit.serve.config import ServeConfig
+    from slmkit.serve.engines.replicas import ReplicaPool
     from slmkit.serve.gateway import Gateway
-    from slmkit.serve.replicas import ReplicaPool
 
     dying, healthy = Answering("r0", dies=True), Answering("r1")
     pool = ReplicaPool("support", [("r0", dying), ("r1", healthy)], strategy="round-robin")
@@ -249,10 +249,10 @@ def test_the_monitors_probes_are_audited_apart_from_users_requests(tmp_path: Any
 
     from fastapi.testclient import TestClient
 
-    from slmkit.serve.ab import ABEngine, Arm
     from slmkit.serve.ab_report import ab_report
     from slmkit.serve.app import create_app
     from slmkit.serve.config import ServeConfig
+    from slmkit.serve.engines.ab import ABEngine, Arm
     from slmkit.serve.gateway import Gateway
     from slmkit.serve.logs import window_stats
 

@@ -269,7 +269,7 @@ class Stub:
 def test_weights_share_the_users_and_each_user_keeps_an_arm() -> None:
     """3:1 over 4000 users, by the same hash the server uses; an arm that is down hands its users
     to the other until it is back (stub engines: only their state is read)."""
-    from slmkit.serve.ab import ABEngine, Arm
+    from slmkit.serve.engines.ab import ABEngine, Arm
     from slmkit.serve.engines.request import GenerationRequest
 
     v2 = Stub()
@@ -293,7 +293,7 @@ def test_weights_share_the_users_and_each_user_keeps_an_arm() -> None:
 def test_with_an_arm_down_only_its_users_move() -> None:
     """Three arms, the first one down: the users of the two that are up keep their arm, the down
     arm's users spread over the others by weight, and all return when it is back."""
-    from slmkit.serve.ab import ABEngine, Arm
+    from slmkit.serve.engines.ab import ABEngine, Arm
 
     down = Stub()
     split = ABEngine(

@@ -204,7 +204,7 @@ def test_a_retired_version_with_a_hung_request_is_stopped_after_its_time(tmp_pat
     `retire_after_s` (twice the request timeout in `slm serve`) no longer keeps it running."""
     import asyncio
 
-    from slmkit.serve.alias import AliasEngine, Serving
+    from slmkit.serve.engines.alias import AliasEngine, Serving
 
     class Old:
         restarts = 0

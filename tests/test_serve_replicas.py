@@ -23,9 +23,9 @@ import pytest
 from serve_helpers import MemoryEngine, ServerProcess, needs_llama_server
 from slmkit.serve.engines.base import Delta
 from slmkit.serve.engines.errors import EngineError, engine_unavailable, invalid_request
+from slmkit.serve.engines.replicas import ReplicaPool
 from slmkit.serve.engines.request import GenerationRequest
 from slmkit.serve.metrics import GatewayMetrics
-from slmkit.serve.replicas import ReplicaPool
 
 SAY_HI = [{"role": "user", "content": "Say hi."}]
 CONFIG = {

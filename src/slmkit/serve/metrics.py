@@ -140,7 +140,7 @@ class GatewayMetrics:
         )
 
     def _replicas(self, r: CollectorRegistry) -> None:
-        """Replicas and remote endpoints (serve/replicas.py, engines/remote.py)."""
+        """Replicas and remote endpoints (engines/replicas.py, engines/remote.py)."""
         self.replica_requests = Counter(
             "slm_replica_requests",
             "Requests sent to each replica of a model, by outcome (ok, failed, rejected, cancelled).",
@@ -173,7 +173,7 @@ class GatewayMetrics:
         )
 
     def _routing(self, r: CollectorRegistry) -> None:
-        """Routes (serve/routing.py) and A/B splits (serve/ab.py)."""
+        """Routes (serve/routing.py) and A/B splits (engines/ab.py)."""
         self.route_requests = Counter(
             "slm_route_requests",
             "Requests through a route, by the member that answered and why (default, rule:<name>, "

@@ -108,7 +108,7 @@ def build_engines(config: ServeConfig) -> dict[str, Engine]:
 def _alias_engine(entry: ModelEntry, config: ServeConfig) -> Engine:
     """`ref: "@support"`: an engine that follows the alias, building each version's engine."""
     from slmkit.registry.store import Version
-    from slmkit.serve.alias import AliasEngine
+    from slmkit.serve.engines.alias import AliasEngine
 
     def build(version: Version) -> Engine:  # each version's engine is built like an A/B arm's
         local = ModelEntry(
@@ -131,7 +131,7 @@ def _remote_engine(model_id: str, settings: UpstreamSettings, field: str) -> Eng
 
 def _replica_pool(entry: ModelEntry, index: int, config: ServeConfig) -> Engine:
     """`replicas` copies of a local `ref`, or the listed `deployments`, behind one balancer."""
-    from slmkit.serve.replicas import ReplicaPool
+    from slmkit.serve.engines.replicas import ReplicaPool
 
     field = f"models.{index}"
     deployments = entry.deployments or [
@@ -158,7 +158,7 @@ def _replica_pool(entry: ModelEntry, index: int, config: ServeConfig) -> Engine:
 def _ab_split(entry: ModelEntry, index: int, config: ServeConfig) -> Engine:
     """An A/B split: each arm is built like a local model of its own, under the split's id. An arm
     without a `name` is named by its registry version (`@support` -> `v3`), else its reference."""
-    from slmkit.serve.ab import ABEngine, Arm
+    from slmkit.serve.engines.ab import ABEngine, Arm
 
     assert entry.ab is not None
     arms: list[Arm] = []

@@ -23,10 +23,9 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from slmkit.serve.engine_group import group_state, pass_on_restart_hook
 from slmkit.serve.engines.base import Delta, Engine, EngineState
+from slmkit.serve.engines.group import group_state, pass_on_restart_hook
 from slmkit.serve.engines.request import GenerationRequest
-from slmkit.serve.metrics import GatewayMetrics
 
 
 @dataclass
@@ -141,7 +140,8 @@ class ABEngine:
         self._on_restart = hook
         pass_on_restart_hook((arm.engine for arm in self.arms), hook)
 
-    def attach_metrics(self, metrics: GatewayMetrics) -> None:
+    def attach_metrics(self, metrics: Any) -> None:
+        """`metrics`: the gateway's, whose `ab_requests` counts answers by model and arm."""
         self._requests = metrics.ab_requests
         for arm in self.arms:
             metrics.ab_requests.labels(self.model_id, arm.name)  # listed at 0 from the start

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from slmkit.console import warn
-from slmkit.serve.engine_group import group_state, pass_on_restart_hook
 from slmkit.serve.engines.base import Delta, Engine, EngineState
 from slmkit.serve.engines.errors import EngineError, engine_unavailable
+from slmkit.serve.engines.group import group_state, pass_on_restart_hook
 from slmkit.serve.engines.request import GenerationRequest
-from slmkit.serve.metrics import GatewayMetrics
 
 LATENCY_WEIGHT = 0.3  # weight of the newest sample in the moving average of time to first token
 
@@ -102,8 +101,9 @@ class ReplicaPool:
         self._on_restart = hook
         pass_on_restart_hook((r.engine for r in self.replicas), hook)
 
-    def attach_metrics(self, metrics: GatewayMetrics) -> None:
-        """Per-replica series: requests by outcome, in flight, up (ready and not cooled)."""
+    def attach_metrics(self, metrics: Any) -> None:
+        """Per-replica series: requests by outcome, in flight, up (ready and not cooled).
+        `metrics`: the gateway's, with `replica_requests`, `replica_in_flight`, `replica_up`."""
         self._requests = metrics.replica_requests
         for replica in self.replicas:
             labels = (self.model_id, replica.name)

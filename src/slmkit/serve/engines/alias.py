@@ -17,9 +17,9 @@ from typing import Any
 
 from slmkit.console import info, warn
 from slmkit.registry.store import Registry, Version
-from slmkit.serve.engine_group import pass_on_restart_hook
 from slmkit.serve.engines.base import Delta, Engine, EngineState
 from slmkit.serve.engines.errors import engine_unavailable
+from slmkit.serve.engines.group import pass_on_restart_hook
 from slmkit.serve.engines.request import GenerationRequest
 
 EngineFactory = Callable[[Version], Engine]

@@ -415,3 +415,23 @@ def test_bad_replica_config_is_one_line_error(
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], lines
+
+
+def test_a_group_passes_the_restart_hook_to_its_members() -> None:
+    """The gateway counts a member's restart against the group's model id: the hook it sets on a
+    pool, an A/B split or an alias reaches the members that report restarts."""
+    from slmkit.serve.engines.ab import ABEngine, Arm
+
+    class Restarting(FakeEngine):
+        on_restart: Any = None
+
+    a, b = Restarting("a"), Restarting("b")
+    pool = ReplicaPool("m", [("a", a), ("b", b)])
+    split = ABEngine("s", [Arm("v1", 1.0, a), Arm("v2", 1.0, b)])
+
+    def hook(model_id: str) -> None: ...
+
+    for group in (pool, split):
+        a.on_restart = b.on_restart = None
+        group.on_restart = hook
+        assert (group.on_restart, a.on_restart, b.on_restart) == (hook, hook, hook)

@@ -19,12 +19,12 @@ import asyncio
 import contextlib
 import hashlib
 import random
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
 from slmkit.serve.engines.base import Delta, Engine, EngineState
-from slmkit.serve.engines.group import group_state, pass_on_restart_hook
+from slmkit.serve.engines.group import RestartHookGroup, group_state
 from slmkit.serve.engines.request import GenerationRequest
 
 
@@ -55,7 +55,7 @@ def _slice_at(arms: list[Arm], point: float) -> tuple[Arm, float]:
     return arms[-1], 0.999999  # rounding: the shares may sum to just under 1
 
 
-class ABEngine:
+class ABEngine(RestartHookGroup):
     """Splits one model id between versions by weight, sticky per `user` when asked."""
 
     kind = "ab"
@@ -80,7 +80,6 @@ class ABEngine:
                 arm.engine.label = f"engine {model_id!r} (version {arm.name})"  # type: ignore[attr-defined]
         self._by_name = {arm.name: arm for arm in arms}
         self._requests: Any = None  # slm_ab_requests, once metrics attach
-        self._on_restart: Callable[[str], None] | None = None
 
     # -- choosing the arm -----------------------------------------------------------------------
     def arm_at(self, point: float) -> Arm:
@@ -131,14 +130,8 @@ class ABEngine:
     def restarts(self) -> int:
         return sum(arm.engine.restarts for arm in self.arms)
 
-    @property
-    def on_restart(self) -> Callable[[str], None] | None:
-        return self._on_restart
-
-    @on_restart.setter
-    def on_restart(self, hook: Callable[[str], None] | None) -> None:
-        self._on_restart = hook
-        pass_on_restart_hook((arm.engine for arm in self.arms), hook)
+    def hooked_members(self) -> list[Engine]:
+        return [arm.engine for arm in self.arms]
 
     def attach_metrics(self, metrics: Any) -> None:
         """`metrics`: the gateway's, whose `ab_requests` counts answers by model and arm."""

@@ -19,7 +19,7 @@ from slmkit.console import info, warn
 from slmkit.registry.store import Registry, Version
 from slmkit.serve.engines.base import Delta, Engine, EngineState
 from slmkit.serve.engines.errors import engine_unavailable
-from slmkit.serve.engines.group import pass_on_restart_hook
+from slmkit.serve.engines.group import RestartHookGroup, pass_on_restart_hook
 from slmkit.serve.engines.request import GenerationRequest
 
 EngineFactory = Callable[[Version], Engine]
@@ -35,7 +35,7 @@ class Serving:
     drained: asyncio.Event | None = None  # set when a retired engine has no request left
 
 
-class AliasEngine:
+class AliasEngine(RestartHookGroup):
     """An `Engine` that serves whatever version a registry alias points at, and follows it."""
 
     kind = "alias"
@@ -62,7 +62,6 @@ class AliasEngine:
         self.skipped: str | None = None  # a version that failed to start: not retried until moved
         self._restarts_before = 0  # restarts of engines already stopped
         self._poller: asyncio.Task[None] | None = None
-        self._on_restart: Callable[[str], None] | None = None
         self._gauge: Any = None  # slm_alias_version_info, once metrics attach
         self._tasks: set[asyncio.Task[None]] = set()  # retirements under way
 
@@ -84,14 +83,8 @@ class AliasEngine:
         engines = [s.engine for s in [*self.retired, *([self.current] if self.current else [])]]
         return self._restarts_before + sum(e.restarts for e in engines)
 
-    @property
-    def on_restart(self) -> Callable[[str], None] | None:
-        return self._on_restart
-
-    @on_restart.setter
-    def on_restart(self, hook: Callable[[str], None] | None) -> None:
-        self._on_restart = hook
-        pass_on_restart_hook([self.current.engine] if self.current else [], hook)
+    def hooked_members(self) -> list[Engine]:
+        return [self.current.engine] if self.current else []
 
     def attach_metrics(self, metrics: Any) -> None:
         self._gauge = metrics.alias_version

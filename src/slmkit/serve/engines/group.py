@@ -22,3 +22,21 @@ def pass_on_restart_hook(members: Iterable[Engine], hook: Callable[[str], None] 
     for engine in members:
         if hasattr(engine, "on_restart"):
             engine.on_restart = hook  # type: ignore[attr-defined]
+
+
+class RestartHookGroup:
+    """The gateway's restart hook on a group: kept, and passed on to the members it names."""
+
+    _on_restart: Callable[[str], None] | None = None
+
+    def hooked_members(self) -> Iterable[Engine]:
+        raise NotImplementedError
+
+    @property
+    def on_restart(self) -> Callable[[str], None] | None:
+        return self._on_restart
+
+    @on_restart.setter
+    def on_restart(self, hook: Callable[[str], None] | None) -> None:
+        self._on_restart = hook
+        pass_on_restart_hook(self.hooked_members(), hook)

@@ -21,7 +21,7 @@ from typing import Any
 from slmkit.console import warn
 from slmkit.serve.engines.base import Delta, Engine, EngineState
 from slmkit.serve.engines.errors import EngineError, engine_unavailable
-from slmkit.serve.engines.group import group_state, pass_on_restart_hook
+from slmkit.serve.engines.group import RestartHookGroup, group_state
 from slmkit.serve.engines.request import GenerationRequest
 
 LATENCY_WEIGHT = 0.3  # weight of the newest sample in the moving average of time to first token
@@ -46,7 +46,7 @@ class Replica:
             self.latency_s += LATENCY_WEIGHT * (seconds - self.latency_s)
 
 
-class ReplicaPool:
+class ReplicaPool(RestartHookGroup):
     """Load-balances one model id over replicas, with cooldown of failing ones and retries."""
 
     kind = "replicas"
@@ -75,7 +75,6 @@ class ReplicaPool:
         self.clock = clock
         self._last = -1  # index of the replica picked last
         self._requests: Any = None  # slm_replica_requests, once metrics attach
-        self._on_restart: Callable[[str], None] | None = None
 
     # -- the Engine protocol ------------------------------------------------------------------
     @property
@@ -92,14 +91,8 @@ class ReplicaPool:
     def restarts(self) -> int:
         return sum(r.engine.restarts for r in self.replicas)
 
-    @property
-    def on_restart(self) -> Callable[[str], None] | None:
-        return self._on_restart
-
-    @on_restart.setter
-    def on_restart(self, hook: Callable[[str], None] | None) -> None:
-        self._on_restart = hook
-        pass_on_restart_hook((r.engine for r in self.replicas), hook)
+    def hooked_members(self) -> list[Engine]:
+        return [r.engine for r in self.replicas]
 
     def attach_metrics(self, metrics: Any) -> None:
         """Per-replica series: requests by outcome, in flight, up (ready and not cooled).

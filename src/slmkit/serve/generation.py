@@ -146,6 +146,13 @@ async def next_delta(
         raise api_errors.request_timeout(timeout_s) from exc
 
 
+def request_deadline(started: float, timeout_s: float) -> float:
+    """The request's deadline on the monotonic clock: `started` (perf_counter) + the timeout. One
+    per request, shared by everything that answers it (a retry, another replica, the next member
+    of a route's chain)."""
+    return time.monotonic() + timeout_s - (time.perf_counter() - started)
+
+
 async def close_events(events: AsyncGenerator[Delta, None]) -> None:
     """Stop an engine's generation now (every `Engine.generate` is an async generator)."""
     await events.aclose()
@@ -168,7 +175,7 @@ async def collect(
     the failed replica out (`gen.avoid`) and another one answers from the start.
     """
     timeout_s = config.limits.request_timeout_s
-    deadline = time.monotonic() + timeout_s - (time.perf_counter() - started)
+    deadline = request_deadline(started, timeout_s)
     avoided = len(gen.avoid)
     try:
         return await _collect_once(engine, gen, started, deadline, timeout_s, config)

@@ -7,7 +7,6 @@ then still gets a proper status; a later one ends the stream with a `data: {"err
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,7 +16,13 @@ from slmkit.serve.answer_text import AnswerText
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.config import ServeConfig
 from slmkit.serve.engines.base import Delta, Engine
-from slmkit.serve.generation import Outcome, RequestContext, close_events, next_delta
+from slmkit.serve.generation import (
+    Outcome,
+    RequestContext,
+    close_events,
+    next_delta,
+    request_deadline,
+)
 from slmkit.serve.guards import RepetitionDetector
 from slmkit.serve.metrics import GatewayMetrics
 from slmkit.serve.openai_wire import ChunkWriter, sse_error
@@ -55,8 +60,7 @@ class StreamResponder:
     async def open(self, engine: Engine, ctx: RequestContext, on_close: OnClose) -> GuardedStream:
         """Start generating and wait for the first delta; errors up to then are raised."""
         timeout_s = self.config.limits.request_timeout_s
-        # the request's deadline, shared with the route members that were asked before this one
-        deadline = time.monotonic() + timeout_s - (time.perf_counter() - ctx.started)
+        deadline = request_deadline(ctx.started, timeout_s)  # shared with members asked before
         events = engine.generate(ctx.gen)
         try:
             first = await next_delta(events, deadline, timeout_s)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from slmkit.config import from_options, option
-from slmkit.console import out
+from slmkit.console import out, result_line
 from slmkit.cost.config import CostConfig
 from slmkit.cost.model import CostResult
 
@@ -59,7 +59,7 @@ def cost_cmd(
         (output / "cost.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         write_cost_chart(result, output / "cost.png")
     if as_json:
-        out.print(json.dumps(result.to_dict(), indent=2), markup=False, emoji=False, soft_wrap=True)
+        result_line(json.dumps(result.to_dict(), indent=2))
         return
     print_result(result)
     if output is not None:

@@ -117,7 +117,7 @@ def _when(ts: float) -> str:
 
 
 def _print_json(data: Any) -> None:
-    out.print(json.dumps(data, indent=2), markup=False, emoji=False, soft_wrap=True)
+    result_line(json.dumps(data, indent=2))
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, get_args
 import typer
 
 from slmkit.config import from_options, option
-from slmkit.console import console, out
+from slmkit.console import console, out, result_line
 from slmkit.errors import ConfigError
 from slmkit.monitor.serve_section import MonitoredServeConfig
 from slmkit.serve.bench import BenchConfig
@@ -129,7 +129,7 @@ def bench_serve_cmd(
         )
     )
     if as_json:
-        out.print(json.dumps(report.to_dict(), indent=2), markup=False, emoji=False, soft_wrap=True)
+        result_line(json.dumps(report.to_dict(), indent=2))
         return
     table = Table("metric", "p50", "p95", "p99")
     for name, values in (

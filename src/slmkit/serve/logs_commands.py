@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from slmkit.console import console, out
+from slmkit.console import console, out, result_line
 from slmkit.errors import ConfigError
 from slmkit.serve.commands import load_serve_config
 
@@ -86,7 +86,7 @@ def requests_cmd(
             "error_rate": stats.error_rate,
             "alerts": [a.__dict__ for a in alerts],
         }
-        _print_json(data)
+        result_line(json.dumps(data, indent=2))
         return
     table = Table("time", "id", "model", "status", "tokens in/out", "latency", "ttft")
     for row in recent_requests(path, last):
@@ -173,10 +173,6 @@ def ab_cmd(
     _print_ab_report(audit_db(db, config), model, since, config, as_json)
 
 
-def _print_json(data: object) -> None:
-    out.print(json.dumps(data, indent=2), markup=False, emoji=False, soft_wrap=True)
-
-
 def _print_key_stats(path: Path, window: float, as_json: bool) -> None:
     from rich.table import Table
 
@@ -185,7 +181,7 @@ def _print_key_stats(path: Path, window: float, as_json: bool) -> None:
     stats = key_stats(path, window)
     if as_json:
         data = [{**s.__dict__, "tokens": s.tokens} for s in stats]
-        out.print(json.dumps(data, indent=2), markup=False, emoji=False, soft_wrap=True)
+        result_line(json.dumps(data, indent=2))
         return
     table = Table("key", "requests", "429s", "prompt tokens", "completion tokens", "tokens")
     for s in stats:
@@ -205,7 +201,7 @@ def _print_route_stats(
     stats = route_stats(path, window, chains=chains)
     if as_json:
         data = [{**s.__dict__, "local_share": s.local_share} for s in stats]
-        out.print(json.dumps(data, indent=2), markup=False, emoji=False, soft_wrap=True)
+        result_line(json.dumps(data, indent=2))
         return
     table = Table("route", "requests", "local share", "by rule", "escalated", "fallback")
     for s in stats:
@@ -237,8 +233,7 @@ def _print_ab_report(
     start = parse_time(since, "--since") if since is not None else None
     report = ab_report(path, model, start, order)
     if as_json:
-        text = json.dumps(report.as_dict(), indent=2)
-        out.print(text, markup=False, emoji=False, soft_wrap=True)
+        result_line(json.dumps(report.as_dict(), indent=2))
         return
     table = Table(
         "version", "requests", "errors", "p50", "p95", "rated", "thumbs up (95% CI)", "escalated"

@@ -435,3 +435,28 @@ def test_a_group_passes_the_restart_hook_to_its_members() -> None:
         a.on_restart = b.on_restart = None
         group.on_restart = hook
         assert (group.on_restart, a.on_restart, b.on_restart) == (hook, hook, hook)
+
+
+def test_a_group_whose_member_fails_to_start_stops_the_others_and_says_why() -> None:
+    from slmkit.serve.engines.ab import ABEngine, Arm
+
+    class Starting(FakeEngine):
+        def __init__(self, name: str, broken: bool = False) -> None:
+            super().__init__(name)
+            self.broken, self.stopped = broken, False
+
+        async def start(self) -> None:
+            if self.broken:
+                raise RuntimeError(f"{self.name} cannot load its model")
+
+        async def stop(self) -> None:
+            self.stopped = True
+
+    for make in (
+        lambda a, b: ReplicaPool("m", [("a", a), ("b", b)]),
+        lambda a, b: ABEngine("s", [Arm("v1", 1.0, a), Arm("v2", 1.0, b)]),
+    ):
+        good, bad = Starting("a"), Starting("b", broken=True)
+        with pytest.raises(RuntimeError, match="b cannot load its model"):
+            asyncio.run(make(good, bad).start())
+        assert good.stopped and bad.stopped

@@ -15,7 +15,6 @@ The split stays available, and the comparison stays per version. The split is re
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import random
@@ -24,7 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from slmkit.serve.engines.base import Delta, Engine, EngineState
-from slmkit.serve.engines.group import RestartHookGroup, group_state
+from slmkit.serve.engines.group import (
+    RestartHookGroup,
+    group_state,
+    start_members,
+    stop_members,
+)
 from slmkit.serve.engines.request import GenerationRequest
 
 
@@ -143,16 +147,10 @@ class ABEngine(RestartHookGroup):
                 attach(metrics)
 
     async def start(self) -> None:
-        results = await asyncio.gather(
-            *(arm.engine.start() for arm in self.arms), return_exceptions=True
-        )
-        failed = [x for x in results if isinstance(x, BaseException)]
-        if failed:
-            await self.stop()
-            raise failed[0]
+        await start_members([arm.engine for arm in self.arms])
 
     async def stop(self) -> None:
-        await asyncio.gather(*(arm.engine.stop() for arm in self.arms), return_exceptions=True)
+        await stop_members(arm.engine for arm in self.arms)
 
     async def health(self) -> dict[str, Any]:
         arms = []

@@ -19,7 +19,7 @@ from slmkit.console import info, warn
 from slmkit.registry.store import Registry, Version
 from slmkit.serve.engines.base import Delta, Engine, EngineState
 from slmkit.serve.engines.errors import engine_unavailable
-from slmkit.serve.engines.group import RestartHookGroup, pass_on_restart_hook
+from slmkit.serve.engines.group import RestartHookGroup, pass_on_restart_hook, stop_members
 from slmkit.serve.engines.request import GenerationRequest
 
 EngineFactory = Callable[[Version], Engine]
@@ -128,7 +128,7 @@ class AliasEngine(RestartHookGroup):
                 await self._poller
             self._poller = None
         servings = [*self.retired, *([self.current] if self.current else [])]
-        await asyncio.gather(*(s.engine.stop() for s in servings), return_exceptions=True)
+        await stop_members(s.engine for s in servings)
 
     async def _start_version(self, version: Version) -> Serving:
         engine = await asyncio.to_thread(self.build, version)

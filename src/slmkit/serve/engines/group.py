@@ -3,6 +3,7 @@ state they report and the restart hook they pass on to their members."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 
 from slmkit.serve.engines.base import Engine, EngineState
@@ -22,6 +23,20 @@ def pass_on_restart_hook(members: Iterable[Engine], hook: Callable[[str], None] 
     for engine in members:
         if hasattr(engine, "on_restart"):
             engine.on_restart = hook  # type: ignore[attr-defined]
+
+
+async def start_members(members: list[Engine]) -> None:
+    """Start every member at once; if any fails, stop them all and raise its error."""
+    results = await asyncio.gather(*(e.start() for e in members), return_exceptions=True)
+    failed = [x for x in results if isinstance(x, BaseException)]
+    if failed:
+        await stop_members(members)
+        raise failed[0]
+
+
+async def stop_members(members: Iterable[Engine]) -> None:
+    """Stop every member at once; one that fails to stop does not keep the others running."""
+    await asyncio.gather(*(e.stop() for e in members), return_exceptions=True)
 
 
 class RestartHookGroup:

@@ -11,7 +11,6 @@ than failing the request.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -21,7 +20,12 @@ from typing import Any
 from slmkit.console import warn
 from slmkit.serve.engines.base import Delta, Engine, EngineState
 from slmkit.serve.engines.errors import EngineError, engine_unavailable
-from slmkit.serve.engines.group import RestartHookGroup, group_state
+from slmkit.serve.engines.group import (
+    RestartHookGroup,
+    group_state,
+    start_members,
+    stop_members,
+)
 from slmkit.serve.engines.request import GenerationRequest
 
 LATENCY_WEIGHT = 0.3  # weight of the newest sample in the moving average of time to first token
@@ -113,16 +117,10 @@ class ReplicaPool(RestartHookGroup):
         return lambda: 1.0 if self.is_up(replica) else 0.0
 
     async def start(self) -> None:
-        results = await asyncio.gather(
-            *(r.engine.start() for r in self.replicas), return_exceptions=True
-        )
-        failed = [x for x in results if isinstance(x, BaseException)]
-        if failed:
-            await self.stop()
-            raise failed[0]
+        await start_members([r.engine for r in self.replicas])
 
     async def stop(self) -> None:
-        await asyncio.gather(*(r.engine.stop() for r in self.replicas), return_exceptions=True)
+        await stop_members(r.engine for r in self.replicas)
 
     async def health(self) -> dict[str, Any]:
         now = self.clock()

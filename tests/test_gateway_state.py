@@ -284,3 +284,65 @@ def test_the_monitors_probes_are_audited_apart_from_users_requests(tmp_path: Any
     assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 1.0, counted
     assert sum(v.requests for v in ab_report(audit, "support").versions) == 1
     assert window_stats(audit, 3600).requests == 1
+
+
+class Slow(Broken):
+    """Counts its prompts like `Broken`, then thinks for a long time before its one word."""
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        import asyncio
+
+        self.calls += 1
+        await asyncio.sleep(30)
+        yield Delta(text="late", finish_reason="stop")
+
+
+def test_a_client_that_leaves_a_non_streamed_request_gives_back_everything_it_held(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """Cancelled mid-answer (the client left): the admission slot and the key's reserved tokens
+    come back, and the audit row says 499, as for a stream the client left."""
+    import asyncio
+    import contextlib
+    import sqlite3
+    from types import SimpleNamespace
+
+    from slmkit.serve.config import ServeConfig
+    from slmkit.serve.gateway import Gateway
+    from slmkit.serve.protocol import ChatCompletionRequest
+
+    monkeypatch.setenv("TEAM_A_KEY", "sk-team-a")
+    audit = tmp_path / "audit.db"
+    config = ServeConfig.model_validate(
+        {
+            "keys": [{"name": "team-a", "key_env": "TEAM_A_KEY", "tpm": 1000}],
+            "audit": {"path": str(audit)},
+        }
+    )
+    engine = Slow("support", "v1")
+    gateway = Gateway(config, {"support": engine})
+    body = ChatCompletionRequest.model_validate(
+        {"model": "support", "messages": [{"role": "user", "content": "Hi"}]}
+    )
+    request = SimpleNamespace(state=SimpleNamespace(key_id="team-a"), headers={})  # its name
+
+    async def leave_mid_answer() -> None:
+        await gateway.start()
+        try:
+            task = asyncio.create_task(gateway.handle_generation(body, request, "chat"))  # type: ignore[arg-type]
+            while engine.calls == 0:  # admitted, reserved and generating
+                await asyncio.sleep(0.01)
+            assert gateway.admission.in_flight["support"] == 1
+            assert gateway.key_limits.states["team-a"].reserved > 0
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert gateway.admission.in_flight["support"] == 0
+            assert gateway.key_limits.states["team-a"].reserved == 0
+        finally:
+            await gateway.stop()
+
+    asyncio.run(leave_mid_answer())
+    with sqlite3.connect(audit) as conn:
+        rows = conn.execute("SELECT status, error_code FROM requests").fetchall()
+    assert rows == [(499, None)]

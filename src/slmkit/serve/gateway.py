@@ -31,7 +31,6 @@ from slmkit.serve.generation import (
     Outcome,
     RequestContext,
     fit_context,
-    generate_with_retry,
     prompt_text,
 )
 from slmkit.serve.key_limits import KeyLimits
@@ -144,10 +143,15 @@ class Gateway:
     async def handle_generation(
         self, body: ChatCompletionRequest | CompletionRequest, request: Request, endpoint: str
     ) -> Response:
+        """One request from start to settlement. Its admission slot, its key's reservation, its
+        metrics and its audit row are settled in the `finally` below on every way out (an answer,
+        an error, any exception, the client leaving), except by a stream that started: that
+        settles the same way when it closes."""
         ctx = self._context(body, request, endpoint)
+        slot: AdmissionSlot | None = None
         try:
-            plan = await self.router.plan(body, request.headers, ctx)  # a route: aims ctx.gen
-            engine = self._engine(ctx.gen.model_id)
+            plan = await self.router.plan(body, request.headers, ctx)  # aims ctx.gen
+            engine = self.engines[plan.target]
             ctx.rec.prompt_text = prompt_text(ctx.gen)
             if ctx.gen.messages is not None:  # the conversation as asked, for `slm feedback export`
                 ctx.rec.prompt_messages = json.dumps(ctx.gen.messages, ensure_ascii=False)
@@ -156,20 +160,77 @@ class Gateway:
                 lambda: engine.count_prompt_tokens(ctx.gen),
                 estimate=len(ctx.rec.prompt_text) // 4 + 1,
             )
-            slot = (
-                self.admission.admit(body.model) if plan is None else self.router.admit(plan, ctx)
-            )
-        except Exception as exc:  # the key's reservation is settled and the row written
-            self._finish(ctx, api_errors.internal_error(exc))
+            slot = self.router.admit(plan, ctx)  # a member that is down or full passes it on
+            admitted = slot
+            answer = lambda: self._answer(body, ctx, admitted, plan)  # noqa: E731
+            return await self.rag.answer(ctx, answer)  # passages in, `sources` out
+        except asyncio.CancelledError:  # the client left before its answer
+            ctx.status = 499
             raise
-        with slot:  # released on the way out, unless a stream took it over
-            try:
-                engine = self._engine(ctx.gen.model_id)
-                answer = lambda: self._answer(engine, body, ctx, slot, plan)  # noqa: E731
-                return await self.rag.answer(ctx, answer)  # passages in, `sources` out
-            except Exception as exc:
-                self._finish(ctx, api_errors.internal_error(exc))
-                raise
+        except Exception as exc:
+            ctx.error = api_errors.internal_error(exc)
+            raise
+        finally:
+            if not ctx.stream_settles:  # else the stream's `on_close` settles it
+                if slot is not None:
+                    slot.release()
+                self._finish(ctx, ctx.error)
+
+    async def _answer(
+        self,
+        body: ChatCompletionRequest | CompletionRequest,
+        ctx: RequestContext,
+        slot: AdmissionSlot,
+        plan: RoutePlan,
+    ) -> Response:
+        """Answer an admitted request: from the cache, down the plan's chain, or as a stream (which
+        takes the admission slot and the settlement over until it ends)."""
+        engine = self.engines[plan.target]
+        policy = getattr(body, "context_policy", None) or self.config.limits.context_policy
+        await self._fit_context(engine, ctx, policy)
+        outcome = self.cache.lookup(ctx)
+        if not ctx.gen.stream:
+            if outcome is None:
+                outcome = await self.router.run(plan, ctx, slot)
+                self.cache.store(ctx, outcome)
+            return self._json_response(ctx, outcome)
+        on_close = self._stream_closer(ctx, slot)
+        if outcome is None and plan.holds_stream:
+            outcome = await self.router.hold(plan, ctx, slot)  # replayed once checks pass
+        if outcome is not None:
+            stream = self.streams.replay(ctx, outcome, on_close)
+        else:
+            stream = await self.router.open_stream(plan, ctx, self.streams, on_close)
+        ctx.stream_settles = True
+        return stream
+
+    def _stream_closer(
+        self, ctx: RequestContext, slot: AdmissionSlot
+    ) -> Callable[[], Awaitable[None]]:
+        async def on_close() -> None:
+            slot.release()
+            self._finish(ctx, ctx.error)
+            if ctx.status == 200 and ctx.outcome is not None and not ctx.rec.cached:
+                self.cache.store(ctx, ctx.outcome)
+
+        return on_close
+
+    def _json_response(self, ctx: RequestContext, outcome: Outcome) -> JSONResponse:
+        text = AnswerText(ctx.gen.reasoning, self.config.output_filter)
+        reasoning, content = text.whole(outcome.text)
+        if text.redactions:
+            self.metrics.redactions.labels(ctx.gen.model_id).inc(text.redactions)
+        ctx.rec.response_text = content
+        ctx.outcome = outcome
+        body = completion_body(ctx.rec.id, ctx.gen, content, outcome, self.created, reasoning)
+        return JSONResponse(body, headers=ctx.headers)
+
+    async def _fit_context(self, engine: Engine, ctx: RequestContext, policy: str) -> None:
+        fitted = await fit_context(engine, ctx.gen, policy, self.config)
+        if fitted is not None and fitted.action != "none":
+            ctx.gen.messages = fitted.messages
+            ctx.headers[f"x-slm-context-{fitted.action}"] = str(fitted.dropped)
+            self.metrics.context_actions.labels(ctx.gen.model_id, fitted.action).inc()
 
     def _context(
         self, body: ChatCompletionRequest | CompletionRequest, request: Request, endpoint: str
@@ -197,12 +258,6 @@ class Gateway:
             headers={"x-request-id": rec.id},
         )
 
-    def _engine(self, model: str) -> Engine:
-        engine = self.engines.get(model)
-        if engine is None:
-            raise api_errors.model_not_found(model)
-        return engine
-
     def _max_tokens(self, body: ChatCompletionRequest | CompletionRequest) -> int:
         # Only chat has max_completion_tokens; on /v1/completions it is an unvalidated extra field.
         chat_limit = body.max_completion_tokens if isinstance(body, ChatCompletionRequest) else None
@@ -210,68 +265,6 @@ class Gateway:
         return min(
             asked or self.config.limits.default_max_tokens, self.config.limits.max_tokens_cap
         )
-
-    async def _answer(
-        self,
-        engine: Engine,
-        body: ChatCompletionRequest | CompletionRequest,
-        ctx: RequestContext,
-        slot: AdmissionSlot,
-        plan: RoutePlan | None = None,
-    ) -> Response:
-        """Answer an admitted request; a stream takes the admission slot over until it ends."""
-        policy = getattr(body, "context_policy", None) or self.config.limits.context_policy
-        await self._fit_context(engine, ctx, policy)
-        outcome = self.cache.lookup(ctx)
-        if ctx.gen.stream:
-            on_close = self._stream_closer(ctx, slot)
-            if outcome is None and plan is not None and plan.holds_stream:
-                outcome = await self.router.hold(plan, ctx, slot)  # replayed once checks pass
-            if outcome is not None:
-                stream = self.streams.replay(ctx, outcome, on_close)
-            elif plan is not None:
-                stream = await self.router.open_stream(plan, ctx, self.streams, on_close)
-            else:
-                stream = await self.streams.open(engine, ctx, on_close)
-            slot.hand_over()
-            return stream
-        if outcome is None and plan is not None:
-            outcome = await self.router.run(plan, ctx, slot)
-        if outcome is None:
-            outcome = await generate_with_retry(
-                engine, ctx.gen, ctx.started, self.config, self.metrics
-            )
-            self.cache.store(ctx, outcome)
-        return self._json_response(ctx, outcome)
-
-    def _stream_closer(
-        self, ctx: RequestContext, slot: AdmissionSlot
-    ) -> Callable[[], Awaitable[None]]:
-        async def on_close() -> None:
-            slot.release()
-            self._finish(ctx, ctx.error)
-            if ctx.status == 200 and ctx.outcome is not None and not ctx.rec.cached:
-                self.cache.store(ctx, ctx.outcome)
-
-        return on_close
-
-    def _json_response(self, ctx: RequestContext, outcome: Outcome) -> JSONResponse:
-        text = AnswerText(ctx.gen.reasoning, self.config.output_filter)
-        reasoning, content = text.whole(outcome.text)
-        if text.redactions:
-            self.metrics.redactions.labels(ctx.gen.model_id).inc(text.redactions)
-        ctx.rec.response_text = content
-        ctx.outcome = outcome
-        self._finish(ctx)
-        body = completion_body(ctx.rec.id, ctx.gen, content, outcome, self.created, reasoning)
-        return JSONResponse(body, headers=ctx.headers)
-
-    async def _fit_context(self, engine: Engine, ctx: RequestContext, policy: str) -> None:
-        fitted = await fit_context(engine, ctx.gen, policy, self.config)
-        if fitted is not None and fitted.action != "none":
-            ctx.gen.messages = fitted.messages
-            ctx.headers[f"x-slm-context-{fitted.action}"] = str(fitted.dropped)
-            self.metrics.context_actions.labels(ctx.gen.model_id, fitted.action).inc()
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _finish(self, ctx: RequestContext, error: ApiError | None = None) -> None:

@@ -117,6 +117,7 @@ class RequestContext:
     error: ApiError | None = None  # an error that ended a stream after its headers
     key_ticket: KeyTicket | None = None  # its claim on a per-key limit, settled in `_finish`
     finished: bool = False  # `_finish` ran: metrics and the audit row are written once
+    stream_settles: bool = False  # a stream started: its close settles the request, not the handler
 
 
 def prompt_text(gen: GenerationRequest) -> str:

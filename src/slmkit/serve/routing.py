@@ -19,6 +19,7 @@ from typing import Any, cast
 
 from slmkit import answer_checks
 from slmkit.errors import ConfigError
+from slmkit.serve import api_errors
 from slmkit.serve.admission import Admission, AdmissionSlot
 from slmkit.serve.api_errors import ApiError
 from slmkit.serve.config import RepetitionGuard, ServeConfig
@@ -42,12 +43,26 @@ Body = ChatCompletionRequest | CompletionRequest
 
 @dataclass
 class RoutePlan:
-    """Where a routed request stands: the members still to try (the current target first) and why
-    the current target answers."""
+    """Where a request stands: the members still to try (the current target first) and why the
+    current target answers. A plain model id is a one-member plan (`plain`): it is run like a
+    route's, without a route's name in the audit row and headers."""
 
     route: Route
     members: list[str]
     reason: str
+    plain: bool = False
+
+    @classmethod
+    def single(cls, model_id: str) -> RoutePlan:
+        """The plan of a request for a served model's own id."""
+        route = Route.model_construct(
+            id=model_id,
+            chain=[model_id],
+            rules=[],
+            escalate=EscalationChecks(),
+            fallback_on_error=False,
+        )
+        return cls(route, [model_id], "default", plain=True)
 
     @property
     def target(self) -> str:
@@ -161,13 +176,14 @@ class Router:
         self.routes = {route.id: route for route in config.routes}
 
     # -- resolution -----------------------------------------------------------------------
-    async def plan(
-        self, body: Body, headers: Mapping[str, str], ctx: RequestContext
-    ) -> RoutePlan | None:
-        """The plan of a request for a route (its target set on `ctx`), None for a plain model id."""
+    async def plan(self, body: Body, headers: Mapping[str, str], ctx: RequestContext) -> RoutePlan:
+        """The plan of a request (its target set on `ctx`): a route's chain from the member its
+        rules pick, or the one model a plain id names (404 when nothing is served by that id)."""
         route = self.routes.get(body.model)
         if route is None:
-            return None
+            if body.model not in self.engines:
+                raise api_errors.model_not_found(body.model)
+            return RoutePlan.single(body.model)
         facts = self._facts(body, headers, ctx, route)
         for rule in route.rules:
             if await rule_matches(rule, facts):
@@ -202,6 +218,8 @@ class Router:
     def _aim(self, plan: RoutePlan, ctx: RequestContext) -> None:
         """Point the request at the plan's target, and say so in the audit row and the headers."""
         ctx.gen.model_id = plan.target
+        if plan.plain:
+            return
         rec = ctx.rec
         rec.route, rec.route_reason, rec.served_by = plan.route.id, plan.reason, plan.target
         ctx.headers.update(

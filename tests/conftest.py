@@ -27,6 +27,9 @@ _USER_THREADS = {
 # the board's browser fixtures, once per session for every tests/test_ui_*.py module
 from ui_helpers import board, board_model, browser, page  # noqa: E402, F401
 
+# the real PostgreSQL and Valkey/Redis servers' fixtures (postgres_url, cache_url, ...)
+pytest_plugins = ["state_servers"]
+
 # The longest test files (a trained run, a full export, the demo pipeline) go first: xdist's
 # loadfile hands out the files with the most tests first, so a long file with few tests would
 # start last and leave the other worker idle at the end.

@@ -1,11 +1,16 @@
 """The deployment files agree with the real CLI, the real config loader and the real `/metrics`:
 the Dockerfile's entrypoint, flags, port, env vars, user and health check; compose.yaml and the
 Kubernetes manifests (rendered by `kubectl kustomize`) on image, ports, probes, env, secrets and
-config keys; and every metric the Grafana dashboard and the Prometheus rules name exists in a
-scrape of a running `slm serve` built from the shipped container config (deploy/serve.yaml)."""
+config keys; what a real cluster and a real host need of them (a registry in the image name,
+probes that let a slow engine load, a grace period longer than a request, an autoscaler that owns
+the replica count, a budget that lets a node drain, writable GPU caches, ports on loopback, no
+anonymous Grafana, routed alerts, a pinned vLLM); and every metric the Grafana dashboard and the
+Prometheus rules name exists in a scrape of a running `slm serve` built from the shipped container
+config (deploy/serve.yaml)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -27,7 +32,7 @@ from slmkit.config import load_config
 from slmkit.serve.config import ServeConfig
 
 DEPLOY = REPO / "deploy"
-KEYS = {"SLM_APP_KEY": "sk-deploy-app", "SLM_METRICS_KEY": "sk-deploy-metrics"}
+KEYS = {"SLM_APP_KEY": "sk-deploy-app", "SLM_METRICS_TOKEN": "tok-deploy-metrics"}
 # Series that only appear after an event (an engine crash, a per-key 429, a cache lookup with the
 # cache on): their families are declared in the scrape, but no sample exists yet.
 EVENT_ONLY = {"slm_engine_restarts_total", "slm_key_rejections_total", "slm_cache_requests_total"}
@@ -117,17 +122,22 @@ def container_config(dockerfile: list[Instruction]) -> ServeConfig:
     return load_config(baked_config(dockerfile), ServeConfig)
 
 
-def test_dockerfile_runs_slm_serve_with_flags_the_cli_has(dockerfile: list[Instruction]) -> None:
-    command = serve_command(dockerfile)
-    assert command[:2] == ["slm", "serve"]
-    help_text = subprocess.run(
-        [sys.executable, "-m", "slmkit.cli", "serve", "--help"],
+def cli_help(command: str) -> str:
+    """`slm COMMAND --help`, wide enough that no flag is wrapped."""
+    return subprocess.run(
+        [sys.executable, "-m", "slmkit.cli", command, "--help"],
         capture_output=True,
         text=True,
         timeout=120,
         env={**os.environ, "COLUMNS": "200"},
         check=True,
     ).stdout
+
+
+def test_dockerfile_runs_slm_serve_with_flags_the_cli_has(dockerfile: list[Instruction]) -> None:
+    command = serve_command(dockerfile)
+    assert command[:2] == ["slm", "serve"]
+    help_text = cli_help("serve")
     flags = [arg for arg in command if arg.startswith("--")]
     assert flags, command
     for flag in flags:
@@ -223,6 +233,7 @@ def test_compose_gateway_matches_the_image_and_config(
     assert mounts["./deploy/serve.yaml"] == config_path(command)
     assert mounts["slm-data"] == env_of(final_stage(dockerfile))["SLM_HOME"]
     assert key_envs(container_config) <= set(gateway["environment"])
+    assert container_config.metrics_token_env in gateway["environment"]
     assert "command" not in gateway and "entrypoint" not in gateway  # the image's CMD as is
 
 
@@ -239,10 +250,12 @@ def test_compose_prometheus_and_grafana_point_at_real_files_and_ports(
     job = prometheus["scrape_configs"][0]
     assert job["metrics_path"] == "/metrics"
     assert job["static_configs"][0]["targets"] == [f"gateway:{container_config.port}"]
-    # /metrics needs a key: Prometheus reads the `metrics` key from the compose secret
+    # /metrics needs a credential: Prometheus reads the scrape token (not an API key) from the
+    # compose secret
     secret = services["prometheus"]["secrets"][0]
     assert job["authorization"]["credentials_file"] == f"/run/secrets/{secret}"
-    assert compose["secrets"][secret]["environment"] in key_envs(container_config)
+    assert compose["secrets"][secret]["environment"] == container_config.metrics_token_env
+    assert container_config.metrics_token_env not in key_envs(container_config)
     rules = [
         f"/etc/prometheus/{Path(v.split(':')[0]).name}" for v in services["prometheus"]["volumes"]
     ]
@@ -251,14 +264,74 @@ def test_compose_prometheus_and_grafana_point_at_real_files_and_ports(
         (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text()
     )
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
-    assert "9090:9090" in services["prometheus"]["ports"]
+    assert "127.0.0.1:9090:9090" in services["prometheus"]["ports"]
     uids = {t["datasource"]["uid"] for p in dashboard()["panels"] for t in p["targets"]}
     assert uids == {datasource["datasources"][0]["uid"]}
+
+
+def required_from_env(value: str) -> str:
+    """The variable a compose value takes with no default (`${NAME:?message}`), else a failure."""
+    found = re.fullmatch(r"\$\{([A-Z_][A-Z0-9_]*):\?[^}]+\}", value)
+    assert found, f"{value!r} is not a required variable (a default or a literal)"
+    return found.group(1)
+
+
+def test_compose_publishes_every_port_on_loopback_only(compose: dict[str, Any]) -> None:
+    published = {name: service.get("ports", []) for name, service in compose["services"].items()}
+    assert {"gateway", "prometheus", "alertmanager", "grafana", "board"} <= set(published)
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every address"
+
+
+def test_compose_grafana_has_no_anonymous_access_and_no_default_password(
+    compose: dict[str, Any],
+) -> None:
+    env = compose["services"]["grafana"]["environment"]
+    assert env.get("GF_AUTH_ANONYMOUS_ENABLED") == "false"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in env
+    assert required_from_env(env["GF_SECURITY_ADMIN_PASSWORD"]) == "GRAFANA_ADMIN_PASSWORD"
+    assert env.get("GF_USERS_ALLOW_SIGN_UP") == "false"
+
+
+def test_compose_routes_the_alert_rules_to_alertmanager(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    alertmanager = services["alertmanager"]
+    port = alertmanager["ports"][0].split(":")[-1]
+    assert targets == [f"alertmanager:{port}"]
+    mounts = dict(v.split(":")[:2] for v in alertmanager["volumes"])
+    config_file = next(a.split("=", 1)[1] for a in alertmanager["command"] if "config.file" in a)
+    source = next(src for src, dest in mounts.items() if dest == config_file)
+    config = yaml.safe_load((REPO / source).read_text())
+    receivers = {r["name"]: r for r in config["receivers"]}
+    assert config["route"]["receiver"] in receivers
+    webhook = receivers[config["route"]["receiver"]]["webhook_configs"][0]
+    assert webhook["url"].startswith("http")
+
+
+def test_compose_board_runs_slm_ui_with_flags_the_cli_has(compose: dict[str, Any]) -> None:
+    board = compose["services"]["board"]
+    assert board["image"] == compose["services"]["gateway"]["image"]
+    command = board["command"]
+    assert command[0] == "ui"
+    help_text = cli_help("ui")
+    for flag in (arg for arg in command if arg.startswith("--")):
+        assert re.search(rf"{re.escape(flag)}\b", help_text), f"slm ui has no {flag}"
+    port = command[command.index("--port") + 1]
+    assert board["ports"] == [f"127.0.0.1:{port}:{port}"]
+    # bound to every address inside the container: the board refuses that without a login
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert required_from_env(board["environment"]["SLM_UI_AUTH"]) == "SLM_UI_AUTH"
+    assert f":{port}/" in " ".join(board["healthcheck"]["test"])
 
 
 # --- Kubernetes --------------------------------------------------------------------------------
 
 K8S_UID = 10001
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+OVERLAYS = ["base", "gpu"]  # ids without "gpu": that keyword marks tests that need a CUDA GPU
 
 
 def kustomize(overlay: str) -> dict[str, dict[str, Any]]:
@@ -299,7 +372,8 @@ def test_k8s_config_map_loads_and_agrees_with_the_compose_config(
     k8s: dict[str, dict[str, Any]], container_config: ServeConfig, tmp_path: Path
 ) -> None:
     pod_config = config_from_map(k8s["ConfigMap"], tmp_path)
-    for field in ("host", "port", "models", "llamacpp", "limits", "keys", "alerts", "audit"):
+    fields = ("host", "port", "models", "llamacpp", "limits", "keys", "metrics_token_env")
+    for field in (*fields, "alerts", "audit"):
         assert getattr(pod_config, field) == getattr(container_config, field), field
 
 
@@ -311,12 +385,13 @@ def test_k8s_deployment_agrees_with_the_image(
 ) -> None:
     pod = k8s["Deployment"]["spec"]["template"]["spec"]
     gateway = container(k8s)
-    assert gateway["image"] == compose["services"]["gateway"]["image"] == "slmkit:cpu"
+    # a cluster pulls from a registry: the image names one (a placeholder set in kustomization.yaml)
+    registry, _, image = gateway["image"].partition("/")
+    assert "." in registry or ":" in registry, f"{gateway['image']} names no registry"
+    assert image.split("/")[-1] == compose["services"]["gateway"]["image"] == "slmkit:cpu"
     assert ["slm", *gateway["args"]] == serve_command(dockerfile)
     ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
     assert ports == {"http": container_config.port}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert gateway[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
     mounts = {m["name"]: m["mountPath"] for m in gateway["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert mounts["config"] == str(PurePosixPath(config_path(serve_command(dockerfile))).parent)
@@ -336,7 +411,9 @@ def test_k8s_secret_service_and_autoscaler_fit_the_deployment(
     gateway = container(k8s)
     secret = yaml.safe_load((DEPLOY / "k8s" / "secret.example.yaml").read_text())
     assert [e["secretRef"]["name"] for e in gateway["envFrom"]] == [secret["metadata"]["name"]]
-    assert set(secret["stringData"]) == key_envs(container_config)
+    assert set(secret["stringData"]) == key_envs(container_config) | {
+        container_config.metrics_token_env
+    }
     service = k8s["Service"]["spec"]
     assert service["ports"][0]["targetPort"] == "http"
     labels = k8s["Deployment"]["spec"]["template"]["metadata"]["labels"]
@@ -346,18 +423,214 @@ def test_k8s_secret_service_and_autoscaler_fit_the_deployment(
     assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] > hpa["minReplicas"]
 
 
-def test_k8s_gpu_variant_serves_with_vllm_on_one_gpu(tmp_path: Path) -> None:
+def test_k8s_gpu_variant_serves_with_vllm_on_one_gpu(
+    k8s: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
     gpu = kustomize("gpu")
     gateway = container(gpu)
-    assert gateway["image"] == "slmkit:gpu"
+    # the same repository as the CPU image, the `gpu` tag
+    assert gateway["image"] == container(k8s)["image"].replace(":cpu", ":gpu")
     assert gateway["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert gateway["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/ready"
     config = config_from_map(gpu["ConfigMap"], tmp_path)
     assert config.engine == "vllm"
     mounts = {m["mountPath"] for m in gateway["volumeMounts"]}
     for model in config.models:
         assert model.ref is not None
         assert any(PurePosixPath(model.ref).is_relative_to(m) for m in mounts), model.ref
+
+
+def rendered(overlay: str, tmp_path: Path) -> tuple[dict[str, dict[str, Any]], ServeConfig]:
+    docs = kustomize(overlay)
+    return docs, config_from_map(docs["ConfigMap"], tmp_path)
+
+
+def engine_start_timeout_s(config: ServeConfig) -> float:
+    return (
+        config.vllm.start_timeout_s if config.engine == "vllm" else config.llamacpp.start_timeout_s
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=["cpu", "vllm"])
+def test_k8s_probes_keep_a_slow_engine_alive_and_out_of_the_service(
+    overlay: str, tmp_path: Path
+) -> None:
+    from slmkit.serve.app import OPEN_PATHS
+
+    docs, config = rendered(overlay, tmp_path)
+    gateway = container(docs)
+    paths = {probe: gateway[probe]["httpGet"]["path"] for probe in PROBES}
+    # liveness asks whether the process answers, readiness whether every engine is ready: a
+    # restarting engine takes the pod out of the Service but does not get it killed
+    assert paths == {"startupProbe": "/live", "livenessProbe": "/live", "readinessProbe": "/ready"}
+    assert set(paths.values()) <= OPEN_PATHS  # probes send no API key
+    assert all(gateway[probe]["httpGet"]["port"] == "http" for probe in PROBES)
+    # HTTP opens once the engines have started: the startup probe waits longer than an engine may
+    startup = gateway["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] > engine_start_timeout_s(config)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=["cpu", "vllm"])
+def test_k8s_shutdown_outlasts_the_longest_request(overlay: str, tmp_path: Path) -> None:
+    from slmkit.child_process import terminate
+    from slmkit.serve.server import graceful_shutdown_s
+
+    docs, config = rendered(overlay, tmp_path)
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    command = container(docs)["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop_s = int(command[1])
+    assert pre_stop_s >= 5  # the Service's endpoints drop the pod before it stops listening
+    # after SIGTERM `slm serve` waits for in-flight requests, then stops its engines
+    assert graceful_shutdown_s(config) >= config.limits.request_timeout_s
+    engines_stop_s = inspect.signature(terminate).parameters["grace_s"].default
+    needed = pre_stop_s + graceful_shutdown_s(config) + engines_stop_s
+    assert pod["terminationGracePeriodSeconds"] > needed
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=["cpu", "vllm"])
+def test_k8s_the_autoscaler_owns_the_replica_count(overlay: str) -> None:
+    docs = kustomize(overlay)
+    assert "replicas" not in docs["Deployment"]["spec"]  # else each apply fights the autoscaler
+    hpa = docs["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    metrics = hpa["spec"]["metrics"]
+    names = [
+        m[m["type"].lower()].get("name") or m[m["type"].lower()]["metric"]["name"] for m in metrics
+    ]
+    assert len(metrics) >= 2 and "cpu" in names and set(names) - {"cpu"}, names
+    behavior = hpa["spec"]["behavior"]
+    assert behavior["scaleUp"]["stabilizationWindowSeconds"] >= 0
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=["cpu", "vllm"])
+def test_k8s_disruption_budget_lets_a_node_drain(overlay: str) -> None:
+    docs = kustomize(overlay)
+    budget = docs["PodDisruptionBudget"]["spec"]
+    # `minAvailable: 1` with the one pod the GPU variant may run blocks every drain
+    assert "minAvailable" not in budget and budget["maxUnavailable"] == 1
+    labels = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    # an empty selector would cover every pod of the namespace
+    assert budget["selector"]["matchLabels"] and budget["selector"]["matchLabels"].items() <= (
+        labels.items()
+    )
+
+
+def test_k8s_in_flight_component_scales_on_a_metric_the_gateway_exports(tmp_path: Path) -> None:
+    from slmkit.serve.metrics import GatewayMetrics
+
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    k8s_dir = DEPLOY / "k8s"
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(k8s_dir / "base", overlay)],
+                "components": [
+                    os.path.relpath(k8s_dir / "components" / "in-flight-autoscaling", overlay)
+                ],
+            }
+        )
+    )
+    docs = kustomize(str(overlay))
+    pods = [
+        m["pods"] for m in docs["HorizontalPodAutoscaler"]["spec"]["metrics"] if m["type"] == "Pods"
+    ]
+    assert len(pods) == 1
+    exported = Scrape.parse(GatewayMetrics().render().decode())
+    assert exported.resolves(pods[0]["metric"]["name"]), pods[0]["metric"]["name"]
+
+
+def test_k8s_gpu_caches_live_on_writable_volumes() -> None:
+    gpu = kustomize("gpu")
+    gateway = container(gpu)
+    pod = gpu["Deployment"]["spec"]["template"]["spec"]
+    assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e["value"] for e in gateway["env"] if "value" in e}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = [
+        m["mountPath"]
+        for m in gateway["volumeMounts"]
+        if not m.get("readOnly") and "emptyDir" in volumes[m["name"]]
+    ]
+    caches = (
+        "HOME",
+        "XDG_CACHE_HOME",
+        "VLLM_CACHE_ROOT",
+        "TRITON_CACHE_DIR",
+        "TORCHINDUCTOR_CACHE_DIR",
+    )
+    for name in caches:
+        assert name in env, f"{name} is not set: vLLM/Triton would write under the read-only root"
+        path = PurePosixPath(env[name])
+        assert any(path.is_relative_to(m) for m in writable), f"{name}={path} is not writable"
+
+
+def test_k8s_gpu_models_claim_names_its_storage_class() -> None:
+    claim = kustomize("gpu")["PersistentVolumeClaim"]["spec"]
+    assert claim.get("storageClassName"), "a claim without a class binds whatever is default"
+    # ReadOnlyMany is offered by few classes; ReadWriteOnce by all (pods then share a node)
+    assert claim["accessModes"] == ["ReadWriteOnce"]
+
+
+# --- the GPU image -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpu_dockerfile() -> list[Instruction]:
+    return parse_dockerfile((DEPLOY / "gpu.Dockerfile").read_text())
+
+
+def test_gpu_dockerfile_pins_vllm_in_an_environment_of_its_own(
+    gpu_dockerfile: list[Instruction],
+) -> None:
+    args = dict(i.args.partition("=")[::2] for i in gpu_dockerfile if i.keyword == "ARG")
+    version = args["VLLM_VERSION"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"vLLM is not pinned: {version!r}"
+    # the version docs/models.md states the torch and transformers pins for
+    documented = re.search(r"vLLM (\d+\.\d+)\b", (REPO / "docs" / "models.md").read_text())
+    assert documented and version.startswith(documented.group(1) + ".")
+    runs = " ".join(i.args for i in gpu_dockerfile if i.keyword == "RUN")
+    install = re.search(r"(\S+/pip) install [^&]*vllm==\$\{VLLM_VERSION\}", runs)
+    assert install, runs
+    # vLLM pins its own torch: never into slmkit's venv (whose torch set-up pinned)
+    assert not install.group(1).startswith("/opt/slmkit/")
+    assert re.search(r"ln -s \S+/bin/vllm /usr/local/bin/vllm", runs)
+
+
+def test_gpu_dockerfile_has_a_compiler_for_triton(gpu_dockerfile: list[Instruction]) -> None:
+    runs = " ".join(i.args for i in gpu_dockerfile if i.keyword == "RUN")
+    installed = re.search(r"apt-get install (.*?)(&&|$)", runs)
+    assert installed and {"gcc", "python3-dev"} <= set(installed.group(1).split())
+    assert gpu_dockerfile[-1].keyword == "USER" and gpu_dockerfile[-1].args == "slm"
+
+
+def test_gpu_image_takes_torch_from_the_setup_switch(dockerfile: list[Instruction]) -> None:
+    """The GPU image's base is the Dockerfile built with set-up's SLM_TORCH=cuda: one switch."""
+    text = (DEPLOY / "gpu.Dockerfile").read_text()
+    base = re.search(r"docker build --build-arg SLM_TORCH=cuda -t (\S+) \.", text)
+    assert base, "the GPU image's base is not built through SLM_TORCH"
+    args = dict(i.args.partition("=")[::2] for i in parse_dockerfile(text) if i.keyword == "ARG")
+    assert args["BASE_IMAGE"] == base.group(1)
+    build_args = {i.args.partition("=")[0] for i in dockerfile if i.keyword == "ARG"}
+    assert "SLM_TORCH" in build_args
+    assert re.search(r"\bcpu\|cuda\)", (REPO / "scripts" / "setup.sh").read_text())
+
+
+def test_a_vllm_command_on_the_path_counts_as_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from slmkit.serve.engines import vllm
+
+    assert vllm.importlib.util.find_spec("vllm") is None  # not in this environment
+    assert "not installed" in (vllm.vllm_available() or "")
+    command = tmp_path / "vllm"
+    command.write_text("#!/bin/sh\n")
+    command.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert "not installed" not in (vllm.vllm_available() or "")
 
 
 # --- metrics: the dashboard and the alert rules against a real scrape ---------------------------
@@ -439,7 +712,8 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Scrape:
     path.write_text(yaml.safe_dump(config))
     server.args += ["--config", str(path)]
     with server:
-        assert httpx.get(server.base_url + "/health", timeout=30).status_code == 200
+        for open_path in ("/health", "/live", "/ready"):
+            assert httpx.get(server.base_url + open_path, timeout=30).status_code == 200
         assert httpx.get(server.base_url + "/metrics", timeout=30).status_code == 401
         app = openai.OpenAI(
             base_url=server.base_url + "/v1",
@@ -451,7 +725,7 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Scrape:
             app.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3
             )
-        auth = {"Authorization": f"Bearer {KEYS['SLM_METRICS_KEY']}"}
+        auth = {"Authorization": f"Bearer {KEYS['SLM_METRICS_TOKEN']}"}  # the scrape token
         deadline = time.monotonic() + 30
         while True:  # the alert watcher sets its gauge every few seconds
             text = httpx.get(server.base_url + "/metrics", headers=auth, timeout=30).text
@@ -480,7 +754,7 @@ def test_container_config_without_its_key_env_fails_in_one_line(tmp_path: Path) 
         capture_output=True,
         text=True,
         timeout=120,
-        env={**env, "SLM_HOME": str(tmp_path), "SLM_METRICS_KEY": "sk-x"},
+        env={**env, "SLM_HOME": str(tmp_path), "SLM_METRICS_TOKEN": "tok-x"},
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

@@ -16,7 +16,7 @@ from conftest import REPO
 SRC = REPO / "src" / "slmkit"
 LAYERS: list[set[str]] = [
     {"slmkit", "config", "errors", "console", "paths", "child_process", "tools", "models", "data"}
-    | {"registry", "answer_checks"},
+    | {"registry", "answer_checks", "state"},
     {"train", "export", "tools_build", "doctor"},
     {"serve.engines", "rag"},
     {"serve"},

@@ -39,7 +39,7 @@ def cost_cmd(
     machine_concurrency: int | None = option(CostConfig, "machine_concurrency"),
     machine_latency: float | None = option(CostConfig, "machine_latency"),
     local_share: float | None = option(CostConfig, "local_share", from_config=True),
-    audit_db: Path | None = option(CostConfig, "audit_db"),
+    audit_db: str | None = option(CostConfig, "audit_db", metavar="FILE|URL"),
     window_days: float = option(CostConfig, "window_days"),
     days_per_month: float = option(CostConfig, "days_per_month"),
     output: Annotated[

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from slmkit.config import StrictModel
+from slmkit.state.config import DatabaseTarget
 
 # the traffic profile's fields that a measured audit log supplies (and `local_share` when it has routes)
 PROFILE_FIELDS = ("requests_per_day", "prompt_tokens", "completion_tokens", "peak_concurrency")
@@ -68,9 +69,10 @@ class CostConfig(StrictModel):
         description="Hybrid: share of requests answered by the local model, the rest upstream "
         "(measured from --audit-db when its requests came through a route).",
     )
-    audit_db: Path | None = Field(
+    audit_db: DatabaseTarget | None = Field(
         default=None,
-        description="Audit log of `slm serve`: requests/day, token means and peak concurrency "
+        description="Audit log of `slm serve` (a SQLite file or a postgresql:// URL): requests/day, "
+        "token means and peak concurrency "
         "measured there replace the profile's defaults (options given explicitly still win).",
     )
     window_days: float = Field(

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmkit.errors import ConfigError
-from slmkit.serve.audit import user_traffic
+from slmkit.errors import ConfigError, SlmError
+from slmkit.serve.audit_schema import reading, user_traffic
+from slmkit.state.sql import describe_target, query
 
 DAY_S = 86_400.0
 
@@ -103,28 +104,35 @@ class AuditProfile:
         return measured
 
 
-def audit_profile(db: Path, window_days: float, now: float | None = None) -> AuditProfile:
+def audit_profile(db: Path | str, window_days: float, now: float | None = None) -> AuditProfile:
     """Requests/day (answered requests / window), mean token counts, and the most requests in
     flight at once (overlap of [ts, ts + latency]) over the window."""
-    if not db.is_file():
-        raise ConfigError(f"--audit-db: no audit log at {db} (start `slm serve` first)")
     since = (now or time.time()) - window_days * DAY_S
+    where = describe_target(db)
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
-            rows = conn.execute(
-                "SELECT ts, latency_s, prompt_tokens, completion_tokens FROM requests "
-                f"WHERE status = 200 AND ts >= ? AND {user_traffic(conn)} ORDER BY ts",
-                (since,),
-            ).fetchall()
-    except sqlite3.Error as exc:
-        raise ConfigError(f"--audit-db: {db} is not an audit log of `slm serve` ({exc})") from exc
+        with reading(db, "start `slm serve` first") as conn:
+            rows = [
+                (r["ts"], r["latency_s"], r["prompt_tokens"], r["completion_tokens"])
+                for r in query(
+                    conn,
+                    "SELECT ts, latency_s, prompt_tokens, completion_tokens FROM requests "
+                    f"WHERE status = 200 AND ts >= ? AND {user_traffic(conn)} ORDER BY ts",
+                    (since,),
+                )
+            ]
+    except SlmError as exc:
+        if exc.message.startswith("no audit log"):
+            raise ConfigError(
+                f"--audit-db: no audit log at {where} (start `slm serve` first)"
+            ) from None
+        raise ConfigError(f"--audit-db: {exc.message}") from None
     if not rows:
         raise ConfigError(
-            f"--audit-db: no answered request in the last {window_days:g} days of {db}"
+            f"--audit-db: no answered request in the last {window_days:g} days of {where}"
         )
     routed, local = _routed_counts(db, window_days * DAY_S, now)
     return AuditProfile(
-        db=str(db),
+        db=where,
         window_days=window_days,
         requests=len(rows),
         requests_per_day=len(rows) / window_days,
@@ -140,14 +148,14 @@ def audit_profile(db: Path, window_days: float, now: float | None = None) -> Aud
     )
 
 
-def _routed_counts(db: Path, window_s: float, now: float | None) -> tuple[int, int]:
+def _routed_counts(db: Path | str, window_s: float, now: float | None) -> tuple[int, int]:
     """Answered routed requests and how many of them the chain's first member answered (0, 0 for
     a log without routes, or one written before the audit log had route columns)."""
     from slmkit.serve.logs import route_stats
 
     try:
         stats = route_stats(db, window_s, now)
-    except sqlite3.Error:
+    except sqlite3.Error:  # a SQLite file older than the route columns
         return 0, 0
     known = [s for s in stats if s.first_member is not None]
     return sum(s.answered for s in known), sum(s.local for s in known)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmkit.errors import SlmError
+from slmkit.serve.audit_schema import reading
+from slmkit.state.sql import query
+
+HINT = "run `slm serve` first, or pass --audit / --config"
 
 GENERATION_ENDPOINTS = ("chat", "completions")
 # requests columns read here that older audit files may lack (an old file is read as it is)
@@ -68,44 +70,31 @@ def parse_flat_prompt(text: str) -> list[dict[str, Any]]:
     return messages
 
 
-def open_audit(path: Path) -> sqlite3.Connection:
-    """The audit file read-only; one-line error when there is none."""
-    if not path.is_file():
-        raise SlmError(
-            f"no audit log at {path}", hint="run `slm serve` first, or pass --audit / --config"
-        )
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        conn.row_factory = sqlite3.Row
-        conn.execute("SELECT 1 FROM requests LIMIT 1")
-    except sqlite3.DatabaseError as exc:
-        raise SlmError(f"{path}: not an audit log of `slm serve` ({exc})") from None
-    return conn
-
-
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-
-
 def read_rows(
-    path: Path, since: float | None = None, until: float | None = None, model: str | None = None
+    path: Path | str,
+    since: float | None = None,
+    until: float | None = None,
+    model: str | None = None,
 ) -> list[FeedbackRow]:
     """Answered generation requests in [since, until), each with its LATEST feedback.
 
     `model` matches the public model id asked for or the model that answered (a route's member).
     """
-    with open_audit(path) as conn:
-        have = _columns(conn, "requests")
+    with reading(path, HINT) as conn:
+        have = conn.columns("requests")
         optional = ", ".join(
             f"r.{name}" if name in have else f"NULL AS {name}" for name in OPTIONAL_COLUMNS
         )
-        tags = "f.tags" if "tags" in _columns(conn, "feedback") else "NULL"
+        tags = "f.tags" if "tags" in conn.columns("feedback") else "NULL"
         where, params = _filters(since, until, model, served_by="served_by" in have)
-        rows = conn.execute(
+        rows = query(
+            conn,
             f"""
             WITH latest AS (
                 SELECT request_id, rating, correction, {tags} AS tags,
-                       ROW_NUMBER() OVER (PARTITION BY request_id ORDER BY ts DESC, rowid DESC) AS n
+                       ROW_NUMBER() OVER (
+                           PARTITION BY request_id ORDER BY ts DESC, {conn.rowid} DESC
+                       ) AS n
                 FROM feedback f
             )
             SELECT r.id, r.ts, r.model, r.endpoint, r.prompt_text, r.response_text, {optional},
@@ -114,8 +103,8 @@ def read_rows(
             WHERE {where} ORDER BY r.ts
             """,
             params,
-        ).fetchall()
-    return [_row(dict(r)) for r in rows]
+        )
+    return [_row(r) for r in rows]
 
 
 def _filters(

@@ -10,13 +10,17 @@ import typer
 from slmkit.errors import SlmError
 from slmkit.monitor.serve_section import MonitoredServeConfig
 from slmkit.serve.config import AuditSettings, OutputFilter, ServeConfig
+from slmkit.state.config import as_target
 
 if TYPE_CHECKING:
     from rich.table import Table
 
     from slmkit.feedback.export import ExportReport
 
-AUDIT_HELP = "Audit SQLite file of `slm serve` (default: from --config, else the serve default)."
+AUDIT_HELP = (
+    "Audit log of `slm serve`: a SQLite file or a postgresql:// URL (default: from --config, "
+    "its state.database or audit.path, else the serve default)."
+)
 SINCE_HELP = "Start: a date (2026-11-27), an ISO time (UTC unless it says) or a duration (7d, 12h)."
 
 feedback_app = typer.Typer(
@@ -33,10 +37,10 @@ def _serve_config(config: Path | None) -> ServeConfig | None:
     return load_config(config, MonitoredServeConfig, [])  # serve.yaml may have a `monitor:` section
 
 
-def _audit_path(audit: Path | None, cfg: ServeConfig | None) -> Path:
+def _audit_path(audit: str | None, cfg: ServeConfig | None) -> Path | str:
     if audit is not None:
-        return audit
-    return (cfg.audit if cfg is not None else AuditSettings()).db_path()
+        return as_target(audit)
+    return cfg.audit_target() if cfg is not None else AuditSettings().db_path()
 
 
 @feedback_app.command("export")
@@ -58,7 +62,7 @@ def export_cmd(
         str | None,
         typer.Option(help="Only requests for this model id or answered by it (a route's member)."),
     ] = None,
-    audit: Annotated[Path | None, typer.Option(help=AUDIT_HELP)] = None,
+    audit: Annotated[str | None, typer.Option(metavar="FILE|URL", help=AUDIT_HELP)] = None,
     config: Annotated[
         Path | None,
         typer.Option("--config", "-c", help="serve.yaml: its audit path and output filter."),
@@ -119,7 +123,7 @@ def stats_cmd(
         str | None,
         typer.Option(help="Only requests for this model id or answered by it (a route's member)."),
     ] = None,
-    audit: Annotated[Path | None, typer.Option(help=AUDIT_HELP)] = None,
+    audit: Annotated[str | None, typer.Option(metavar="FILE|URL", help=AUDIT_HELP)] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="serve.yaml: its audit path.")
     ] = None,

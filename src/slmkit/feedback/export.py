@@ -69,7 +69,7 @@ class ExportReport:
 
 
 def export_feedback(
-    audit_path: Path,
+    audit_path: Path | str,
     target: ExportTarget,
     out: Path,
     *,
@@ -89,7 +89,9 @@ def export_feedback(
     return report
 
 
-def feedback_eval_rows(audit_path: Path, since: float | None, model: str | None) -> list[dict]:
+def feedback_eval_rows(
+    audit_path: Path | str, since: float | None, model: str | None
+) -> list[dict]:
     """Eval-set rows (docs/evaluate.md) whose reference is an approved or corrected answer."""
     records, _ = build_records(read_rows(audit_path, since, None, model), "eval", None)
     return records

@@ -61,7 +61,7 @@ class ModelFeedback:
 
 
 def feedback_stats(
-    audit_path: Path, since: float | None = None, model: str | None = None
+    audit_path: Path | str, since: float | None = None, model: str | None = None
 ) -> list[ModelFeedback]:
     """Per answering model, then an `all` line when there is more than one model."""
     per_model: dict[str, ModelFeedback] = {}

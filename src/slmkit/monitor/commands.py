@@ -54,7 +54,9 @@ def monitor_cmd(
     url: str = option(MonitorConfig, "url", "--url"),
     model: str = option(MonitorConfig, "model", "--model", "-m"),
     evals: list[Path] | None = option(MonitorConfig, "evals", "--eval", metavar="SET"),
-    feedback_audit: Path | None = option(MonitorConfig, "feedback_audit", "--feedback-audit"),
+    feedback_audit: str | None = option(
+        MonitorConfig, "feedback_audit", "--feedback-audit", metavar="FILE|URL"
+    ),
     since: str | None = option(MonitorConfig, "since", "--since"),
     baseline: str = option(MonitorConfig, "baseline", "--baseline"),
     threshold: float = option(MonitorConfig, "threshold", "--threshold"),

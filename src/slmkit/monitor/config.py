@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from slmkit.config import http_url
 from slmkit.monitor.settings import MonitorSettings
 from slmkit.serve.alert_config import WebhookSettings
+from slmkit.state.config import DatabaseTarget
 
 
 class MonitorConfig(MonitorSettings):
@@ -18,9 +19,9 @@ class MonitorConfig(MonitorSettings):
         description="OpenAI-compatible base URL of the server, e.g. http://127.0.0.1:8000/v1."
     )
     model: str = Field(description="Model id to evaluate at that server.")
-    feedback_audit: Path | None = Field(
+    feedback_audit: DatabaseTarget | None = Field(
         default=None,
-        description="Audit log of `slm serve`: also evaluate on the set built from its approved "
+        description="Audit log of `slm serve` (a SQLite file or a postgresql:// URL): also evaluate on the set built from its approved "
         "and corrected answers (`slm feedback export --to eval`).",
     )
     webhook: WebhookSettings | None = Field(

@@ -27,6 +27,7 @@ from slmkit.evaluate.generate import Generation
 from slmkit.monitor.config import MonitorConfig
 from slmkit.paths import slm_home
 from slmkit.serve.alerts import Alert, AlertStatus, alert_payload, log_change
+from slmkit.state.sql import describe_target
 
 SetStatus = Literal["baseline", "ok", "drift", "no baseline"]
 FEEDBACK_SET = "feedback"
@@ -266,7 +267,11 @@ def drift_alert(config: MonitorConfig, score: SetScore, since: str, status: Aler
             f"{change:+.0%}): back within the {config.threshold:.0%} threshold"
         )
     else:
-        audit = f" --audit {config.feedback_audit}" if config.feedback_audit is not None else ""
+        audit = (  # a URL's password is left out of the message
+            f" --audit {describe_target(config.feedback_audit)}"
+            if config.feedback_audit is not None
+            else ""
+        )
         message = (
             f"{score.metric} on {score.name} is {score.value:.3f}, {-change:.0%} below its "
             f"baseline {score.baseline:.3f} (threshold {config.threshold:.0%}). Retrain on recent feedback: "

@@ -27,7 +27,7 @@ def monitor_config(config: ServeConfig, section: ServeMonitor) -> MonitorConfig:
         **shared,
         url=f"http://{host}:{config.port}/v1",
         model=section.model,
-        feedback_audit=config.audit.db_path() if section.feedback else None,
+        feedback_audit=config.audit_target() if section.feedback else None,
         webhook=config.alerting.webhook,
     )
 

@@ -19,7 +19,8 @@ models_app = typer.Typer(invoke_without_command=True)
 @models_app.callback()
 def models_cmd(ctx: typer.Context) -> None:
     """List the model names slm knows; `warm` prepares a cache; `versions`, `promote` and
-    `register` manage the version registry."""
+    `register` manage the version registry ($SLM_HOME/registry.db, or SLM_REGISTRY: another
+    file or the postgresql:// URL that several gateways follow)."""
     if ctx.invoked_subcommand is not None:
         return
     from slmkit.models import available_models
@@ -68,7 +69,7 @@ def versions_cmd(
         _print_json([v.to_dict() for v in versions])
         return
     if not versions:
-        out.print(f"no versions in {registry.path} yet: `slm train` and `slm export` add them")
+        out.print(f"no versions in {registry.where} yet: `slm train` and `slm export` add them")
         return
     table = Table("id", "kind", "parent", "created", "main score", "aliases")
     table.add_column("path", overflow="fold")

@@ -11,15 +11,15 @@ difference is not significant, the rated answers per version a 10-point differen
 from __future__ import annotations
 
 import math
-import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from slmkit.errors import SlmError
 from slmkit.serve.alerts import is_failure
-from slmkit.serve.audit import user_traffic
-from slmkit.serve.logs import percentile
+from slmkit.serve.audit_schema import reading, user_traffic
+from slmkit.serve.logs import HINT, Db, percentile
+from slmkit.state.sql import query
 
 Z_95 = 1.959964  # two-sided 95%
 Z_POWER = 0.841621  # one-sided 80% power
@@ -188,45 +188,40 @@ def compare(base: VersionStats, other: VersionStats) -> Comparison:
 
 
 # -- the audit log ---------------------------------------------------------------------------
-def _rows(db: Path, model: str, since: float) -> tuple[list[sqlite3.Row], dict[str, int]]:
-    if not db.is_file():
-        raise SlmError(
-            f"no audit log at {db}", hint="start `slm serve` first, or pass --db / --config"
-        )
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    conn.row_factory = sqlite3.Row
-    try:
-        rows = conn.execute(
+def _rows(db: Db, model: str, since: float) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    with reading(db, HINT) as conn:
+        rows = query(
+            conn,
             "SELECT id, status, latency_s, version, model, served_by, route, route_reason "
             f"FROM requests WHERE ts >= ? AND version IS NOT NULL AND {user_traffic(conn)} "
             "AND (model = ? OR served_by = ? "
             "OR route_reason LIKE 'escalated%' OR route_reason LIKE 'fallback%') ORDER BY ts",
             (since, model, model),
-        ).fetchall()
+        )
         ratings = {  # the latest rating of each request
-            request_id: rating
-            for request_id, rating in conn.execute(
+            row["request_id"]: row["rating"]
+            for row in query(
+                conn,
                 "SELECT f.request_id, f.rating FROM feedback f JOIN requests r "
-                "ON r.id = f.request_id WHERE r.ts >= ? AND r.version IS NOT NULL ORDER BY f.ts",
+                f"ON r.id = f.request_id WHERE r.ts >= ? AND r.version IS NOT NULL "
+                f"ORDER BY f.ts, f.{conn.rowid}",
                 (since,),
             )
         }
-    finally:
-        conn.close()
     return rows, ratings
 
 
-def _moved_on(row: sqlite3.Row) -> bool:
+def _moved_on(row: Mapping[str, Any]) -> bool:
     """A route passed the request on (escalated or fell back): the version is an earlier member's."""
     return (row["route_reason"] or "").startswith(("escalated", "fallback"))
 
 
-def _answered_by(row: sqlite3.Row, model: str) -> bool:
+def _answered_by(row: Mapping[str, Any], model: str) -> bool:
     return row["model"] == model or (row["served_by"] == model and not _moved_on(row))
 
 
 def ab_report(
-    db: Path, model: str, since: float | None = None, order: list[str] | None = None
+    db: Db, model: str, since: float | None = None, order: list[str] | None = None
 ) -> AbReport:
     """The versions of `model` over the audit rows since `since` (epoch s; None: all), in the
     order given (the split's arms; the first is the baseline), others after by name."""

@@ -154,3 +154,14 @@ def key_limit_reached(
         code="rate_limit_exceeded",
         headers={"Retry-After": str(retry_after_s)},
     )
+
+
+def state_unavailable(exc: BaseException) -> ApiError:
+    """503 when the server of the state gateways share (Valkey/Redis) does not answer."""
+    return ApiError(
+        503,
+        f"The shared state server is unavailable ({type(exc).__name__}); try again shortly.",
+        type_="server_error",
+        code="state_unavailable",
+        headers={"Retry-After": "2"},
+    )

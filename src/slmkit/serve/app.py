@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from slmkit.config import env_secret
 from slmkit.serve import api_errors
 from slmkit.serve.api_errors import ApiError, body_too_large, invalid_api_key, invalid_request
 from slmkit.serve.audit import key_id
@@ -31,7 +32,10 @@ from slmkit.serve.protocol import (
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-OPEN_PATHS = frozenset({"/health"})
+# Orchestrators' probes send no key: /live (the process serves HTTP), /ready (every engine is
+# ready), /health (the engines' report, 200 when ready). /metrics also opens to the scrape token.
+OPEN_PATHS = frozenset({"/health", "/live", "/ready"})
+METRICS_PATH = "/metrics"
 
 
 class _BodyTooLarge(Exception):
@@ -41,12 +45,20 @@ class _BodyTooLarge(Exception):
 class AuthAndLimitsMiddleware:
     """Pure ASGI (no per-chunk overhead on streams): API key check and request body size limit.
 
-    `api_keys` maps each accepted key to its name, which is all the rest of the gateway sees."""
+    `api_keys` maps each accepted key to its name, which is all the rest of the gateway sees;
+    `metrics_token` opens `/metrics` only (a scrape credential that cannot generate)."""
 
-    def __init__(self, app: Any, api_keys: dict[str, str], max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: Any,
+        api_keys: dict[str, str],
+        max_body_bytes: int,
+        metrics_token: str | None = None,
+    ) -> None:
         self.app = app
         self.keys = [(k.encode(), name) for k, name in api_keys.items()]
         self.max_body = max_body_bytes
+        self.metrics_token = metrics_token.encode() if metrics_token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,7 +67,7 @@ class AuthAndLimitsMiddleware:
         headers = dict(scope.get("headers") or [])
         presented = _bearer(headers.get(b"authorization", b""))
         name = self._key_name(presented)
-        if self.keys and scope["path"] not in OPEN_PATHS and name is None:
+        if self.keys and not self._admitted(scope["path"], name, presented):
             await _send_error(send, invalid_api_key())
             return
         state = scope.setdefault("state", {})
@@ -75,6 +87,14 @@ class AuthAndLimitsMiddleware:
             if hmac.compare_digest(presented, key):
                 found = name
         return found
+
+    def _admitted(self, path: str, name: str | None, presented: bytes) -> bool:
+        """An open path, one of our keys, or the scrape token on /metrics."""
+        if path in OPEN_PATHS or name is not None:
+            return True
+        if self.metrics_token is None or path != METRICS_PATH:
+            return False
+        return hmac.compare_digest(presented, self.metrics_token)
 
     async def _call_limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         received = 0
@@ -167,6 +187,9 @@ def create_app(gateway: Gateway, *, manage_engines: bool = True) -> FastAPI:
         AuthAndLimitsMiddleware,
         api_keys=gateway.key_limits.names_by_value,
         max_body_bytes=config.limits.max_body_bytes,
+        metrics_token=env_secret(
+            config.metrics_token_env, "metrics_token_env", hint="export it before `slm serve`"
+        ),
     )
     return app
 
@@ -234,11 +257,19 @@ def _add_routes(app: FastAPI, gateway: Gateway) -> None:
         return await gateway.feedback(body)
 
     @app.get("/health")
+    @app.get("/ready")
     async def health() -> JSONResponse:
+        """The engines' report: 200 when every engine is ready, else 503 (a readiness probe)."""
         report = await gateway.health()
         return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
-    @app.get("/metrics")
+    @app.get("/live")
+    async def live() -> dict[str, str]:
+        """200 while the process serves HTTP (a liveness probe): a restarting engine is no reason
+        to kill the pod, the gateway restarts it itself."""
+        return {"status": "ok"}
+
+    @app.get(METRICS_PATH)
     async def metrics() -> Response:
         data = await asyncio.to_thread(gateway.render_metrics)
         return Response(data, media_type="text/plain; version=0.0.4; charset=utf-8")

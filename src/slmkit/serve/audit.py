@@ -1,4 +1,5 @@
-"""The audit log: one SQLite row (WAL mode) per request, written by a background thread.
+"""The audit log: one row per request, written by a background thread, in a SQLite file (WAL
+mode; the default) or in PostgreSQL (`state.database`), which several gateways can share.
 
 Text is stored only with `log_text: true`, after the redaction rules; API keys only as hashes.
 """
@@ -10,29 +11,19 @@ import hashlib
 import json
 import queue
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from slmkit.console import warn
+from slmkit.serve.audit_schema import MONITOR_SOURCE as MONITOR_SOURCE  # the gateway's import
+from slmkit.serve.audit_schema import open_for_writing
 from slmkit.serve.config import AuditSettings
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    id TEXT PRIMARY KEY, ts REAL NOT NULL, key_id TEXT, model TEXT, endpoint TEXT, status INTEGER,
-    error_code TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, ttft_s REAL,
-    stream INTEGER, cached INTEGER, prompt_text TEXT, response_text TEXT, route TEXT,
-    route_reason TEXT, served_by TEXT, replica TEXT, sources TEXT, version TEXT, source TEXT
-);
-CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
-CREATE TABLE IF NOT EXISTS feedback (
-    request_id TEXT NOT NULL, ts REAL NOT NULL, rating INTEGER NOT NULL, correction TEXT, tags TEXT
-);
-"""
+from slmkit.state.sql import StateError, describe_target, query, upsert_sql
 
 
 def key_id(api_key: str | None) -> str | None:
@@ -68,50 +59,12 @@ class AuditRecord:
     prompt_messages: str | None = None  # JSON of the chat messages as asked (with log_text only)
     source: str | None = None  # "monitor" for the drift monitor's probes; None: a user's request
 
-
-# columns added after the first release: older audit files get them on open
-LATER_COLUMNS = {
-    "route": "TEXT",
-    "route_reason": "TEXT",
-    "served_by": "TEXT",
-    "replica": "TEXT",
-    "sources": "TEXT",
-    "version": "TEXT",
-    "prompt_messages": "TEXT",
-    "source": "TEXT",
-}
-MONITOR_SOURCE = "monitor"  # the X-SLM-Source header value the drift monitor sends
+    def row(self) -> list[Any]:
+        """The values in RECORD_COLUMNS order (flags as 0/1, as both databases store them)."""
+        return [int(v) if isinstance(v, bool) else v for v in asdict(self).values()]
 
 
-def user_traffic(conn: sqlite3.Connection) -> str:
-    """A SQL condition on `requests` keeping what users sent: the drift monitor's probes are
-    left out of statistics, alerts, the A/B report and cost profiles (always true on audit logs
-    older than the `source` column, which are opened read-only and cannot gain it)."""
-    have = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
-    return f"COALESCE(source, '') != '{MONITOR_SOURCE}'" if "source" in have else "1"
-
-
-# likewise for the feedback table
-LATER_FEEDBACK_COLUMNS = {"tags": "TEXT"}
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, check_same_thread=False, timeout=10)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
-    have = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
-    for name, kind in LATER_COLUMNS.items():
-        if name not in have:
-            conn.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
-    have = {row[1] for row in conn.execute("PRAGMA table_info(feedback)")}
-    for name, kind in LATER_FEEDBACK_COLUMNS.items():
-        if name not in have:
-            conn.execute(f"ALTER TABLE feedback ADD COLUMN {name} {kind}")
-    conn.commit()
-    return conn
-
+RECORD_COLUMNS = list(AuditRecord.__dataclass_fields__)
 
 QUEUE_SIZE = 50_000  # rows waiting for the writer; beyond that a row is dropped (and counted)
 BATCH = 256  # rows written per transaction
@@ -122,23 +75,35 @@ class AuditLog:
     """A bounded queue and a writer thread, so the event loop never waits on disk.
 
     The writer redacts the text (off the event loop), writes whatever is queued in one
-    transaction (up to BATCH rows), and counts what goes wrong through `on_problem(kind)`:
-    `dropped` (the queue was full), `write_error` (SQLite refused a batch). Feedback for a
-    request that is still queued is accepted without waiting for it to be written.
+    transaction (up to BATCH rows: requests answered together are committed together), and
+    counts what goes wrong through `on_problem(kind)`: `dropped` (the queue was full),
+    `write_error` (the database refused a row). `record` returns a future that says when the row
+    is committed, so a caller may answer only then (`audit.durable`). Feedback is written at once
+    (it is answered `stored` only once it is); for a request that is still queued it does not
+    wait for the request's row, and one another gateway logged in the same PostgreSQL database
+    is found there.
     """
 
     def __init__(
-        self, settings: AuditSettings, on_problem: Callable[[str], None] | None = None
+        self,
+        settings: AuditSettings,
+        on_problem: Callable[[str], None] | None = None,
+        *,
+        database: Path | str | None = None,
     ) -> None:
         self.settings = settings
-        self.path = settings.db_path()
+        # a SQLite file or a PostgreSQL URL (the serve config's `audit_target()`), else the file
+        self.path: Path | str = database if database is not None else settings.db_path()
+        self.where = describe_target(self.path)
         self.rules = [(name, re.compile(p)) for name, p in settings.redact.items()]
         self.on_problem = on_problem or (lambda kind: None)
-        self._queue: queue.Queue[AuditRecord | tuple[str, Any] | None] = queue.Queue(QUEUE_SIZE)
+        self._queue: queue.Queue[tuple[AuditRecord, Future[None]] | None] = queue.Queue(QUEUE_SIZE)
         self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._recent_lock = threading.Lock()
         self._warned_at = 0.0
-        self._conn = connect(self.path)
+        self.healthy = True  # the last batch was written (callers stop waiting while it is not)
+        self._db = open_for_writing(self.path)
+        self._upsert = upsert_sql(self._db, "requests", RECORD_COLUMNS)
         self._thread = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -164,19 +129,23 @@ class AuditLog:
                         part["text"] = self.redact(part["text"])
         return json.dumps(messages, ensure_ascii=False)
 
-    def record(self, rec: AuditRecord) -> None:
-        """Queue a request's row (never blocks; redacted by the writer)."""
+    def record(self, rec: AuditRecord) -> Future[None]:
+        """Queue a request's row (never blocks; redacted by the writer). The future is done when
+        the row is committed, or failed when it was dropped or refused."""
         if not self.settings.log_text:
             rec.prompt_text = rec.response_text = rec.prompt_messages = None
+        written: Future[None] = Future()
         try:
-            self._queue.put_nowait(rec)
+            self._queue.put_nowait((rec, written))
         except queue.Full:
             self._problem("dropped", f"audit queue full ({QUEUE_SIZE} rows): rows are dropped")
-            return
+            _settle(written, StateError(f"audit log {self.where}: queue full"))
+            return written
         with self._recent_lock:
             self._recent[rec.id] = None
             if len(self._recent) > RECENT_IDS:
                 self._recent.popitem(last=False)
+        return written
 
     def add_feedback(
         self,
@@ -189,20 +158,27 @@ class AuditLog:
         such request was logged."""
         with self._recent_lock:
             known = request_id in self._recent
-        if not known and not self._logged(request_id):
-            return False
-        row = (request_id, time.time(), rating, correction, json.dumps(tags or []))
-        self._queue.put(("feedback", row))  # may wait for room: this runs in a worker thread
-        self.flush()
+        try:
+            if not known and not self._logged(request_id):
+                return False
+            with self._db.transaction() as tx:  # written before it is answered `stored`
+                tx.execute(
+                    "INSERT INTO feedback (request_id, ts, rating, correction, tags)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        request_id,
+                        time.time(),
+                        rating,
+                        self.redact(correction),
+                        json.dumps(tags or []),
+                    ),
+                )
+        except self._db.Error as exc:
+            raise StateError(f"audit log {self.where}: feedback not stored ({exc})") from exc
         return True
 
     def _logged(self, request_id: str) -> bool:
-        reader = sqlite3.connect(self.path, timeout=10)
-        try:
-            found = reader.execute("SELECT 1 FROM requests WHERE id = ?", (request_id,)).fetchone()
-        finally:
-            reader.close()
-        return found is not None
+        return bool(query(self._db, "SELECT 1 AS found FROM requests WHERE id = ?", (request_id,)))
 
     def flush(self) -> None:
         self._queue.join()
@@ -210,7 +186,7 @@ class AuditLog:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
-        self._conn.close()
+        self._db.close()
 
     def _problem(self, kind: str, message: str) -> None:
         self.on_problem(kind)
@@ -235,42 +211,45 @@ class AuditLog:
             if None in items:
                 return
 
-    def _write(self, items: list[AuditRecord | tuple[str, Any]]) -> None:
-        """One transaction for a batch of rows (redacted here, off the event loop); when SQLite
-        refuses the batch, each row on its own, so one bad row costs only itself."""
-        for item in items:
-            if isinstance(item, AuditRecord) and self.settings.log_text:
-                item.prompt_text = self.redact(item.prompt_text)
-                item.response_text = self.redact(item.response_text)
-                item.prompt_messages = self.redact_messages(item.prompt_messages)
+    def _write(self, items: list[tuple[AuditRecord, Future[None]]]) -> None:
+        """One transaction for a batch of rows (redacted here, off the event loop); when the
+        database refuses the batch, each row on its own, so one bad row costs only itself."""
+        for rec, _ in items:
+            if self.settings.log_text:
+                rec.prompt_text = self.redact(rec.prompt_text)
+                rec.response_text = self.redact(rec.response_text)
+                rec.prompt_messages = self.redact_messages(rec.prompt_messages)
         try:
-            with self._conn:
-                for item in items:
-                    self._insert(item)
-            return
-        except sqlite3.Error:
+            self._insert([rec for rec, _ in items])
+        except self._db.Error:
             pass
-        for item in items:
-            try:
-                with self._conn:
-                    self._insert(item)
-            except sqlite3.Error as exc:  # the audit log must never take the gateway down
-                self._problem(
-                    "write_error", f"audit log {self.path}: a row was not written ({exc})"
-                )
-
-    def _insert(self, item: AuditRecord | tuple[str, Any]) -> None:
-        if isinstance(item, AuditRecord):
-            row = asdict(item)
-            cols = ", ".join(row)
-            marks = ", ".join("?" for _ in row)
-            self._conn.execute(
-                f"INSERT OR REPLACE INTO requests ({cols}) VALUES ({marks})", list(row.values())
-            )
         else:
-            request_id, ts, rating, correction, tags = item[1]
-            self._conn.execute(
-                "INSERT INTO feedback (request_id, ts, rating, correction, tags)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (request_id, ts, rating, self.redact(correction), tags),
-            )
+            self.healthy = True
+            for _, written in items:
+                _settle(written)
+            return
+        for rec, written in items:
+            try:
+                self._insert([rec])
+            except self._db.Error as exc:  # the audit log must never take the gateway down
+                self.healthy = False
+                self._problem(
+                    "write_error", f"audit log {self.where}: a row was not written ({exc})"
+                )
+                _settle(written, StateError(f"audit log {self.where}: {exc}"))
+            else:
+                self.healthy = True
+                _settle(written)
+
+    def _insert(self, records: list[AuditRecord]) -> None:
+        with self._db.transaction() as tx:
+            tx.executemany(self._upsert, [rec.row() for rec in records])
+
+
+def _settle(written: Future[None], error: Exception | None = None) -> None:
+    """Tell a row's caller how its write went (a caller that stopped waiting is not told)."""
+    if written.set_running_or_notify_cancel():
+        if error is None:
+            written.set_result(None)
+        else:
+            written.set_exception(error)

@@ -20,6 +20,7 @@ from slmkit.serve.alert_config import AlertingSettings, AlertRule
 from slmkit.serve.engines.settings import LlamaCppSettings, TransformersSettings, VllmSettings
 from slmkit.serve.model_config import MODEL_ID, EngineName, ModelEntry
 from slmkit.serve.route_config import Route, route_problem
+from slmkit.state.config import StateSettings
 
 ContextPolicy = Literal["reject", "prune", "summarize"]
 DEFAULT_REDACTIONS = {
@@ -76,6 +77,12 @@ class CacheSettings(StrictModel):
     max_entries: int = Field(
         default=1024, ge=1, description="Entries kept (least recently used dropped)."
     )
+    ttl_s: float = Field(
+        default=86_400,
+        gt=0,
+        description="Seconds an answer is kept in the shared cache (`state.cache`); in memory "
+        "`max_entries` bounds it instead.",
+    )
 
 
 class OutputFilter(StrictModel):
@@ -94,14 +101,21 @@ class OutputFilter(StrictModel):
 
 
 class AuditSettings(StrictModel):
-    """The SQLite audit log of every request."""
+    """The audit log of every request: a SQLite file, or PostgreSQL with `state.database`."""
 
     enabled: bool = Field(default=True, description="Write one row per request.")
     path: Path | None = Field(
-        default=None, description="SQLite file; default `$SLM_HOME/serve/audit.db`."
+        default=None,
+        description="SQLite file; default `$SLM_HOME/serve/audit.db` (unused with `state.database`).",
     )
     log_text: bool = Field(
         default=False, description="Also store prompt and response text (after redaction)."
+    )
+    durable: bool = Field(
+        default=True,
+        description="Answer a non-streamed request only once its row is committed, so a crash "
+        "loses no answered request's row (rows answered together are committed together); "
+        "false: rows are written in the background.",
     )
     redact: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_REDACTIONS),
@@ -208,6 +222,11 @@ class ServeConfig(StrictModel):
         default_factory=list,
         description="Named API keys with optional per-key rpm / tpm / daily_tokens limits.",
     )
+    metrics_token_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable holding a bearer token that opens only "
+        "`/metrics` (a scrape credential; API keys open it too).",
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS; empty = CORS off."
     )
@@ -223,7 +242,12 @@ class ServeConfig(StrictModel):
         description="Blocklist and PII redaction of responses.",
     )
     audit: AuditSettings = Field(
-        default_factory=lambda: AuditSettings(), description="SQLite audit log."
+        default_factory=lambda: AuditSettings(), description="Audit log of every request."
+    )
+    state: StateSettings = Field(
+        default_factory=lambda: StateSettings(),
+        description="Where state shared by several gateways lives (PostgreSQL, Valkey/Redis); "
+        "empty = files and memory on this machine.",
     )
     alerts: list[AlertRule] = Field(
         default_factory=lambda: [AlertRule(name="error-rate")],
@@ -256,6 +280,11 @@ class ServeConfig(StrictModel):
         "generated. A chat request's `include_reasoning: false` hides it for that request.",
     )
 
+    def audit_target(self) -> Path | str:
+        """Where the audit rows go: the PostgreSQL URL of `state.database` when set (several
+        gateways share it), else the SQLite file of `audit.path`."""
+        return self.state.database_url() or self.audit.db_path()
+
     @model_validator(mode="after")
     def _unique_ids(self) -> ServeConfig:
         ids = [m.id for m in self.models]
@@ -273,6 +302,11 @@ class ServeConfig(StrictModel):
         if problem:
             raise ValueError(problem)
         return routes
+
+    @field_validator("metrics_token_env")
+    @classmethod
+    def _check_metrics_token_env(cls, value: str | None) -> str | None:
+        return env_name(value, "metrics_token_env", "SLM_METRICS_TOKEN")
 
     @field_validator("keys")
     @classmethod

@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 from fastapi import Request
@@ -36,6 +37,7 @@ from slmkit.serve.generation import (
 from slmkit.serve.key_limits import KeyLimits
 from slmkit.serve.logs import tokens_today_by_key
 from slmkit.serve.metrics import GatewayMetrics
+from slmkit.serve.model_cards import ModelCards
 from slmkit.serve.openai_wire import completion_body, wire_vector
 from slmkit.serve.protocol import (
     ChatCompletionRequest,
@@ -48,6 +50,10 @@ from slmkit.serve.rag import GatewayRag
 from slmkit.serve.routing import RoutePlan, Router
 from slmkit.serve.streaming import StreamResponder
 from slmkit.serve.webhook import WebhookSender
+from slmkit.state import redis_state
+from slmkit.state.sql import StateError
+
+AUDIT_WAIT_S = 5.0  # longest wait for a request's audit row before answering it anyway
 
 
 class Companion(Protocol):
@@ -74,11 +80,13 @@ class Gateway:
         self.embedder = embedder
         self.metrics = GatewayMetrics()
         self.audit: AuditLog | None = None
-        self.cache = AnswerCache(config.cache, engines, self.metrics)
+        self.cache_url = config.state.cache_url()  # Valkey/Redis that gateways share, or None
+        self.shared = redis_state.connect(self.cache_url) if self.cache_url else None
+        self.cache = AnswerCache(config.cache, engines, self.metrics, self.shared)
         self.admission = Admission(engines, config.limits.max_queue, self.metrics)
         self.router = Router(config, engines, self.admission, self.metrics)
         self.rag = GatewayRag.load(config, embedder)  # `rag:` indexes: a bad one stops the start
-        self.key_limits = KeyLimits.from_config(config, self.metrics)
+        self.key_limits = KeyLimits.from_config(config, self.metrics, self.shared)
         self.webhook = (
             WebhookSender(config.alerting.webhook, self.metrics.alert_deliveries)
             if config.alerting.webhook is not None
@@ -94,6 +102,8 @@ class Gateway:
         )
         self.created = int(time.time())
         self.streams = StreamResponder(config, self.metrics, self.created)
+        embeddings_id = config.embeddings.model_id if embedder is not None else None
+        self.cards = ModelCards(engines, self.router.routes, embeddings_id, self.created)
         for engine in self.unique_engines():
             if hasattr(engine, "on_restart"):
                 engine.on_restart = self._on_engine_restart
@@ -105,9 +115,15 @@ class Gateway:
         return list({id(e): e for e in self.engines.values()}.values())
 
     async def start(self) -> None:
+        if self.shared is not None and self.cache_url is not None:
+            await redis_state.check_reachable(self.shared, self.cache_url)
         if self.config.audit.enabled:
             problems = self.metrics.audit_problems
-            self.audit = AuditLog(self.config.audit, lambda kind: problems.labels(kind).inc())
+            self.audit = AuditLog(
+                self.config.audit,
+                lambda kind: problems.labels(kind).inc(),
+                database=self.config.audit_target(),
+            )
             self.key_limits.seed_daily(tokens_today_by_key(self.audit.path))
         started: list[Engine] = []
         try:
@@ -133,6 +149,9 @@ class Gateway:
         await asyncio.gather(
             *(engine.stop() for engine in self.unique_engines()), return_exceptions=True
         )
+        await self.key_limits.drain()
+        if self.shared is not None:
+            await self.shared.aclose()
         if self.audit is not None:
             self.audit.close()
 
@@ -149,6 +168,7 @@ class Gateway:
         settles the same way when it closes."""
         ctx = self._context(body, request, endpoint)
         slot: AdmissionSlot | None = None
+        written: Future[None] | None = None
         try:
             plan = await self.router.plan(body, request.headers, ctx)  # aims ctx.gen
             engine = self.engines[plan.target]
@@ -163,7 +183,7 @@ class Gateway:
             slot = self.router.admit(plan, ctx)  # a member that is down or full passes it on
             admitted = slot
             answer = lambda: self._answer(body, ctx, admitted, plan)  # noqa: E731
-            return await self.rag.answer(ctx, answer)  # passages in, `sources` out
+            response = await self.rag.answer(ctx, answer)  # passages in, `sources` out
         except asyncio.CancelledError:  # the client left before its answer
             ctx.status = 499
             raise
@@ -174,7 +194,11 @@ class Gateway:
             if not ctx.stream_settles:  # else the stream's `on_close` settles it
                 if slot is not None:
                     slot.release()
-                self._finish(ctx, ctx.error)
+                written = self._finish(ctx, ctx.error)
+        # answered once it is on record (unless the database is failing: then answers go on)
+        if written is not None and self.config.audit.durable and self.audit and self.audit.healthy:
+            await _on_record(written)
+        return response
 
     async def _answer(
         self,
@@ -188,11 +212,11 @@ class Gateway:
         engine = self.engines[plan.target]
         policy = getattr(body, "context_policy", None) or self.config.limits.context_policy
         await self._fit_context(engine, ctx, policy)
-        outcome = self.cache.lookup(ctx)
+        outcome = await self.cache.lookup(ctx)
         if not ctx.gen.stream:
             if outcome is None:
                 outcome = await self.router.run(plan, ctx, slot)
-                self.cache.store(ctx, outcome)
+                await self.cache.store(ctx, outcome)
             return self._json_response(ctx, outcome)
         on_close = self._stream_closer(ctx, slot)
         if outcome is None and plan.holds_stream:
@@ -211,7 +235,7 @@ class Gateway:
             slot.release()
             self._finish(ctx, ctx.error)
             if ctx.status == 200 and ctx.outcome is not None and not ctx.rec.cached:
-                self.cache.store(ctx, ctx.outcome)
+                await self.cache.store(ctx, ctx.outcome)
 
         return on_close
 
@@ -267,10 +291,11 @@ class Gateway:
         )
 
     # -- bookkeeping ------------------------------------------------------------------------
-    def _finish(self, ctx: RequestContext, error: ApiError | None = None) -> None:
-        """Metrics, alert window and audit record of a request that is over (once)."""
+    def _finish(self, ctx: RequestContext, error: ApiError | None = None) -> Future[None] | None:
+        """Metrics, alert window and audit record of a request that is over (once); the audit
+        row's future, done once it is committed."""
         if ctx.finished:
-            return
+            return None
         ctx.finished = True
         rec = ctx.rec
         rec.latency_s = time.perf_counter() - ctx.started
@@ -296,41 +321,14 @@ class Gateway:
         escalated = (rec.route_reason or "").startswith("escalated")
         if rec.source != MONITOR_SOURCE:
             self.alerts.record(rec.status, rec.latency_s, escalated, rec.model)
-        if self.audit is not None:
-            self.audit.record(rec)
+        return self.audit.record(rec) if self.audit is not None else None
 
     # -- other endpoints --------------------------------------------------------------------
     def list_models(self) -> dict[str, Any]:
-        data = [self._card(model_id) for model_id in self.engines]
-        data += [self._card(route_id, "route") for route_id in self.router.routes]
-        if self.embedder is not None:
-            data.append(self._card(self.config.embeddings.model_id, "embeddings"))
-        return {"object": "list", "data": data}
-
-    def _card(self, model_id: str, kind: str | None = None) -> dict[str, Any]:
-        engine = kind or self.engines[model_id].kind
-        card: dict[str, Any] = {
-            "id": model_id,
-            "object": "model",
-            "created": self.created,
-            "owned_by": f"slmkit:{engine}",
-        }
-        arms = getattr(self.engines.get(model_id), "arm_cards", None) if kind is None else None
-        if arms is not None:  # an A/B split: its versions and their weights
-            card["versions"] = arms()
-        version = getattr(self.engines.get(model_id), "version", None) if kind is None else None
-        if isinstance(version, str):  # a registry alias: the version answering now
-            card["version"] = version
-        return card
+        return self.cards.listing()
 
     def model_card(self, model_id: str) -> dict[str, Any]:
-        if model_id in self.engines:
-            return self._card(model_id)
-        if model_id in self.router.routes:
-            return self._card(model_id, "route")
-        if self.embedder is not None and model_id == self.config.embeddings.model_id:
-            return self._card(model_id, "embeddings")
-        raise api_errors.model_not_found(model_id)
+        return self.cards.card(model_id)
 
     async def health(self) -> dict[str, Any]:
         engines = [await engine.health() for engine in self.unique_engines()]
@@ -352,9 +350,12 @@ class Gateway:
             raise ApiError(
                 400, "feedback needs the audit log (audit.enabled: true)", code="audit_disabled"
             )
-        stored = await asyncio.to_thread(
-            self.audit.add_feedback, body.id, body.rating, body.correction, body.tags
-        )
+        try:
+            stored = await asyncio.to_thread(
+                self.audit.add_feedback, body.id, body.rating, body.correction, body.tags
+            )
+        except StateError as exc:  # the database is down: try again, nothing was stored
+            raise api_errors.state_unavailable(exc) from exc
         if not stored:
             raise ApiError(
                 404,
@@ -386,3 +387,11 @@ class Gateway:
             "model": body.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+
+async def _on_record(written: Future[None]) -> None:
+    """Wait (at most AUDIT_WAIT_S) for a request's audit row to be committed; a failed write is
+    the audit log's to count, not the client's."""
+    waiting = asyncio.wrap_future(written)
+    waiting.add_done_callback(lambda done: done.cancelled() or done.exception())
+    await asyncio.wait([waiting], timeout=AUDIT_WAIT_S)

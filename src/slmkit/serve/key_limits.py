@@ -11,24 +11,31 @@ When a request is counted (the generation endpoints, chat and completions):
   replaced by its real usage, prompt + completion tokens as in `usage`; a request that failed
   before generating counts no tokens.
 
-Counters live in this process (one gateway replica); the day's usage is re-read from the audit
-log when the gateway starts.
+Counters live in this process (one gateway replica; the day's usage is re-read from the audit
+log when it starts), or, with `state.cache` set, in Valkey/Redis, where every gateway on it counts
+against the same windows (`slmkit.state.redis_state.KeyWindows`). When that server cannot be
+reached a key with limits is refused with 503 (`state_unavailable`): limits are never skipped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from slmkit.config import env_secret
+from slmkit.console import warn
 from slmkit.errors import ConfigError
-from slmkit.serve.api_errors import ApiError, key_limit_reached
+from slmkit.serve.api_errors import ApiError, key_limit_reached, state_unavailable
 from slmkit.serve.audit import key_id
 from slmkit.serve.config import ServeConfig
 from slmkit.serve.metrics import GatewayMetrics
+from slmkit.state.redis_state import KeyWindows, Refusal
 
 WINDOW_S = 60.0
 DAY_S = 86_400.0
@@ -138,27 +145,38 @@ class KeyState:
     def counts_tokens(self) -> bool:
         return self.key.tpm is not None or self.key.daily_tokens is not None
 
-    def refusal(self, now: float, wall: float) -> tuple[str, ApiError] | None:
-        """The first limit already reached, with its 429; None when the request may go on."""
+    @property
+    def limits(self) -> tuple[int | None, int | None, int | None]:
+        return self.key.rpm, self.key.tpm, self.key.daily_tokens
+
+    def refusal(self, now: float, wall: float) -> Refusal | None:
+        """The first limit already reached; None when the request may go on."""
         k = self.key
         if k.rpm is not None and (used := self.requests.used(now)) >= k.rpm:
-            wait = self.requests.seconds_until_below(k.rpm, now)
-            limit = "requests per minute (RPM)"
-            return "rpm", key_limit_reached(k.name, limit, "requests", k.rpm, used, _whole(wait))
+            return Refusal("rpm", used, self.requests.seconds_until_below(k.rpm, now))
         if k.tpm is not None and (used := self.tokens.used(now) + self.reserved) >= k.tpm:
             wait = self.tokens.seconds_until_below(k.tpm, now, self.reserved)
-            limit = "tokens per minute (TPM)"
-            return "tpm", key_limit_reached(k.name, limit, "tokens", k.tpm, used, _whole(wait))
+            return Refusal("tpm", used, wait)
         if k.daily_tokens is not None and (
             (used := self.daily.used(wall) + self.reserved) >= k.daily_tokens
         ):
-            wait = self.daily.seconds_to_reset(wall)
-            limit = "tokens per day (TPD, resets at 00:00 UTC)"
-            allowed = k.daily_tokens
-            return "daily_tokens", key_limit_reached(
-                k.name, limit, "tokens", allowed, used, _whole(wait)
-            )
+            return Refusal("daily_tokens", used, self.daily.seconds_to_reset(wall))
         return None
+
+    def answer(self, refusal: Refusal) -> ApiError:
+        """The 429 of a reached limit."""
+        what = {
+            "rpm": ("requests per minute (RPM)", "requests", self.key.rpm),
+            "tpm": ("tokens per minute (TPM)", "tokens", self.key.tpm),
+            "daily_tokens": (
+                "tokens per day (TPD, resets at 00:00 UTC)",
+                "tokens",
+                self.key.daily_tokens,
+            ),
+        }
+        limit, unit, allowed = what[refusal.limit]
+        wait = _whole(refusal.wait_s)
+        return key_limit_reached(self.key.name, limit, unit, allowed or 0, refusal.used, wait)
 
 
 def _whole(seconds: float) -> int:
@@ -173,6 +191,7 @@ class KeyTicket:
     state: KeyState
     reserved: int
     settled: bool = False
+    id: str = ""  # its id in the shared windows
 
 
 class KeyLimits:
@@ -185,18 +204,27 @@ class KeyLimits:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        shared: KeyWindows | None = None,
+        hold_s: float = 180.0,
     ) -> None:
         self.names_by_value = {k.value: k.name for k in keys}
         self.states = {k.name: KeyState(k) for k in keys}
         self.metrics = metrics
         self.clock = clock
         self.wall_clock = wall_clock
+        self.shared = shared  # the windows every gateway shares, else this process's counters
+        self.hold_s = hold_s  # how long a shared reservation outlives a gateway that died
+        self._settling: set[asyncio.Task[None]] = set()
         for name in self.states:  # every key has its series from the start
             metrics.key_requests.labels(name)
 
     @classmethod
-    def from_config(cls, config: ServeConfig, metrics: GatewayMetrics) -> KeyLimits:
-        return cls(resolve_keys(config), metrics)
+    def from_config(
+        cls, config: ServeConfig, metrics: GatewayMetrics, cache_client: Any = None
+    ) -> KeyLimits:
+        shared = KeyWindows(cache_client) if cache_client is not None else None
+        hold_s = config.limits.request_timeout_s + 60
+        return cls(resolve_keys(config), metrics, shared=shared, hold_s=hold_s)
 
     async def admit(
         self, name: str | None, count_prompt: Callable[[], Awaitable[int | None]], estimate: int
@@ -206,22 +234,34 @@ class KeyLimits:
         state = self.states.get(name) if name is not None else None
         if state is None:
             return None
-        self._refuse_if_limited(state)  # before counting: a limited key costs no tokenizing
-        prompt = 0
+        ticket = KeyTicket(state, 0, id=uuid.uuid4().hex)
+        if self.shared is None:  # before counting: a limited key costs no tokenizing (on the
+            await self._refuse_if_limited(ticket)  # shared windows one atomic call does it all)
         if state.counts_tokens:
-            prompt = await count_prompt() or estimate
-            self._refuse_if_limited(state)  # others may have been admitted meanwhile
-        state.requests.add(self.clock(), 1)
-        state.reserved += prompt
+            ticket.reserved = await count_prompt() or estimate
+        await self._refuse_if_limited(ticket, take=True)  # others may have been admitted meanwhile
         self.metrics.key_requests.labels(state.key.name).inc()
-        return KeyTicket(state, prompt)
+        return ticket
 
-    def _refuse_if_limited(self, state: KeyState) -> None:
-        refusal = state.refusal(self.clock(), self.wall_clock())
+    async def _refuse_if_limited(self, ticket: KeyTicket, take: bool = False) -> None:
+        """429 when the key's limit is reached; else, with `take`, count the request and hold its
+        reserved tokens (in one atomic step on the shared windows)."""
+        state = ticket.state
+        if self.shared is None:
+            refusal = state.refusal(self.clock(), self.wall_clock())
+            if refusal is None and take:
+                state.requests.add(self.clock(), 1)
+                state.reserved += ticket.reserved
+        else:
+            try:
+                refusal = await self.shared.admit(
+                    state.key.name, state.limits, ticket.reserved, ticket.id, self.hold_s, take
+                )
+            except Exception as exc:  # the server is down: refuse rather than skip the limits
+                raise state_unavailable(exc) from exc
         if refusal is not None:
-            limit, error = refusal
-            self.metrics.key_rejections.labels(state.key.name, limit).inc()
-            raise error
+            self.metrics.key_rejections.labels(state.key.name, refusal.limit).inc()
+            raise state.answer(refusal)
 
     def settle(
         self, ticket: KeyTicket | None, prompt_tokens: int | None, completion_tokens: int
@@ -232,17 +272,37 @@ class KeyLimits:
             return
         ticket.settled = True
         state = ticket.state
-        state.reserved -= ticket.reserved
         prompt = ticket.reserved if prompt_tokens is None else prompt_tokens
         total = prompt + completion_tokens
-        state.tokens.add(self.clock(), total)
-        state.daily.add(self.wall_clock(), total)
+        if self.shared is None:
+            state.reserved -= ticket.reserved
+            state.tokens.add(self.clock(), total)
+            state.daily.add(self.wall_clock(), total)
+        else:  # written in the background: the request is over, nothing waits on it
+            task = asyncio.get_running_loop().create_task(
+                self.shared.settle(state.key.name, ticket.id, total)
+            )
+            self._settling.add(task)
+            task.add_done_callback(self._settled)
         name = state.key.name
         self.metrics.key_tokens.labels(name, "prompt").inc(prompt)
         self.metrics.key_tokens.labels(name, "completion").inc(completion_tokens)
 
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # it lapses after `hold_s`
+            warn(f"per-key limits: a request's usage was not recorded ({task.exception()})")
+
+    async def drain(self) -> None:
+        """Wait for the usage still being written to the shared windows."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
     def seed_daily(self, tokens_by_name: dict[str, int]) -> None:
-        """Today's usage so far (from the audit log) after a restart."""
+        """Today's usage so far (from the audit log) after a restart (the shared windows keep
+        their own: nothing to seed there)."""
+        if self.shared is not None:
+            return
         wall = self.wall_clock()
         for name, tokens in tokens_by_name.items():
             if name in self.states:

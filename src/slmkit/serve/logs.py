@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import sqlite3
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +13,11 @@ from typing import Any
 from slmkit.errors import SlmError
 from slmkit.serve.alert_config import AlertRule
 from slmkit.serve.alerts import Alert, Window, evaluate_window, is_failure, percentile
-from slmkit.serve.audit import user_traffic
+from slmkit.serve.audit_schema import reading, user_traffic
+from slmkit.state.sql import query
+
+Db = Path | str  # an audit log: a SQLite file or a PostgreSQL URL
+HINT = "start `slm serve` first, or pass --db / --config"
 
 
 @dataclass
@@ -33,31 +37,21 @@ class WindowStats:
         return self.errors / self.requests if self.requests else 0.0
 
 
-def _open(db: Path) -> sqlite3.Connection:
-    if not db.is_file():
-        raise SlmError(
-            f"no audit log at {db}", hint="start `slm serve` first, or pass --db / --config"
-        )
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    conn.row_factory = sqlite3.Row
-    return conn
+def recent_requests(db: Db, limit: int = 20) -> list[dict[str, Any]]:
+    with reading(db, HINT) as conn:
+        return query(conn, "SELECT * FROM requests ORDER BY ts DESC LIMIT ?", (limit,))
 
 
-def recent_requests(db: Path, limit: int = 20) -> list[dict[str, Any]]:
-    with _open(db) as conn:
-        rows = conn.execute("SELECT * FROM requests ORDER BY ts DESC LIMIT ?", (limit,)).fetchall()
-    return [dict(r) for r in rows]
-
-
-def window_stats(db: Path, window_s: float, now: float | None = None) -> WindowStats:
+def window_stats(db: Db, window_s: float, now: float | None = None) -> WindowStats:
     """Statistics over the last `window_s` seconds. Failed = status >= 500 or 429."""
     since = (now or time.time()) - window_s
-    with _open(db) as conn:
-        rows = conn.execute(
+    with reading(db, HINT) as conn:
+        rows = query(
+            conn,
             "SELECT ts, status, latency_s, ttft_s, completion_tokens FROM requests "
             f"WHERE ts >= ? AND {user_traffic(conn)}",
             (since,),
-        ).fetchall()
+        )
     ok = [r for r in rows if r["status"] == 200]
     latencies = [r["latency_s"] for r in ok if r["latency_s"] is not None]
     ttfts = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
@@ -80,7 +74,7 @@ def window_stats(db: Path, window_s: float, now: float | None = None) -> WindowS
     )
 
 
-def check_alerts(db: Path, rules: list[AlertRule], now: float | None = None) -> list[Alert]:
+def check_alerts(db: Db, rules: list[AlertRule], now: float | None = None) -> list[Alert]:
     """The rules that fire over the audit log's recent requests."""
     alerts = []
     for rule in rules:
@@ -90,15 +84,15 @@ def check_alerts(db: Path, rules: list[AlertRule], now: float | None = None) -> 
     return alerts
 
 
-def audit_window(db: Path, rule: AlertRule, now: float | None = None) -> Window:
+def audit_window(db: Db, rule: AlertRule, now: float | None = None) -> Window:
     """A rule's window over the audit log: its requests (of its model, if it names one)."""
     since = (now or time.time()) - rule.window_s
-    query = "SELECT status, latency_s, route_reason FROM requests WHERE ts >= ?"
+    sql = "SELECT status, latency_s, route_reason FROM requests WHERE ts >= ?"
     params: tuple[Any, ...] = (since,)
     if rule.model is not None:
-        query, params = query + " AND (model = ? OR route = ?)", (since, rule.model, rule.model)
-    with _open(db) as conn:
-        rows = conn.execute(f"{query} AND {user_traffic(conn)}", params).fetchall()
+        sql, params = sql + " AND (model = ? OR route = ?)", (since, rule.model, rule.model)
+    with reading(db, HINT) as conn:
+        rows = query(conn, f"{sql} AND {user_traffic(conn)}", params)
     latencies = [r["latency_s"] for r in rows if r["status"] == 200 and r["latency_s"] is not None]
     return Window(
         requests=len(rows),
@@ -109,14 +103,14 @@ def audit_window(db: Path, rule: AlertRule, now: float | None = None) -> Window:
     )
 
 
-def feedback_rows(db: Path, limit: int = 20) -> list[dict[str, Any]]:
-    with _open(db) as conn:
-        rows = conn.execute(
+def feedback_rows(db: Db, limit: int = 20) -> list[dict[str, Any]]:
+    with reading(db, HINT) as conn:
+        return query(
+            conn,
             "SELECT f.request_id, f.ts, f.rating, f.correction, r.model, r.prompt_text, r.response_text "
             "FROM feedback f LEFT JOIN requests r ON r.id = f.request_id ORDER BY f.ts DESC LIMIT ?",
             (limit,),
-        ).fetchall()
-    return [dict(r) for r in rows]
+        )
 
 
 @dataclass
@@ -132,20 +126,32 @@ class KeyStats:
         return self.prompt_tokens + self.completion_tokens
 
 
-def key_stats(db: Path, window_s: float, now: float | None = None) -> list[KeyStats]:
+def key_stats(db: Db, window_s: float, now: float | None = None) -> list[KeyStats]:
     """Requests, 429s and tokens per API key name over the last `window_s` seconds."""
     since = (now or time.time()) - window_s
-    with _open(db) as conn:
-        rows = conn.execute(
-            "SELECT key_id, COUNT(*), SUM(status = 429), COALESCE(SUM(prompt_tokens), 0), "
-            "COALESCE(SUM(completion_tokens), 0) FROM requests "
+    with reading(db, HINT) as conn:
+        rows = query(
+            conn,
+            "SELECT key_id, COUNT(*) AS requests, "
+            "SUM(CASE WHEN status = 429 THEN 1 ELSE 0 END) AS rejected, "
+            "COALESCE(SUM(prompt_tokens), 0) AS prompt, "
+            "COALESCE(SUM(completion_tokens), 0) AS completion FROM requests "
             "WHERE ts >= ? AND key_id IS NOT NULL GROUP BY key_id ORDER BY key_id",
             (since,),
-        ).fetchall()
-    return [KeyStats(*row) for row in rows]
+        )
+    return [
+        KeyStats(
+            r["key_id"],
+            int(r["requests"]),
+            int(r["rejected"]),
+            int(r["prompt"]),
+            int(r["completion"]),
+        )
+        for r in rows
+    ]
 
 
-def tokens_today_by_key(db: Path, now: float | None = None) -> dict[str, int]:
+def tokens_today_by_key(db: Db, now: float | None = None) -> dict[str, int]:
     """Tokens per key name since 00:00 UTC: the daily budgets' usage after a restart."""
     wall = now or time.time()
     return {s.key: s.tokens for s in key_stats(db, wall % 86_400.0, wall)}
@@ -209,7 +215,7 @@ class RouteStats:
         }
 
 
-def first_members(rows: list[sqlite3.Row]) -> dict[str, str]:
+def first_members(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """Each route's first chain member as the log shows it: who answers its `default` requests."""
     votes: dict[str, dict[str, int]] = {}
     for row in rows:
@@ -219,17 +225,18 @@ def first_members(rows: list[sqlite3.Row]) -> dict[str, str]:
     return {route: max(by, key=lambda m: by[m]) for route, by in votes.items()}
 
 
-def routed_rows(db: Path, since: float) -> list[sqlite3.Row]:
-    with _open(db) as conn:
-        return conn.execute(
+def routed_rows(db: Db, since: float) -> list[dict[str, Any]]:
+    with reading(db, HINT) as conn:
+        return query(
+            conn,
             "SELECT route, route_reason, served_by, status FROM requests "
             f"WHERE ts >= ? AND route IS NOT NULL AND {user_traffic(conn)} ORDER BY route",
             (since,),
-        ).fetchall()
+        )
 
 
 def route_stats(
-    db: Path,
+    db: Db,
     window_s: float,
     now: float | None = None,
     chains: dict[str, list[str]] | None = None,

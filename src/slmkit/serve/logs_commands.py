@@ -13,6 +13,7 @@ import typer
 from slmkit.console import console, out, result_line
 from slmkit.errors import ConfigError
 from slmkit.serve.commands import load_serve_config
+from slmkit.state.config import as_target
 
 logs_app = typer.Typer(
     invoke_without_command=True,
@@ -21,8 +22,12 @@ logs_app = typer.Typer(
 )
 
 Db = Annotated[
-    Path | None,
-    typer.Option(help="Audit SQLite file (default: from --config or $SLM_HOME/serve/audit.db)."),
+    str | None,
+    typer.Option(
+        metavar="FILE|URL",
+        help="Audit log: a SQLite file or a postgresql:// URL (default: from --config, its "
+        "state.database or audit.path, else $SLM_HOME/serve/audit.db).",
+    ),
 ]
 Config = Annotated[
     Path | None, typer.Option("--config", "-c", help="serve.yaml (audit path and alert rules).")
@@ -34,10 +39,11 @@ Last = Annotated[int, typer.Option(help="Recent rows to list.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
 
 
-def audit_db(db: Path | None, config: Path | None) -> Path:
+def audit_db(db: str | None, config: Path | None) -> Path | str:
+    """The audit log to read: --db (a file or a URL), else where the serve config writes it."""
     if db is not None:
-        return db
-    return load_serve_config(config, []).audit.db_path()
+        return as_target(db)
+    return load_serve_config(config, []).audit_target()
 
 
 @logs_app.callback()
@@ -173,7 +179,7 @@ def ab_cmd(
     _print_ab_report(audit_db(db, config), model, since, config, as_json)
 
 
-def _print_key_stats(path: Path, window: float, as_json: bool) -> None:
+def _print_key_stats(path: Path | str, window: float, as_json: bool) -> None:
     from rich.table import Table
 
     from slmkit.serve.logs import key_stats
@@ -192,7 +198,7 @@ def _print_key_stats(path: Path, window: float, as_json: bool) -> None:
 
 
 def _print_route_stats(
-    path: Path, window: float, chains: dict[str, list[str]], as_json: bool
+    path: Path | str, window: float, chains: dict[str, list[str]], as_json: bool
 ) -> None:
     from rich.table import Table
 
@@ -221,7 +227,7 @@ def _print_route_stats(
 
 
 def _print_ab_report(
-    path: Path, model: str, since: str | None, config: Path | None, as_json: bool
+    path: Path | str, model: str, since: str | None, config: Path | None, as_json: bool
 ) -> None:
     from rich.table import Table
 

@@ -102,7 +102,7 @@ class GatewayMetrics:
         )
         self.audit_problems = Counter(
             "slm_audit_problems",
-            "Audit rows dropped (queue full) or not written (SQLite refused them).",
+            "Audit rows dropped (queue full) or not written (the database refused them).",
             ["kind"],
             registry=r,
         )

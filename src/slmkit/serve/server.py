@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -107,7 +108,7 @@ def build_engines(config: ServeConfig) -> dict[str, Engine]:
 
 def _alias_engine(entry: ModelEntry, config: ServeConfig) -> Engine:
     """`ref: "@support"`: an engine that follows the alias, building each version's engine."""
-    from slmkit.registry.store import Version
+    from slmkit.registry.store import Registry, Version
     from slmkit.serve.engines.alias import AliasEngine
 
     def build(version: Version) -> Engine:  # each version's engine is built like an A/B arm's
@@ -118,8 +119,14 @@ def _alias_engine(entry: ModelEntry, config: ServeConfig) -> Engine:
 
     assert entry.ref is not None  # follows_alias: ref is `@NAME`
     retire_after_s = 2 * config.limits.request_timeout_s  # every request on it has timed out
+    shared = config.state.database_url()  # gateways on one database follow the same aliases
     return AliasEngine(
-        entry.id, entry.ref, build, reload_s=entry.reload_s, retire_after_s=retire_after_s
+        entry.id,
+        entry.ref,
+        build,
+        registry=Registry(shared) if shared else None,
+        reload_s=entry.reload_s,
+        retire_after_s=retire_after_s,
     )
 
 
@@ -305,15 +312,22 @@ def _uvicorn_server(config: Any) -> Any:
     return GatewayServer(config)
 
 
+def graceful_shutdown_s(config: ServeConfig) -> int:
+    """Seconds uvicorn lets in-flight requests finish after SIGTERM: each request has its own
+    deadline, so after `limits.request_timeout_s` none is left (docs/deploy.md adds the engines'
+    10 s terminate-then-kill and a pod's preStop to this for `terminationGracePeriodSeconds`)."""
+    return math.ceil(config.limits.request_timeout_s)
+
+
 async def _run(gateway: Any, on_ready: Callable[[str], None] | None) -> None:
     import uvicorn
 
     from slmkit.serve.app import create_app
 
     config = gateway.config
+    app = create_app(gateway, manage_engines=False)  # a missing scrape token fails before loading
     await gateway.start()
     try:
-        app = create_app(gateway, manage_engines=False)
         server = _uvicorn_server(
             uvicorn.Config(
                 app,
@@ -322,7 +336,7 @@ async def _run(gateway: Any, on_ready: Callable[[str], None] | None) -> None:
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
-                timeout_graceful_shutdown=5,
+                timeout_graceful_shutdown=graceful_shutdown_s(config),
             )
         )
         url = f"http://{config.host}:{config.port}/v1"

@@ -128,7 +128,10 @@ class AliasEngine(RestartHookGroup):
                 await self._poller
             self._poller = None
         servings = [*self.retired, *([self.current] if self.current else [])]
-        await stop_members(s.engine for s in servings)
+        try:
+            await stop_members(s.engine for s in servings)
+        finally:
+            self.registry.close()  # its connections (a pool, on PostgreSQL): reopened on use
 
     async def _start_version(self, version: Version) -> Serving:
         engine = await asyncio.to_thread(self.build, version)

@@ -21,9 +21,10 @@ VLLM_DEFAULT_LORA_RANK = 16
 
 
 def vllm_available() -> str | None:
-    """None when vLLM can run here, else the reason it cannot."""
-    if importlib.util.find_spec("vllm") is None:
-        return "vLLM is not installed (pip install vllm on a CUDA machine)"
+    """None when vLLM can run here, else the reason it cannot. vLLM pins its own torch, so it
+    usually lives in an environment of its own with its `vllm` command on the PATH."""
+    if importlib.util.find_spec("vllm") is None and shutil.which("vllm") is None:
+        return "vLLM is not installed (a `vllm` command on the PATH, or pip install vllm)"
     try:
         import torch
 

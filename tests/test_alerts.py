@@ -377,7 +377,7 @@ def test_the_watcher_keeps_checking_after_a_check_fails() -> None:
     rounds: list[int] = []
 
     class Flaky(AlertWatcher):
-        def check(self, now: float | None = None) -> list[Any]:
+        def check(self, now: float | None = None, windows: Any = None) -> list[Any]:
             rounds.append(len(rounds))
             if len(rounds) == 1:
                 raise ZeroDivisionError("a bug in the first round")

@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from prometheus_client import Gauge
 
@@ -150,15 +150,29 @@ class _Request:
     model: str | None
 
 
+class SharedRules(Protocol):
+    """Where gateways on one database watch together (`serve/alert_state.py`): the rules'
+    windows over every gateway's requests, and the claim that makes one of them announce a
+    change."""
+
+    def window(self, rule: AlertRule, now: float) -> Window: ...
+
+    def claim(self, rule: str, status: AlertStatus, now: float, server: str) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class AlertWatcher:
-    """Checks the rules every `interval_s` over the requests recorded since the server started."""
+    """Checks the rules every `interval_s` over the requests recorded since the server started,
+    or, with `shared`, over every gateway's requests, announcing each change once."""
 
     rules: list[AlertRule]
     gauge: Gauge
     notify: Callable[[dict[str, Any]], None] | None = None
     interval_s: float = CHECK_INTERVAL_S
     server: str = field(default_factory=lambda: default_server_name(0))
+    shared: SharedRules | None = None
     _recent: collections.deque[_Request] = field(
         init=False, default_factory=lambda: collections.deque(maxlen=100_000)
     )
@@ -192,8 +206,11 @@ class AlertWatcher:
             escalated=sum(r.escalated for r in picked),
         )
 
-    def check(self, now: float | None = None) -> list[Alert]:
-        """Set each rule's gauge, log and post its changes; the alerts firing now."""
+    def check(
+        self, now: float | None = None, windows: dict[str, Window] | None = None
+    ) -> list[Alert]:
+        """Set each rule's gauge, log and post its changes; the alerts firing now. `windows`:
+        the rules' windows read already (from the shared audit log), else this gateway's own."""
         now = time.time() if now is None else now
         horizon = now - max((rule.window_s for rule in self.rules), default=0.0)
         while self._recent and self._recent[0].ts < horizon:  # older than every rule's window
@@ -201,11 +218,12 @@ class AlertWatcher:
         firing = []
         for rule in self.rules:
             state = self._states.setdefault(rule.name, RuleState())
-            alert = evaluate_window(rule, self.window(rule, now))
+            window = windows[rule.name] if windows is not None else self.window(rule, now)
+            alert = evaluate_window(rule, window)
             if alert is None:
                 state.pending_since = None
                 if state.firing is not None:
-                    self._change("resolved", _resolved(rule, state.firing), state, now)
+                    self._change("resolved", _resolved(rule, state.firing), state, now, now)
                     state.firing = None
             else:
                 if state.pending_since is None:
@@ -213,15 +231,27 @@ class AlertWatcher:
                 if now - state.pending_since >= rule.for_s:
                     if state.firing is None:
                         state.started_at = now
-                        self._change("firing", alert, state, None)
+                        self._change("firing", alert, state, now, None)
                     state.firing = alert
                     firing.append(alert)
             self.gauge.labels(rule.name).set(1 if state.firing is not None else 0)
         return firing
 
+    def shared_windows(self, now: float) -> dict[str, Window]:
+        """Every rule's window over the shared audit log (blocking: run it off the loop)."""
+        assert self.shared is not None
+        return {rule.name: self.shared.window(rule, now) for rule in self.rules}
+
     def _change(
-        self, status: AlertStatus, alert: Alert, state: RuleState, ended_at: float | None
+        self,
+        status: AlertStatus,
+        alert: Alert,
+        state: RuleState,
+        now: float,
+        ended_at: float | None,
     ) -> None:
+        if self.shared is not None and not self.shared.claim(alert.rule, status, now, self.server):
+            return  # another gateway announced this change
         log_change(status, alert)
         if self.notify is not None:
             self.notify(
@@ -242,12 +272,18 @@ class AlertWatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.shared is not None:
+            self.shared.close()
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                self.check()
+                now = time.time()
+                windows = None
+                if self.shared is not None:
+                    windows = await asyncio.to_thread(self.shared_windows, now)
+                self.check(now, windows)
             except Exception as exc:  # one bad evaluation must not end the watching
                 warn(f"alert check failed ({type(exc).__name__}: {exc}); checking again later")
 

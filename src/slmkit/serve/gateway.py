@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 
 from slmkit.serve import api_errors
 from slmkit.serve.admission import Admission, AdmissionSlot
-from slmkit.serve.alerts import AlertWatcher, default_server_name
+from slmkit.serve.alert_state import alert_watcher
 from slmkit.serve.answer_cache import AnswerCache
 from slmkit.serve.answer_text import AnswerText
 from slmkit.serve.api_errors import ApiError
@@ -93,13 +93,8 @@ class Gateway:
             else None
         )
         self.companions = list(companions)  # e.g. the scheduled drift monitor of `slm serve`
-        self.alerts = AlertWatcher(
-            config.alerts,
-            self.metrics.alerts,
-            notify=self.webhook.send if self.webhook is not None else None,
-            interval_s=config.alerting.check_interval_s,
-            server=config.alerting.server or default_server_name(config.port),
-        )
+        notify = self.webhook.send if self.webhook is not None else None
+        self.alerts = alert_watcher(config, self.metrics.alerts, notify)  # shared: one database
         self.created = int(time.time())
         self.streams = StreamResponder(config, self.metrics, self.created)
         embeddings_id = config.embeddings.model_id if embedder is not None else None

@@ -14,7 +14,7 @@ from slmkit.errors import SlmError
 from slmkit.serve.alert_config import AlertRule
 from slmkit.serve.alerts import Alert, Window, evaluate_window, is_failure, percentile
 from slmkit.serve.audit_schema import reading, user_traffic
-from slmkit.state.sql import query
+from slmkit.state.sql import Database, query
 
 Db = Path | str  # an audit log: a SQLite file or a PostgreSQL URL
 HINT = "start `slm serve` first, or pass --db / --config"
@@ -86,13 +86,18 @@ def check_alerts(db: Db, rules: list[AlertRule], now: float | None = None) -> li
 
 def audit_window(db: Db, rule: AlertRule, now: float | None = None) -> Window:
     """A rule's window over the audit log: its requests (of its model, if it names one)."""
+    with reading(db, HINT) as conn:
+        return window_of(conn, rule, now)
+
+
+def window_of(conn: Database, rule: AlertRule, now: float | None = None) -> Window:
+    """`audit_window` over an audit database that is open already (the gateways' shared one)."""
     since = (now or time.time()) - rule.window_s
     sql = "SELECT status, latency_s, route_reason FROM requests WHERE ts >= ?"
     params: tuple[Any, ...] = (since,)
     if rule.model is not None:
         sql, params = sql + " AND (model = ? OR route = ?)", (since, rule.model, rule.model)
-    with reading(db, HINT) as conn:
-        rows = query(conn, f"{sql} AND {user_traffic(conn)}", params)
+    rows = query(conn, f"{sql} AND {user_traffic(conn)}", params)
     latencies = [r["latency_s"] for r in rows if r["status"] == 200 and r["latency_s"] is not None]
     return Window(
         requests=len(rows),

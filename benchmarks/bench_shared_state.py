@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from report import finish, machine_line  # noqa: E402
 
-from serve_helpers import ScriptedEngine  # noqa: E402
+from serve_helpers import ScriptedEngine, ServerProcess  # noqa: E402
+from slmkit.serve.bench import run_bench  # noqa: E402
 from state_servers import postgres_bin, start_cache_server, start_postgres  # noqa: E402
 
 WORDS = tuple(f" w{i}" for i in range(64))
@@ -127,6 +128,39 @@ def promotion_lags(url: str, home: Path, promotions: int) -> list[float]:
     return asyncio.run(measure())
 
 
+def model_rounds(base: dict[str, Any], shared: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """Two `slm serve default` (the embedded model on llama.cpp), one on each kind of state, the
+    same streamed load on each in turn: what shared state costs on a real model's answers."""
+    from bench_serve import server_env
+
+    env = {**server_env(Path(tempfile.mkdtemp(prefix="slm-bench-home-"))), "BENCH_KEY": KEY}
+    no_cache = {"cache": {"enabled": False}}  # the prompts repeat: every answer is generated
+    configs = {"local": {**base, **no_cache}, "shared": {**shared, **no_cache}}
+    results: dict[str, list[dict[str, Any]]] = {}
+    servers = {name: ServerProcess(["default"], config=c, env=env) for name, c in configs.items()}
+    try:
+        for server in servers.values():
+            server.start()
+        for streams, requests in ((1, 6 if quick else 12), (8, 16 if quick else 32)):
+            for _ in range(2):
+                for name, server in servers.items():
+                    report = asyncio.run(
+                        run_bench(
+                            server.base_url + "/v1",
+                            "default",
+                            concurrency=streams,
+                            requests=requests,
+                            max_tokens=48,
+                            api_key=KEY,
+                        )
+                    )
+                    results.setdefault(f"{name}_{streams}", []).append(report.to_dict())
+    finally:
+        for server in servers.values():
+            server.stop()
+    return results
+
+
 def run(quick: bool) -> dict[str, Any]:
     requests, rounds = (120, 3) if quick else (400, 5)
     bindir = postgres_bin()
@@ -154,6 +188,7 @@ def run(quick: bool) -> dict[str, Any]:
                     results[f"local_{n}"].append(asyncio.run(_round(base, requests, n)))
                     results[f"shared_{n}"].append(asyncio.run(_round(shared, requests, n)))
             lags = promotion_lags(postgres.create_database(), home, 4 if quick else 10)
+            model = model_rounds(base, shared, quick)
     finally:
         postgres.stop()
     return {
@@ -161,6 +196,7 @@ def run(quick: bool) -> dict[str, Any]:
         "requests": requests,
         "rounds": rounds,
         "promotion_lags_s": lags,
+        "model": model,
         **results,
     }
 
@@ -199,12 +235,37 @@ def summarize(results: dict[str, Any]) -> str:
             f"of TTFT). {CONCURRENCY} clients: **{added[CONCURRENCY]:.2f} ms**, "
             f"**{100 * ratio[CONCURRENCY]:.1f}%** of the gateway's own request rate.",
             "",
+            *_model_rows(results["model"]),
+            "",
             f"A promotion (`slm models promote` on the shared registry) is served by both of two "
             f"gateways after {statistics.mean(lags):.2f} s on average, {max(lags):.2f} s at most, "
             f"over {len(lags)} promotions with aliases polling every {RELOAD_S:.0f} s (`reload_s`; "
             "the lag is at most one interval plus the new version's start).",
         ]
     )
+
+
+def _model_rows(model: dict[str, Any]) -> list[str]:
+    """The real model's table: tokens/s and TTFT p50, local vs shared, at 1 and 8 streams."""
+    rows = [
+        "On the embedded model (two `slm serve default`, llama.cpp, 48 streamed tokens a request, "
+        "a key with limits, the cache off, means of 2 alternating runs):",
+        "",
+        "| streams | local tok/s | shared tok/s | shared / local | local TTFT p50 ms | shared TTFT p50 ms | added ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for streams in (1, 8):
+        local, shared = model[f"local_{streams}"], model[f"shared_{streams}"]
+        l_tps = statistics.mean(r["tokens_per_s"] for r in local)
+        s_tps = statistics.mean(r["tokens_per_s"] for r in shared)
+        l_ttft = statistics.mean(r["ttft_ms"]["p50"] for r in local)
+        s_ttft = statistics.mean(r["ttft_ms"]["p50"] for r in shared)
+        rows.append(
+            f"| {streams} | {l_tps:.1f} | {s_tps:.1f} | **{s_tps / l_tps:.1%}** | {l_ttft:.1f} "
+            f"| {s_ttft:.1f} | **{s_ttft - l_ttft:+.1f}** |"
+        )
+    rows += ["", "Targets: >= 95% of the local tokens/s, <= 2 ms added TTFT p50."]
+    return rows
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ import yaml
 from serve_helpers import ON_CI, REPO, ServerProcess, needs_llama_server
 from slmkit.config import load_config
 from slmkit.serve.config import ServeConfig
+from slmkit.state.config import StateSettings
 
 DEPLOY = REPO / "deploy"
 KEYS = {"SLM_APP_KEY": "sk-deploy-app", "SLM_METRICS_TOKEN": "tok-deploy-metrics"}
@@ -406,14 +407,25 @@ def test_k8s_deployment_agrees_with_the_image(
 
 
 def test_k8s_secret_service_and_autoscaler_fit_the_deployment(
-    k8s: dict[str, dict[str, Any]], container_config: ServeConfig
+    k8s: dict[str, dict[str, Any]], container_config: ServeConfig, tmp_path: Path
 ) -> None:
     gateway = container(k8s)
     secret = yaml.safe_load((DEPLOY / "k8s" / "secret.example.yaml").read_text())
     assert [e["secretRef"]["name"] for e in gateway["envFrom"]] == [secret["metadata"]["name"]]
+    pod_config = config_from_map(k8s["ConfigMap"], tmp_path)
+    # the pods share their state: the URLs of PostgreSQL and Valkey/Redis come from the Secret
+    state = pod_config.state
+    assert (state.database_env, state.cache_env) == ("SLM_DATABASE_URL", "SLM_CACHE_URL")
     assert set(secret["stringData"]) == key_envs(container_config) | {
-        container_config.metrics_token_env
+        container_config.metrics_token_env,
+        state.database_env,
+        state.cache_env,
     }
+    examples = StateSettings(
+        database=secret["stringData"][state.database_env],
+        cache=secret["stringData"][state.cache_env],
+    )
+    assert examples.database_url() and examples.cache_url()  # valid URLs of the right kinds
     service = k8s["Service"]["spec"]
     assert service["ports"][0]["targetPort"] == "http"
     labels = k8s["Deployment"]["spec"]["template"]["metadata"]["labels"]

@@ -338,3 +338,52 @@ def test_while_the_database_is_down_answers_go_on_and_feedback_is_503(tmp_path: 
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
             assert 'slm_audit_problems_total{kind="write_error"}' in client.get("/metrics").text
+
+
+def test_a_streamed_answer_sends_its_done_only_once_its_row_is_committed(
+    postgres_url: str,
+) -> None:
+    """The database stalls (its table locked) while a stream answers: the answer's words go out,
+    its `[DONE]` waits for the row, and comes once the row is in. A client that got `[DONE]` has
+    an audit row, whatever happens to the gateway afterwards."""
+    import threading
+
+    import psycopg
+    from fastapi.testclient import TestClient
+
+    from slmkit.serve.app import create_app
+    from slmkit.serve.gateway import Gateway
+
+    config = ServeConfig.model_validate({"state": {"database": postgres_url}})
+    body = {"model": "small", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    lines: list[tuple[float, str]] = []
+    with TestClient(create_app(Gateway(config, {"small": ScriptedEngine("small")}))) as client:
+        client.post("/v1/chat/completions", json={**body, "stream": False})  # tables exist
+
+        def read() -> None:
+            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                for line in response.iter_lines():
+                    if line:
+                        lines.append((time.monotonic(), line))
+
+        with psycopg.connect(postgres_url) as conn:
+            conn.execute("LOCK TABLE requests IN SHARE ROW EXCLUSIVE MODE")
+            reader = threading.Thread(target=read)
+            reader.start()
+            time.sleep(1.5)
+            seen_while_locked = [text for _, text in lines]
+            released = time.monotonic()
+        reader.join(timeout=30)
+    assert any("Hello" in text for text in seen_while_locked)  # the words went out
+    assert "data: [DONE]" not in seen_while_locked  # the end waited for the row
+    done_at = next(at for at, text in lines if text == "data: [DONE]")
+    assert done_at >= released
+    rows = query_rows(postgres_url)
+    assert len(rows) == 2 and all(status == 200 for status in rows)
+
+
+def query_rows(url: str) -> list[int]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return [row[0] for row in conn.execute("SELECT status FROM requests")]

@@ -113,9 +113,9 @@ class AuditSettings(StrictModel):
     )
     durable: bool = Field(
         default=True,
-        description="Answer a non-streamed request only once its row is committed, so a crash "
-        "loses no answered request's row (rows answered together are committed together); "
-        "false: rows are written in the background.",
+        description="Send a non-streamed answer, and a stream's `[DONE]`, only once the request's "
+        "row is committed, so a crash loses no answered request's row (rows answered together "
+        "are committed together); false: rows are written in the background.",
     )
     redact: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_REDACTIONS),

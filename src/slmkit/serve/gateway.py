@@ -96,7 +96,7 @@ class Gateway:
         notify = self.webhook.send if self.webhook is not None else None
         self.alerts = alert_watcher(config, self.metrics.alerts, notify)  # shared: one database
         self.created = int(time.time())
-        self.streams = StreamResponder(config, self.metrics, self.created)
+        self.streams = StreamResponder(config, self.metrics, self.created, self._on_record)
         embeddings_id = config.embeddings.model_id if embedder is not None else None
         self.cards = ModelCards(engines, self.router.routes, embeddings_id, self.created)
         for engine in self.unique_engines():
@@ -190,9 +190,7 @@ class Gateway:
                 if slot is not None:
                     slot.release()
                 written = self._finish(ctx, ctx.error)
-        # answered once it is on record (unless the database is failing: then answers go on)
-        if written is not None and self.config.audit.durable and self.audit and self.audit.healthy:
-            await _on_record(written)
+        await self._durable(written)
         return response
 
     async def _answer(
@@ -222,6 +220,16 @@ class Gateway:
             stream = await self.router.open_stream(plan, ctx, self.streams, on_close)
         ctx.stream_settles = True
         return stream
+
+    async def _on_record(self, ctx: RequestContext) -> None:
+        """A stream's answer is whole: settle it and wait for its row before its `[DONE]`."""
+        await self._durable(self._finish(ctx, None))
+
+    async def _durable(self, written: Future[None] | None) -> None:
+        """With `audit.durable`, wait until a request's row is committed (at most AUDIT_WAIT_S,
+        and not while the database is failing: then answers go on)."""
+        if written is not None and self.config.audit.durable and self.audit and self.audit.healthy:
+            await _on_record(written)
 
     def _stream_closer(
         self, ctx: RequestContext, slot: AdmissionSlot

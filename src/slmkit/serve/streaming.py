@@ -52,10 +52,19 @@ class StreamResponder:
     """Answers requests as SSE streams; each stream fills its `RequestContext` (outcome, status,
     error, audit text) and then calls the `on_close` it was given."""
 
-    def __init__(self, config: ServeConfig, metrics: GatewayMetrics, created: int) -> None:
+    def __init__(
+        self,
+        config: ServeConfig,
+        metrics: GatewayMetrics,
+        created: int,
+        before_done: Callable[[RequestContext], Awaitable[None]] | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self.created = created
+        # runs once the answer is whole, before its `[DONE]`: the gateway puts the request on
+        # record there, so a client that got `[DONE]` has an audit row, whatever happens next
+        self.before_done = before_done
 
     async def open(self, engine: Engine, ctx: RequestContext, on_close: OnClose) -> GuardedStream:
         """Start generating and wait for the first delta; errors up to then are raised."""
@@ -72,9 +81,8 @@ class StreamResponder:
 
         async def close() -> None:
             await close_events(events)
-            # the audit row holds the answer the client was sent, filtered, as for other answers
-            answer = AnswerText(ctx.gen.reasoning, self.config.output_filter)
-            ctx.rec.response_text = answer.whole(outcome.text)[1]
+            if not ctx.finished:  # cut short: the row holds what the client was sent
+                self._record_answer(ctx, outcome)
             await on_close()
 
         body = self._live_body(first, events, ctx, outcome, deadline)
@@ -118,27 +126,44 @@ class StreamResponder:
             yield chunk.content(tail, {})
         if text.redactions:
             self.metrics.redactions.labels(model).inc(text.redactions)
-        for event in chunk.ending(outcome, ctx.include_usage):
+        *ending, done = chunk.ending(outcome, ctx.include_usage)
+        for event in ending:
             yield event
+        await self._done(ctx, outcome)
+        yield done
+
+    def _record_answer(self, ctx: RequestContext, outcome: Outcome) -> None:
+        """The audit row holds the answer the client was sent, filtered, as for other answers."""
+        answer = AnswerText(ctx.gen.reasoning, self.config.output_filter)
+        ctx.rec.response_text = answer.whole(outcome.text)[1]
+
+    async def _done(self, ctx: RequestContext, outcome: Outcome) -> None:
+        """The answer is whole: its row is written (and waited for) before `[DONE]` goes out."""
         ctx.status = 200
+        self._record_answer(ctx, outcome)
+        if self.before_done is not None:
+            await self.before_done(ctx)
 
     def replay(self, ctx: RequestContext, outcome: Outcome, on_close: OnClose) -> GuardedStream:
         """A cached answer as a stream: one content chunk, then the usual ending."""
         chunk = ChunkWriter(ctx.rec.id, ctx.gen, self.created)
         answer = AnswerText(ctx.gen.reasoning, self.config.output_filter)
         reasoning, content = answer.whole(outcome.text)
-        ctx.outcome, ctx.status = outcome, 200
+        ctx.outcome = outcome
 
         async def body() -> AsyncIterator[bytes]:
             yield chunk.first()
             if reasoning:
                 yield chunk.reasoning(reasoning)
             yield chunk.content(content, outcome.extra)
-            for event in chunk.ending(outcome, ctx.include_usage):
+            *ending, done = chunk.ending(outcome, ctx.include_usage)
+            for event in ending:
                 yield event
+            await self._done(ctx, outcome)
+            yield done
 
         async def close() -> None:
-            ctx.rec.response_text = content
+            ctx.rec.response_text = ctx.rec.response_text or content
             await on_close()
 
         return GuardedStream(body(), close, ctx.headers)

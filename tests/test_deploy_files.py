@@ -555,6 +555,50 @@ def test_k8s_in_flight_component_scales_on_a_metric_the_gateway_exports(tmp_path
     assert exported.resolves(pods[0]["metric"]["name"]), pods[0]["metric"]["name"]
 
 
+def test_k8s_state_servers_component_serves_the_urls_the_secret_names(tmp_path: Path) -> None:
+    """base + components/state-servers: a PostgreSQL and a Valkey whose Services answer at the
+    hosts and ports of the example Secret's URLs, with passwords from a Secret, never inline."""
+    from urllib.parse import urlsplit
+
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    k8s_dir = DEPLOY / "k8s"
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(k8s_dir / "base", overlay)],
+                "components": [os.path.relpath(k8s_dir / "components" / "state-servers", overlay)],
+            }
+        )
+    )
+    kustomize(str(overlay))  # renders (skips or fails like the others without kubectl)
+    rendered = subprocess.run(
+        [str(shutil.which("kubectl")), "kustomize", str(overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    secret = yaml.safe_load((k8s_dir / "secret.example.yaml").read_text())["stringData"]
+    for env in ("SLM_DATABASE_URL", "SLM_CACHE_URL"):
+        url = urlsplit(secret[env])
+        service = services[str(url.hostname)]
+        assert [port["port"] for port in service["spec"]["ports"]] == [url.port], env
+        workload = next(
+            d
+            for d in docs
+            if d["kind"] in ("StatefulSet", "Deployment")
+            and d["spec"]["selector"]["matchLabels"].items() <= service["spec"]["selector"].items()
+        )
+        (server,) = workload["spec"]["template"]["spec"]["containers"]
+        secrets = [e for e in server["env"] if "valueFrom" in e]
+        assert secrets and all("secretKeyRef" in e["valueFrom"] for e in secrets), env
+        assert not any("PASSWORD" in e["name"] and "value" in e for e in server["env"]), env
+    postgres = next(d for d in docs if d["kind"] == "StatefulSet")
+    assert postgres["spec"]["volumeClaimTemplates"], "the database keeps its data"
+
+
 def test_k8s_gpu_caches_live_on_writable_volumes() -> None:
     gpu = kustomize("gpu")
     gateway = container(gpu)

@@ -276,7 +276,8 @@ def test_slm_logs_and_feedback_export_follow_the_serve_configs_database(
 ) -> None:
     log = _log(target, log_text=True)
     try:
-        log.record(_record(1, prompt_text="user: Hi?", response_text="Hello."))
+        # now, not at import: `slm logs` counts the last 300 s, and a suite may run longer
+        log.record(_record(1, ts=time.time(), prompt_text="user: Hi?", response_text="Hello."))
         log.flush()
         assert log.add_feedback("chatcmpl-1", 1, None)
     finally:

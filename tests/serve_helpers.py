@@ -258,3 +258,19 @@ class ScriptedEngine(MemoryEngine):
                 await asyncio.sleep(self.delay_s)
             yield Delta(text=word)
         yield Delta(finish_reason="stop", prompt_tokens=3, completion_tokens=len(self.words))
+
+
+def decoding(child: Any) -> bool:
+    """Whether a llama-server child has a slot that has already generated tokens (its /slots)."""
+    import httpx
+
+    cmd = child.cmdline()
+    port = cmd[cmd.index("--port") + 1]
+    try:
+        slots = httpx.get(f"http://127.0.0.1:{port}/slots", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return any(
+        s.get("is_processing") and any(t.get("n_decoded", 0) > 0 for t in s.get("next_token", []))
+        for s in slots
+    )

@@ -27,8 +27,9 @@ import openai
 import pytest
 import yaml
 
-from serve_helpers import ON_CI, REPO, ServerProcess, needs_llama_server
+from serve_helpers import ON_CI, REPO, ServerProcess, decoding, needs_llama_server
 from slmkit.config import load_config
+from slmkit.paths import models_cache_dir, tools_dir
 from slmkit.serve.config import ServeConfig
 from slmkit.state.config import StateSettings
 
@@ -498,6 +499,53 @@ def test_k8s_shutdown_outlasts_the_longest_request(overlay: str, tmp_path: Path)
     engines_stop_s = inspect.signature(terminate).parameters["grace_s"].default
     needed = pre_stop_s + graceful_shutdown_s(config) + engines_stop_s
     assert pod["terminationGracePeriodSeconds"] > needed
+
+
+def test_k8s_gpu_rollouts_replace_pods_instead_of_surging() -> None:
+    """A surge pod would wait for a GPU that only the pod it replaces can free."""
+    rolling = kustomize("gpu")["Deployment"]["spec"]["strategy"]["rollingUpdate"]
+    assert rolling["maxSurge"] == 0 and rolling["maxUnavailable"] >= 1
+
+
+@needs_llama_server
+@pytest.mark.slow
+def test_a_sigtermed_gateway_finishes_the_requests_in_flight_then_exits(tmp_path: Path) -> None:
+    """`slm serve` told to stop (SIGTERM, as Kubernetes does after preStop) while a long answer
+    is being generated: that answer still arrives whole with 200, then the process exits 0."""
+    import signal
+    import threading
+
+    home = tmp_path / "home"
+    env = {"SLM_HOME": str(home), "SLM_TOOLS_DIR": str(tools_dir()), "SLM_MODEL_CACHE": str(models_cache_dir())}  # fmt: skip
+    server = ServerProcess(
+        ["default"], env=env, config={"llamacpp": {"ctx_size": 2048, "parallel": 2}}
+    )
+    answers: list[httpx.Response] = []
+    body = {
+        "model": "default",
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 700,  # more than the 5 s uvicorn gives by default (checked: then a 500)
+        "logit_bias": {"0": -100, "1": -100, "2": -100},  # no end of text: all 700 tokens
+    }
+
+    def ask() -> None:
+        url = server.base_url + "/v1/chat/completions"
+        answers.append(httpx.post(url, json=body, timeout=120))
+
+    with server:
+        asker = threading.Thread(target=ask)
+        asker.start()
+        deadline = time.monotonic() + 60
+        (child,) = server.engine_children()
+        while not decoding(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        asker.join(timeout=120)
+        code = server.proc.wait(timeout=60)
+    assert len(answers) == 1 and answers[0].status_code == 200, answers
+    assert answers[0].json()["usage"]["completion_tokens"] == 700
+    assert code == 0, server.log()
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=["cpu", "vllm"])

@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-from serve_helpers import MemoryEngine, ServerProcess, needs_llama_server
+from serve_helpers import MemoryEngine, ServerProcess, decoding, needs_llama_server
 from slmkit.serve.engines.base import Delta
 from slmkit.serve.engines.errors import EngineError, engine_unavailable, invalid_request
 from slmkit.serve.engines.replicas import ReplicaPool
@@ -177,22 +177,6 @@ def test_killed_replica_is_cooled_and_no_request_fails(server: ServerProcess) ->
     pool = {e["id"]: e for e in health.json()["engines"]}["cooled"]
     replica = {r["replica"]: r for r in pool["replicas"]}[dead]
     assert not replica["up"] and replica["cooled_for_s"] > 60
-
-
-def decoding(child: psutil.Process) -> bool:
-    """Whether a llama-server child has a slot that has already generated tokens (its /slots)."""
-    import httpx
-
-    cmd = child.cmdline()
-    port = cmd[cmd.index("--port") + 1]
-    try:
-        slots = httpx.get(f"http://127.0.0.1:{port}/slots", timeout=2).json()
-    except (httpx.HTTPError, ValueError):
-        return False
-    return any(
-        s.get("is_processing") and any(t.get("n_decoded", 0) > 0 for t in s.get("next_token", []))
-        for s in slots
-    )
 
 
 @needs_llama_server

@@ -578,23 +578,23 @@ def test_k8s_disruption_budget_lets_a_node_drain(overlay: str) -> None:
     )
 
 
-def test_k8s_in_flight_component_scales_on_a_metric_the_gateway_exports(tmp_path: Path) -> None:
-    from slmkit.serve.metrics import GatewayMetrics
-
+def overlay_with(tmp_path: Path, component: str) -> Path:
+    """An overlay of the base with one of `deploy/k8s/components` added, as a user writes it."""
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     k8s_dir = DEPLOY / "k8s"
+    resources = [os.path.relpath(k8s_dir / "base", overlay)]
+    components = [os.path.relpath(k8s_dir / "components" / component, overlay)]
     (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "resources": [os.path.relpath(k8s_dir / "base", overlay)],
-                "components": [
-                    os.path.relpath(k8s_dir / "components" / "in-flight-autoscaling", overlay)
-                ],
-            }
-        )
+        yaml.safe_dump({"resources": resources, "components": components})
     )
-    docs = kustomize(str(overlay))
+    return overlay
+
+
+def test_k8s_in_flight_component_scales_on_a_metric_the_gateway_exports(tmp_path: Path) -> None:
+    from slmkit.serve.metrics import GatewayMetrics
+
+    docs = kustomize(str(overlay_with(tmp_path, "in-flight-autoscaling")))
     pods = [
         m["pods"] for m in docs["HorizontalPodAutoscaler"]["spec"]["metrics"] if m["type"] == "Pods"
     ]
@@ -608,17 +608,7 @@ def test_k8s_state_servers_component_serves_the_urls_the_secret_names(tmp_path: 
     hosts and ports of the example Secret's URLs, with passwords from a Secret, never inline."""
     from urllib.parse import urlsplit
 
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    k8s_dir = DEPLOY / "k8s"
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "resources": [os.path.relpath(k8s_dir / "base", overlay)],
-                "components": [os.path.relpath(k8s_dir / "components" / "state-servers", overlay)],
-            }
-        )
-    )
+    overlay = overlay_with(tmp_path, "state-servers")
     kustomize(str(overlay))  # renders (skips or fails like the others without kubectl)
     rendered = subprocess.run(
         [str(shutil.which("kubectl")), "kustomize", str(overlay)],
@@ -628,7 +618,7 @@ def test_k8s_state_servers_component_serves_the_urls_the_secret_names(tmp_path: 
     ).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
-    secret = yaml.safe_load((k8s_dir / "secret.example.yaml").read_text())["stringData"]
+    secret = yaml.safe_load((DEPLOY / "k8s" / "secret.example.yaml").read_text())["stringData"]
     for env in ("SLM_DATABASE_URL", "SLM_CACHE_URL"):
         url = urlsplit(secret[env])
         service = services[str(url.hostname)]

@@ -96,7 +96,7 @@ class Gateway:
         notify = self.webhook.send if self.webhook is not None else None
         self.alerts = alert_watcher(config, self.metrics.alerts, notify)  # shared: one database
         self.created = int(time.time())
-        self.streams = StreamResponder(config, self.metrics, self.created, self._on_record)
+        self.streams = StreamResponder(config, self.metrics, self.created, self._settle_stream)
         embeddings_id = config.embeddings.model_id if embedder is not None else None
         self.cards = ModelCards(engines, self.router.routes, embeddings_id, self.created)
         for engine in self.unique_engines():
@@ -221,7 +221,7 @@ class Gateway:
         ctx.stream_settles = True
         return stream
 
-    async def _on_record(self, ctx: RequestContext) -> None:
+    async def _settle_stream(self, ctx: RequestContext) -> None:
         """A stream's answer is whole: settle it and wait for its row before its `[DONE]`."""
         await self._durable(self._finish(ctx, None))
 
@@ -229,7 +229,7 @@ class Gateway:
         """With `audit.durable`, wait until a request's row is committed (at most AUDIT_WAIT_S,
         and not while the database is failing: then answers go on)."""
         if written is not None and self.config.audit.durable and self.audit and self.audit.healthy:
-            await _on_record(written)
+            await _committed(written)
 
     def _stream_closer(
         self, ctx: RequestContext, slot: AdmissionSlot
@@ -392,7 +392,7 @@ class Gateway:
         }
 
 
-async def _on_record(written: Future[None]) -> None:
+async def _committed(written: Future[None]) -> None:
     """Wait (at most AUDIT_WAIT_S) for a request's audit row to be committed; a failed write is
     the audit log's to count, not the client's."""
     waiting = asyncio.wrap_future(written)

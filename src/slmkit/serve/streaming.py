@@ -129,7 +129,8 @@ class StreamResponder:
         *ending, done = chunk.ending(outcome, ctx.include_usage)
         for event in ending:
             yield event
-        await self._done(ctx, outcome)
+        self._record_answer(ctx, outcome)
+        await self._done(ctx)
         yield done
 
     def _record_answer(self, ctx: RequestContext, outcome: Outcome) -> None:
@@ -137,10 +138,9 @@ class StreamResponder:
         answer = AnswerText(ctx.gen.reasoning, self.config.output_filter)
         ctx.rec.response_text = answer.whole(outcome.text)[1]
 
-    async def _done(self, ctx: RequestContext, outcome: Outcome) -> None:
+    async def _done(self, ctx: RequestContext) -> None:
         """The answer is whole: its row is written (and waited for) before `[DONE]` goes out."""
         ctx.status = 200
-        self._record_answer(ctx, outcome)
         if self.before_done is not None:
             await self.before_done(ctx)
 
@@ -149,7 +149,7 @@ class StreamResponder:
         chunk = ChunkWriter(ctx.rec.id, ctx.gen, self.created)
         answer = AnswerText(ctx.gen.reasoning, self.config.output_filter)
         reasoning, content = answer.whole(outcome.text)
-        ctx.outcome = outcome
+        ctx.outcome, ctx.rec.response_text = outcome, content
 
         async def body() -> AsyncIterator[bytes]:
             yield chunk.first()
@@ -159,11 +159,7 @@ class StreamResponder:
             *ending, done = chunk.ending(outcome, ctx.include_usage)
             for event in ending:
                 yield event
-            await self._done(ctx, outcome)
+            await self._done(ctx)
             yield done
 
-        async def close() -> None:
-            ctx.rec.response_text = ctx.rec.response_text or content
-            await on_close()
-
-        return GuardedStream(body(), close, ctx.headers)
+        return GuardedStream(body(), on_close, ctx.headers)

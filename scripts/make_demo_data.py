@@ -210,6 +210,25 @@ def build_dpo(tables: Tables) -> list[dict[str, str]]:
     return pairs
 
 
+# every KTO_DOWN_EVERY-th pair gives its rejected answer rated down, the others their chosen
+# answer rated up: unpaired, and about two thumbs up for one down, as real ratings come
+KTO_DOWN_EVERY = 3
+
+
+def build_kto(pairs: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Rated answers (KTO): one answer of each preference pair, labelled good or bad."""
+    rows = []
+    for index, pair in enumerate(pairs):
+        good = index % KTO_DOWN_EVERY != 0
+        answer = pair["chosen"] if good else pair["rejected"]
+        messages = [
+            {"role": "user", "content": pair["prompt"]},
+            {"role": "assistant", "content": answer},
+        ]
+        rows.append({"messages": messages, "label": good})
+    return rows
+
+
 def build_eval(tables: Tables) -> list[dict[str, Any]]:
     """Held-out questions: each fact asked 2-3 ways unlike any training question."""
     return [
@@ -287,6 +306,12 @@ def support_dataset_info() -> dict[str, Any]:
             "ranking": True,
             "columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
         },
+        "support_kto": {
+            "file_name": "support_kto.jsonl",
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "kto_tag": "label"},
+            "tags": OPENAI_TAGS,
+        },
     }
 
 
@@ -308,10 +333,12 @@ def build_files(tables: Tables) -> dict[str, str]:
     messages, alpaca = build_sft(tables)
     eval_rows = build_eval(tables)
     small_sft, small_eval = build_small(messages, eval_rows)
+    pairs = build_dpo(tables)
     return {
         "support_sft.jsonl": render_jsonl(messages),
         "support_sft_alpaca.json": render_json(alpaca),
-        "support_dpo.jsonl": render_jsonl(build_dpo(tables)),
+        "support_dpo.jsonl": render_jsonl(pairs),
+        "support_kto.jsonl": render_jsonl(build_kto(pairs)),
         "support_eval.jsonl": render_jsonl(eval_rows),
         "support_sft_small.jsonl": render_jsonl(small_sft),
         "support_eval_small.jsonl": render_jsonl(small_eval),

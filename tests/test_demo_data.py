@@ -21,6 +21,7 @@ GENERATED = (
     "support_sft.jsonl",
     "support_sft_alpaca.json",
     "support_dpo.jsonl",
+    "support_kto.jsonl",
     "support_eval.jsonl",
     "support_sft_small.jsonl",
     "support_eval_small.jsonl",
@@ -176,7 +177,8 @@ def test_dataset_info_follows_llama_factory_and_names_existing_files(sft_alpaca)
     assert sharegpt["tags"]["role_tag"] == "role" and sharegpt["tags"]["system_tag"] == "system"
     assert set(info["support_sft_alpaca"]["columns"].values()) == set(sft_alpaca[0])
     assert info["support_dpo"]["ranking"] is True
-    assert set(info) == {"support_sft", "support_sft_alpaca", "support_dpo"}
+    assert info["support_kto"]["columns"]["kto_tag"] == "label"
+    assert set(info) == {"support_sft", "support_sft_alpaca", "support_dpo", "support_kto"}
 
 
 def test_magic_conch_set_is_a_short_answer_persona():

@@ -156,6 +156,40 @@ def test_export_dpo_pairs_and_model_filter(audit: Path, tmp_path: Path, slm) -> 
     assert "error: nothing to export from 1 answered request(s)" in nothing.stderr
 
 
+def test_export_kto_labels_every_rated_answer(audit: Path, tmp_path: Path, slm) -> None:
+    out = tmp_path / "kto.jsonl"
+    result = slm("feedback", "export", "--audit", str(audit), "--since", "1d", "--to", "kto", "-o", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = read_jsonl(out)
+    # a thumbs-down teaches with or without a correction; the correction is a good answer of its
+    # own; the unrated and the escalated (never rated) requests are not rows
+    assert [(row["messages"][-1]["content"], row["label"]) for row in rows] == [
+        ("One year.", False),
+        ("The warranty lasts 7 years.", True),
+        ("Call [redacted] or mail [redacted].", True),
+        ("Yes, daily.", False),
+        ("9 to 5.", True),
+    ]
+    assert rows[3]["messages"][:2] == _ask("Do you ship to Mars?")
+    cells = [[c.strip() for c in row.strip("│ ").split("│")] for row in result.stdout.splitlines()]
+    for line, count in [
+        ("exported: thumbs-up", 2),
+        ("exported: thumbs-down", 2),
+        ("exported: correction", 1),
+        ("skipped: escalated: not rated", 1),
+        ("skipped: duplicate (prompt, answer)", 1),
+    ]:
+        assert [line, str(count)] in cells, result.stdout
+    # the data layer reads the file back as rated answers, ready for `method: kto`
+    from slmkit.data import load_records
+
+    loaded = load_records([out])
+    assert not loaded.errors
+    assert [(r.kind, r.label) for r in loaded.records] == [
+        ("unpaired", label) for label in (False, True, True, False, True)
+    ]
+
+
 def test_eval_rows_are_approved_or_corrected_answers(audit: Path) -> None:
     from slmkit.evaluate.evalset import parse_item
 
@@ -214,7 +248,10 @@ def test_no_text_in_the_audit_log_asks_for_log_text(tmp_path: Path, slm) -> None
     [
         (["--since", "yesterday", "--to", "sft"], "error: --since: 'yesterday' is not a date"),
         (["--since", "1d", "--until", "2020-01-01", "--to", "sft"], "error: --until: '2020-01-01'"),
-        (["--since", "1d", "--to", "kto"], "error: --to: 'kto' is not one of sft, dpo, eval"),
+        (
+            ["--since", "1d", "--to", "orpo"],
+            "error: --to: 'orpo' is not one of sft, dpo, kto, eval",
+        ),
     ],
 )
 def test_bad_options_are_one_line_errors(

@@ -85,7 +85,9 @@ def test_every_accelerate_config_loads_and_names_its_command(path: Path) -> None
 def test_defaults_follow_the_seed_practice() -> None:
     recipe = Recipe(data={"train": ["x.jsonl"]})
     assert (recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout) == (16, 32, 0.05)
-    assert recipe.dpo.beta == 0.1
+    assert recipe.dpo.beta is None and recipe.dpo.beta_for("dpo") == 0.1  # the papers' values
+    assert [recipe.dpo.beta_for(m) for m in ("kto", "orpo", "simpo")] == [0.1, 0.1, 2.0]
+    assert Recipe(data={"train": ["x.jsonl"]}, dpo={"beta": 0.3}).dpo.beta_for("simpo") == 0.3
     assert recipe.finetuning == "lora" and recipe.method == "sft"
 
 

@@ -13,6 +13,7 @@ from slmkit.distill.config import DistillSettings
 from slmkit.evaluate.config import EvalSection
 from slmkit.export.config import ExportSection
 from slmkit.train.config import (
+    PREFERENCE_METHODS,
     DpoSection,
     FinetuningType,
     FreezeSection,
@@ -33,7 +34,9 @@ class Recipe(StrictModel):
     )
     method: Method = Field(
         default="sft",
-        description="sft: supervised chat fine-tuning; dpo: preference pairs; pt: plain text.",
+        description="sft: supervised chat fine-tuning; dpo, orpo, simpo: preference pairs (orpo "
+        "and simpo need no reference model); kto: answers rated good or bad, unpaired; pt: plain "
+        "text.",
     )
     finetuning: FinetuningType = Field(
         default="lora",
@@ -50,7 +53,10 @@ class Recipe(StrictModel):
     train: TrainSection = Field(
         default_factory=TrainSection, description="Optimisation and checkpoints."
     )
-    dpo: DpoSection = Field(default_factory=DpoSection, description="DPO settings (method: dpo).")
+    dpo: DpoSection = Field(
+        default_factory=DpoSection,
+        description="Preference tuning settings (method: dpo, kto, orpo, simpo).",
+    )
     init: InitSection = Field(
         default_factory=InitSection, description="Pretrained or random initialisation."
     )
@@ -83,8 +89,18 @@ class Recipe(StrictModel):
             raise ValueError(
                 "init.mode: random needs finetuning: full (an adapter on random weights learns nothing useful)"
             )
-        if self.dpo.from_run and self.method != "dpo":
-            raise ValueError("dpo.from_run is only used with method: dpo")
+        if self.dpo.from_run and self.method not in PREFERENCE_METHODS:
+            raise ValueError("dpo.from_run is only used with method: dpo, kto, orpo or simpo")
+        if self.dpo.ftx and self.method not in ("dpo", "simpo"):
+            raise ValueError(
+                f"dpo.ftx: used with method dpo or simpo, not {self.method} "
+                "(orpo has its SFT term built in)"
+            )
+        if self.method == "kto" and self.train.batch_size < 2:
+            raise ValueError(
+                "train.batch_size: method kto needs at least 2 (its KL estimate pairs each prompt "
+                "with another answer of the batch)"
+            )
         if self.data.val and self.data.val_ratio > 0:
             raise ValueError("data.val and data.val_ratio are exclusive: give one")
         return self

@@ -110,6 +110,8 @@ def _dataset_spec(
     ranking = bool(entry.get("ranking", False))
     renamed = ("chosen", "rejected", "tools") if ranking else ("tools",)
     rename = {columns[k]: k for k in renamed if columns.get(k, k) != k}
+    if columns.get("kto_tag"):  # unpaired ratings (KTO): the column holding true/false
+        rename[columns["kto_tag"]] = "label"
     if formatting == "alpaca":
         cols = AlpacaColumns(
             instruction=columns.get("prompt", "instruction"),

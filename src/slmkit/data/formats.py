@@ -3,6 +3,8 @@
 Formats: alpaca (instruction/input/output, optional system/history), sharegpt (conversations with
 from/value), messages (OpenAI role/content, incl. tool_calls), preference (prompt/chosen/rejected as
 strings or message lists; also alpaca/sharegpt rows with chosen/rejected), text (plain `text`).
+An alpaca, sharegpt or messages row with a `label` of true/false is an unpaired rating (KTO): the
+conversation's last answer was good (true) or bad (false).
 """
 
 from __future__ import annotations
@@ -141,10 +143,28 @@ def normalise(
         _split_reasoning(record, ctx, _messages_field(fmt, tags))
     if record is not None and record.kind == "sft":
         check_conversation(record.messages, ctx, _messages_field(fmt, tags))
+        _unpaired_label(record, data, ctx)
     if record is not None and fmt != "text":
         record.tools = tool_schemas(data.get("tools"), "tools", ctx)
     errors = len([p for p in ctx.problems if p.severity == "error"])
     return record if errors == before else None
+
+
+LABEL = "label"  # an unpaired rating's field (LLaMA-Factory's `kto_tag` column is renamed to it)
+
+
+def _unpaired_label(record: Record, data: dict[str, Any], ctx: RowContext) -> None:
+    """A conversation row with `label: true|false` becomes an unpaired rating of its last answer."""
+    if LABEL not in data:
+        return
+    value = data[LABEL]
+    if not isinstance(value, bool):
+        ctx.error(
+            LABEL,
+            f"wrong type {json_type(value)} (expected true or false: was the last answer good?)",
+        )
+        return
+    record.kind, record.label = "unpaired", value
 
 
 def _split_reasoning(record: Record, ctx: RowContext, field_name: str) -> None:

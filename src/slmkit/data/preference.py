@@ -32,3 +32,21 @@ def to_preference_rows(records: list[Record], renderer: Any) -> list[dict[str, l
             {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
         )
     return rows
+
+
+def to_unpaired_rows(records: list[Record], renderer: Any) -> list[dict[str, Any]]:
+    """`{"prompt_ids", "completion_ids", "label"}` per rated answer (KTO)."""
+    from slmkit.data.template import reply_ids
+
+    rows: list[dict[str, Any]] = []
+    for record in records:
+        if record.kind != "unpaired" or record.label is None:
+            raise DataError(
+                f"{record.source}: not a rated answer (expected a conversation with label: true|false)",
+                hint="KTO learns from rated answers; `slm feedback export --to kto` writes them",
+            )
+        prompt_ids, completion_ids = reply_ids(record.messages, record.tools, renderer)
+        rows.append(
+            {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "label": record.label}
+        )
+    return rows

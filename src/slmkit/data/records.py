@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from slmkit.errors import DataError
 
-RecordKind = Literal["sft", "preference", "text"]
+RecordKind = Literal["sft", "preference", "unpaired", "text"]
 Severity = Literal["error", "warning"]
 FORMATS = ("alpaca", "sharegpt", "messages", "preference", "text")
 FILE_FIELD = "(file)"
@@ -23,7 +23,9 @@ class Record:
     tool_calls/name/tool_call_id); `tools` are the function schemas the model is shown with them
     (OpenAI form, `{"type": "function", "function": {...}}`). A preference pair keeps the prompt
     turns plus the chosen reply in `messages` and the same prompt turns plus the rejected reply in
-    `rejected`. Plain text records have `text` and no messages.
+    `rejected`. An unpaired record (KTO's thumbs up/down) is a conversation whose last assistant
+    reply was rated: `label` True for a good answer, False for a bad one. Plain text records have
+    `text` and no messages.
     """
 
     messages: list[dict[str, Any]]
@@ -32,6 +34,7 @@ class Record:
     rejected: list[dict[str, Any]] | None = None
     text: str | None = None
     tools: list[dict[str, Any]] | None = None
+    label: bool | None = None
 
     @property
     def file(self) -> str:
@@ -46,7 +49,13 @@ class Record:
 
     def key(self) -> str:
         """A canonical string of everything that reaches the model; equal keys mean duplicate samples."""
-        payload = {"m": self.messages, "r": self.rejected, "t": self.text, "tools": self.tools}
+        payload = {
+            "m": self.messages,
+            "r": self.rejected,
+            "t": self.text,
+            "tools": self.tools,
+            "label": self.label,
+        }
         return json.dumps(payload, sort_keys=True, ensure_ascii=False)
 
 

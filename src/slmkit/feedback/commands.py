@@ -51,6 +51,7 @@ def export_cmd(
         typer.Option(
             "--to",
             help="sft (messages) | dpo (preference pairs: correction chosen, original rejected) "
+            "| kto (every rated answer labelled true/false: thumbs up, thumbs down, corrections) "
             "| eval (an eval set whose references are approved or corrected answers).",
         ),
     ],
@@ -68,7 +69,7 @@ def export_cmd(
         typer.Option("--config", "-c", help="serve.yaml: its audit path and output filter."),
     ] = None,
 ) -> None:
-    """Rated and escalated answers -> SFT, DPO or eval data: latest feedback per request,
+    """Rated and escalated answers -> SFT, DPO, KTO or eval data: latest feedback per request,
     de-duplicated, PII-masked with the gateway's output filter, validated; counts printed."""
     from slmkit.console import out as stdout
     from slmkit.feedback.export import TARGETS, export_feedback
@@ -104,10 +105,12 @@ def export_cmd(
 def _export_table(report: ExportReport) -> Table:
     from rich.table import Table
 
+    from slmkit.feedback.export import SOURCES
+
     table = Table("", "count", title=f"feedback -> {report.target}", title_justify="left")
     table.add_row("requests read", str(report.read))
     table.add_row("rated", str(report.rated))
-    for source in ("thumbs-up", "correction", "escalated"):
+    for source in SOURCES:
         table.add_row(f"exported: {source}", str(report.sources.get(source, 0)))
     table.add_row("exported", str(report.exported), style="bold")
     for reason, count in sorted(report.skipped.items()):

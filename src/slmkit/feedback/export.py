@@ -1,10 +1,12 @@
-"""`slm feedback export`: rated and escalated answers from the audit log -> SFT / DPO / eval data.
+"""`slm feedback export`: rated and escalated answers from the audit log -> SFT / DPO / KTO / eval data.
 
 - thumbs-up answer -> SFT example (the conversation as asked + the answer);
 - thumbs-down with a correction -> SFT example of the correction, and a preference pair
   (correction chosen, original answer rejected);
 - thumbs-down without a correction -> counted, not exported;
-- escalated request answered by another chain member -> SFT example (a stronger model's answer).
+- escalated request answered by another chain member -> SFT example (a stronger model's answer);
+- for KTO (`--to kto`) every rated answer is a row of its own, labelled: thumbs-up -> true,
+  thumbs-down -> false (with or without a correction), and a correction -> true.
 
 The latest feedback on a request wins; identical (prompt, answer) examples are written once; all
 text goes through the gateway's PII filter; the file is validated by the data layer before it is
@@ -25,9 +27,11 @@ from slmkit.feedback.audit_reader import FeedbackRow, read_rows
 from slmkit.serve.config import OutputFilter
 from slmkit.serve.guards import StreamingFilter
 
-ExportTarget = Literal["sft", "dpo", "eval"]
-TARGETS: tuple[ExportTarget, ...] = ("sft", "dpo", "eval")
-DATA_FORMAT = {"sft": "messages", "dpo": "preference"}
+ExportTarget = Literal["sft", "dpo", "kto", "eval"]
+TARGETS: tuple[ExportTarget, ...] = ("sft", "dpo", "kto", "eval")
+DATA_FORMAT = {"sft": "messages", "dpo": "preference", "kto": "messages"}
+Source = Literal["thumbs-up", "thumbs-down", "correction", "escalated"]
+SOURCES: tuple[Source, ...] = ("thumbs-up", "thumbs-down", "correction", "escalated")
 
 # why a request read from the audit log was not exported (the keys of ExportReport.skipped)
 NO_FEEDBACK = "no feedback, not escalated"
@@ -38,6 +42,7 @@ NO_PAIR = "no correction: not a pair"
 SAME_AS_ANSWER = "correction equals the answer"
 NOT_APPROVED = "escalated: not approved by a person"
 NOT_A_QUESTION = "conversation does not end with a user turn"
+NOT_RATED = "escalated: not rated"
 
 
 @dataclass
@@ -46,11 +51,12 @@ class Example:
     unlearn, for a correction)."""
 
     request_id: str
-    source: Literal["thumbs-up", "correction", "escalated"]
+    source: Source
     messages: list[dict[str, Any]]
     answer: str
     rejected: str | None = None
     tags: list[str] = field(default_factory=list)
+    label: bool | None = None  # KTO: was `answer` good (thumbs-up, correction) or bad
 
 
 @dataclass
@@ -59,7 +65,7 @@ class ExportReport:
     path: Path | None
     read: int  # answered requests in the window
     rated: int
-    sources: Counter[str]  # exported examples by source (thumbs-up, correction, escalated)
+    sources: Counter[str]  # exported examples by source (SOURCES)
     skipped: Counter[str]  # requests or examples not exported, by reason
     masked: int  # PII spans replaced
 
@@ -105,7 +111,11 @@ def build_records(
     report = ExportReport(
         target, None, len(rows), sum(1 for r in rows if r.rating), Counter(), Counter(), 0
     )
-    examples = examples_from_rows(rows, report.skipped)
+    examples = (
+        rated_examples(rows, report.skipped)
+        if target == "kto"
+        else examples_from_rows(rows, report.skipped)
+    )
     records: list[dict[str, Any]] = []
     seen: set[str] = set()
     for example in examples:
@@ -151,7 +161,31 @@ def examples_from_rows(rows: list[FeedbackRow], skipped: Counter[str]) -> list[E
     return examples
 
 
-def _source(row: FeedbackRow) -> Literal["thumbs-up", "correction", "escalated"] | None:
+def rated_examples(rows: list[FeedbackRow], skipped: Counter[str]) -> list[Example]:
+    """KTO: every rated answer labelled by its rating, and a correction as a good answer."""
+    examples: list[Example] = []
+    for row in rows:
+        if row.rating is None:
+            skipped[NOT_RATED if row.escalated else NO_FEEDBACK] += 1
+            continue
+        messages = row.conversation()
+        if messages is None or row.response_text is None:
+            skipped[NO_TEXT] += 1
+            continue
+        plain, up = _plain(messages), row.rating > 0
+        source: Source = "thumbs-up" if up else "thumbs-down"
+        examples.append(Example(row.id, source, plain, row.response_text, label=up))
+        if not up and row.correction and row.correction.strip():
+            examples.append(Example(row.id, "correction", plain, row.correction, label=True))
+    if rows and not examples and any(r.rating is not None for r in rows):
+        raise SlmError(
+            "the audit log has no prompt/response text for the rated request(s)",
+            hint="set `audit.log_text: true` in serve.yaml (text is stored only then)",
+        )
+    return examples
+
+
+def _source(row: FeedbackRow) -> Source | None:
     if row.rating is not None and row.rating > 0:
         return "thumbs-up"
     if row.rating is not None:
@@ -179,6 +213,8 @@ def to_record(example: Example, target: ExportTarget) -> dict[str, Any] | None:
     answer = {"role": "assistant", "content": example.answer}
     if target == "sft":
         return {"messages": [*example.messages, answer]}
+    if target == "kto":
+        return {"messages": [*example.messages, answer], "label": example.label}
     if target == "dpo":
         if example.rejected is None or example.rejected.strip() == example.answer.strip():
             return None

@@ -10,7 +10,14 @@ from pydantic import Field, PlainValidator
 
 from slmkit.config import StrictModel
 
-Method = Literal["sft", "dpo", "pt"]
+Method = Literal["sft", "dpo", "kto", "orpo", "simpo", "pt"]
+# methods that learn from rated answers (the `dpo:` section's settings); KTO from unpaired ratings
+PREFERENCE_METHODS: tuple[str, ...] = ("dpo", "kto", "orpo", "simpo")
+# methods that compare the policy with a frozen reference model (ORPO and SimPO need none)
+REFERENCE_METHODS: tuple[str, ...] = ("dpo", "kto")
+# beta when the recipe leaves it out: DPO's and KTO's papers use 0.1, ORPO's lambda is 0.1,
+# SimPO's paper 2.0-2.5
+DEFAULT_BETA = {"dpo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}
 FinetuningType = Literal["lora", "qlora", "full", "freeze"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -151,18 +158,22 @@ class TrainSection(StrictModel):
 
 
 class DpoSection(StrictModel):
-    """Direct preference optimisation settings (`method: dpo`)."""
+    """Learning from rated answers: `method: dpo`, `kto`, `orpo` and `simpo`."""
 
-    beta: float = Field(
-        default=0.1, gt=0, description="Strength of the pull towards the reference model."
+    beta: float | None = Field(
+        default=None,
+        gt=0,
+        description="Strength of the preference term; unset = the method's paper value (dpo, kto: "
+        "0.1, the pull towards the reference; orpo: 0.1, the odds-ratio weight lambda; simpo: 2.0, "
+        "the reward scale).",
     )
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
-        default="sigmoid", description="DPO loss variant."
+        default="sigmoid", description="DPO loss variant (method: dpo)."
     )
     from_run: str | None = Field(
         default=None,
         description="An SFT run folder whose adapter is trained further (its base becomes the model; "
-        "the reference is the SFT model).",
+        "for dpo and kto the reference is the SFT model).",
     )
     max_prompt_len: int | None = Field(
         default=None, ge=8, description="Truncate prompts to this many tokens."
@@ -170,9 +181,29 @@ class DpoSection(StrictModel):
     ftx: float = Field(
         default=0.0,
         ge=0,
-        description="Weight of an SFT loss (NLL of the chosen answers) added to the DPO loss, as "
-        "LLaMA-Factory's pref_ftx / RPO: keeps DPO from moving answers SFT got right (0 = off).",
+        description="Weight of an SFT loss (NLL of the chosen answers) added to the DPO or SimPO "
+        "loss, as LLaMA-Factory's pref_ftx / RPO: keeps preference tuning from moving answers SFT "
+        "got right (0 = off; ORPO has it built in).",
     )
+    simpo_gamma: float = Field(
+        default=1.0,
+        ge=0,
+        description="SimPO's target margin between the chosen and rejected answers' mean log-prob "
+        "times beta (the paper's gamma; method: simpo).",
+    )
+    desirable_weight: Annotated[float | Literal["auto"], auto_or_number(above=0)] = Field(
+        default="auto",
+        description="KTO: weight of the thumbs-up answers' loss; `auto` balances it against the "
+        "thumbs-down ones (the KTO paper's rule: up x weight within 1 to 4/3 of down x "
+        "undesirable_weight).",
+    )
+    undesirable_weight: float = Field(
+        default=1.0, gt=0, description="KTO: weight of the thumbs-down answers' loss."
+    )
+
+    def beta_for(self, method: str) -> float:
+        """The beta this method trains with: the recipe's, or the method's paper value."""
+        return self.beta if self.beta is not None else DEFAULT_BETA.get(method, 0.1)
 
 
 class PreferenceSection(StrictModel):

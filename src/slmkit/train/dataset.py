@@ -115,8 +115,7 @@ def prepare_sft_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any) -> Prepar
     from slmkit.data.template import tokenize_sft
 
     train_records, val_records = split_train_val(recipe, recipe_dir)
-    wanted = "text" if recipe.method == "pt" else "sft"
-    _check_kinds(train_records, wanted)
+    _check_kinds(train_records, recipe.method)
     settings: dict[str, Any] = dict(
         cutoff_len=recipe.data.cutoff_len,
         train_on_prompt=recipe.data.train_on_prompt,
@@ -166,7 +165,7 @@ def prepare_dpo_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any = None) ->
     from slmkit.data.template import ChatRenderer, resolve_chat_template
 
     train_records, val_records = split_train_val(recipe, recipe_dir)
-    _check_kinds(train_records, "preference")
+    _check_kinds(train_records, recipe.method)
     tokenizer = tokenizer or _recipe_tokenizer(recipe)
     fitted = _fit_pairs(recipe, train_records, tokenizer)
     renderer = ChatRenderer(tokenizer, resolve_chat_template(tokenizer, recipe.data.template))
@@ -182,6 +181,43 @@ def prepare_dpo_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any = None) ->
     if not rows:
         raise DataError("no preference pairs left (all dropped: raise data.cutoff_len?)")
     return PreparedData([], [], data_files(recipe, recipe_dir), stats, rows, val_rows)
+
+
+def prepare_kto_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any = None) -> PreparedData:
+    """Rated answers as KTO rows (`prompt_ids`, `completion_ids`, `label`), tokenized like DPO's
+    pairs and fitted to `data.cutoff_len` by the same rules."""
+    from slmkit.data.preference import to_unpaired_rows
+    from slmkit.data.template import ChatRenderer, resolve_chat_template
+
+    train_records, val_records = split_train_val(recipe, recipe_dir)
+    _check_kinds(train_records, recipe.method)
+    tokenizer = tokenizer or _recipe_tokenizer(recipe)
+    fitted = _fit_pairs(recipe, train_records, tokenizer)
+    renderer = ChatRenderer(tokenizer, resolve_chat_template(tokenizer, recipe.data.template))
+    rows = to_unpaired_rows(fitted.records, renderer)
+    val_rows = to_unpaired_rows(_fit_pairs(recipe, val_records, tokenizer).records, renderer)
+    up = sum(1 for row in rows if row["label"])
+    stats = {
+        "records": len(train_records),
+        "val_records": len(val_records),
+        "rated": len(rows),
+        "thumbs_up": up,
+        "thumbs_down": len(rows) - up,
+        "truncated": fitted.n_truncated,
+        "dropped": fitted.n_dropped,
+    }
+    if not rows:
+        raise DataError("no rated answers left (all dropped: raise data.cutoff_len?)")
+    return PreparedData([], [], data_files(recipe, recipe_dir), stats, rows, val_rows)
+
+
+def prepare_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any) -> PreparedData:
+    """The method's data: preference pairs, rated answers, or SFT / plain-text samples."""
+    if recipe.method in ("dpo", "orpo", "simpo"):
+        return prepare_dpo_data(recipe, recipe_dir, tokenizer)
+    if recipe.method == "kto":
+        return prepare_kto_data(recipe, recipe_dir, tokenizer)
+    return prepare_sft_data(recipe, recipe_dir, tokenizer)
 
 
 def _fit_pairs(recipe: Recipe, records: list[Any], tokenizer: Any) -> Any:
@@ -217,14 +253,27 @@ def _report_overflow(result: Any, cutoff_len: int) -> None:
     )
 
 
-def _check_kinds(records: list[Any], wanted: str) -> None:
+# the record kind each method trains on, and the method that trains on each kind
+KIND_OF_METHOD = {
+    "sft": "sft",
+    "pt": "text",
+    "dpo": "preference",
+    "orpo": "preference",
+    "simpo": "preference",
+    "kto": "unpaired",
+}
+METHOD_FOR_KIND = {"sft": "sft", "text": "pt", "preference": "dpo", "unpaired": "kto"}
+
+
+def _check_kinds(records: list[Any], method: str) -> None:
+    wanted = KIND_OF_METHOD[method]
     wrong = next((r for r in records if r.kind != wanted), None)
     if wrong is None:
         return
-    method = {"sft": "sft", "text": "pt", "preference": "dpo"}
     raise DataError(
-        f"{wrong.source}: a {wrong.kind!r} record, but method {method[wanted]!r} needs {wanted!r} records",
-        hint=f"use method: {method.get(wrong.kind, wrong.kind)} for this data, or point data.train at the right file",
+        f"{wrong.source}: a {wrong.kind!r} record, but method {method!r} needs {wanted!r} records",
+        hint=f"use method: {METHOD_FOR_KIND.get(wrong.kind, wrong.kind)} for this data, or point "
+        "data.train at the right file",
     )
 
 

@@ -1,7 +1,8 @@
-"""Direct preference optimisation with TRL's DPOTrainer on a LoRA adapter.
+"""Preference pairs with TRL's DPOTrainer: DPO, and ORPO / SimPO with its loss replaced.
 
-The reference model is the policy with its adapter switched off (a fresh adapter), or a
+DPO's reference model is the policy with its adapter switched off (a fresh adapter), or a
 frozen copy of the SFT adapter when `dpo.from_run` continues an SFT run (TRL adds it as "ref").
+ORPO and SimPO use no reference (`train.reference_free`).
 """
 
 from __future__ import annotations
@@ -31,24 +32,42 @@ def build_dpo_trainer(
     score_only_labelled_positions()
     args = common_arguments(recipe, run_dir, precision, has_val=bool(data.val_preference_rows))
     args["include_num_input_tokens_seen"] = "no"  # DPO batches have no plain input_ids column
+    settings, method = recipe.dpo, recipe.method
+    beta, dpo_ftx = settings.beta_for(method), settings.ftx if method == "dpo" else 0.0
     config = DPOConfig(
         **args,
-        beta=recipe.dpo.beta,
-        loss_type=[recipe.dpo.loss_type, *(["sft"] if recipe.dpo.ftx else [])],
-        loss_weights=[1.0, recipe.dpo.ftx] if recipe.dpo.ftx else None,
+        beta=beta,
+        loss_type=[settings.loss_type, *(["sft"] if dpo_ftx else [])],
+        loss_weights=[1.0, dpo_ftx] if dpo_ftx else None,
         max_length=recipe.data.cutoff_len,
         dataset_num_proc=None,
     )
     train_set = Dataset.from_list(data.preference_rows)
     val_set = Dataset.from_list(data.val_preference_rows) if data.val_preference_rows else None
-    return pretokenized(DPOTrainer)(
+    trainer_class = pretokenized(DPOTrainer)
+    extra: dict[str, Any] = {}
+    if method in ("orpo", "simpo"):
+        from slmkit.train.reference_free import reference_free
+
+        trainer_class = reference_free(
+            trainer_class, method, beta, settings.simpo_gamma, settings.ftx
+        )
+        # no reference model to build: a full fine-tune would load a second copy of the weights
+        if not _is_peft(model):
+            extra["ref_model"] = model
+    return trainer_class(
         model=model,
+        **extra,
         args=config,
         train_dataset=train_set,
         eval_dataset=val_set,
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config")
 
 
 def pretokenized(trainer_class: Any) -> Any:

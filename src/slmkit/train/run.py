@@ -18,7 +18,8 @@ from slmkit.models.load import copy_sentencepiece_model
 from slmkit.recipe import Recipe
 from slmkit.registry.hooks import record_run
 from slmkit.train import runfolder
-from slmkit.train.dataset import data_files, prepare_dpo_data, prepare_sft_data
+from slmkit.train.config import PREFERENCE_METHODS
+from slmkit.train.dataset import data_files, prepare_data
 from slmkit.train.diagnosis import Diagnosis, diagnose
 from slmkit.train.modeling import (
     check_device,
@@ -87,11 +88,7 @@ def train(
     quiet_transformers()
     precision, described_precision = resolve_precision(recipe)
     tokenizer = load_tokenizer_for(base, recipe.data.template)
-    data = (
-        prepare_dpo_data(recipe, recipe_dir, tokenizer)
-        if recipe.method == "dpo"
-        else prepare_sft_data(recipe, recipe_dir, tokenizer)
-    )
+    data = prepare_data(recipe, recipe_dir, tokenizer)
     set_seed(
         recipe.train.seed
     )  # adapter init draws from the global RNG before the Trainer seeds it
@@ -167,7 +164,11 @@ def _build_trainer(
     precision: str,
     callbacks: list[Any],
 ) -> Any:
-    if recipe.method == "dpo":
+    if recipe.method == "kto":
+        from slmkit.train.kto import build_kto_trainer
+
+        return build_kto_trainer(recipe, run_dir, model, tokenizer, data, precision, callbacks)
+    if recipe.method in PREFERENCE_METHODS:
         from slmkit.train.dpo import build_dpo_trainer
 
         return build_dpo_trainer(recipe, run_dir, model, tokenizer, data, precision, callbacks)
@@ -219,6 +220,10 @@ def _start_run_folder(
 def _describe_data(stats: dict[str, Any]) -> str:
     if "pairs" in stats:
         return f"{stats['pairs']} preference pairs"
+    if "rated" in stats:
+        return (
+            f"{stats['rated']} rated answers ({stats['thumbs_up']} up, {stats['thumbs_down']} down)"
+        )
     text = f"{stats['samples']} samples / {stats['tokens']:,} tokens"
     return text + (f" packed into {stats['packed_rows']} rows" if "packed_rows" in stats else "")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from slmkit.errors import ConfigError
 from slmkit.recipe import Recipe
+from slmkit.train.config import PREFERENCE_METHODS
 
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
@@ -88,7 +89,7 @@ def recipe_hash(recipe: Recipe) -> str:
         "preference",
         "evaluate",
         "export",
-        *(() if recipe.method == "dpo" else ("dpo",)),
+        *(() if recipe.method in PREFERENCE_METHODS else ("dpo",)),
     )
     for section in unread:
         data.pop(section, None)

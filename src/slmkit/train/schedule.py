@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from slmkit.recipe import Recipe
+from slmkit.train.config import PREFERENCE_METHODS
 
 AUTO = "auto"
 # Small sets: at least this many optimizer steps (a 135M model learned 24 invented facts from 6
@@ -30,14 +31,12 @@ def auto_lr(recipe: Recipe, params: int) -> tuple[float, str]:
     """The peak learning rate for this method, fine-tuning type and model size, with the reason."""
     size = _size(params)
     adapter = recipe.finetuning in ("lora", "qlora")
-    if recipe.method == "dpo":
+    if recipe.method in PREFERENCE_METHODS:
+        name = recipe.method.upper()
         return (
-            (5e-5, f"DPO on a {recipe.finetuning} adapter")
+            (5e-5, f"{name} on a {recipe.finetuning} adapter")
             if adapter
-            else (
-                1e-6,
-                f"DPO of all {size} weights",
-            )
+            else (1e-6, f"{name} of all {size} weights")
         )
     if recipe.init.mode == "random":
         return 3e-3, f"a {size} model trained from a random init"
@@ -58,7 +57,7 @@ def auto_epochs(recipe: Recipe, rows: int, world_size: int = 1) -> tuple[float, 
     per_step = t.batch_size * t.grad_accum * max(1, world_size)
     steps_per_epoch = max(1, math.ceil(rows / per_step))
     epochs = DEFAULT_EPOCHS
-    if recipe.method != "dpo" and steps_per_epoch * DEFAULT_EPOCHS < MIN_STEPS:
+    if recipe.method not in PREFERENCE_METHODS and steps_per_epoch * DEFAULT_EPOCHS < MIN_STEPS:
         epochs = min(MAX_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
         reason = (
             f"{epochs} passes over {rows} rows = {epochs * steps_per_epoch} steps of {per_step} "

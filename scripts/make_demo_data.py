@@ -229,6 +229,53 @@ def build_kto(pairs: list[dict[str, str]]) -> list[dict[str, Any]]:
     return rows
 
 
+# The JSON ticket task (GRPO's demo): every third message is held out for evaluation
+TICKETS_EVAL_EVERY = 3
+TICKET_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "intent": {"enum": ["refund", "shipping", "product", "other"]},
+        "order_id": {"type": ["string", "null"]},
+        "urgent": {"type": "boolean"},
+    },
+    "required": ["intent", "order_id", "urgent"],
+    "additionalProperties": False,
+}
+
+
+def build_tickets(source_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Support messages to turn into a JSON ticket, as prompt rows with the schema as their
+    response_format and the expected ticket as reference: (training prompts, held-out ones)."""
+    table = _read_yaml(source_dir / "tickets.yaml")
+    rng = random.Random(SHUFFLE_SEED + 3)
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "ticket", "schema": TICKET_SCHEMA},
+    }
+    rows = []
+    for intent, messages in table["intents"].items():
+        for index, template in enumerate(messages):
+            order = f"BW-{rng.randrange(10000, 99999)}" if "{order}" in template else None
+            urgent = index % 3 == 1
+            text = template.replace("{order}", order or "")
+            if urgent:
+                text += table["urgent_suffixes"][index % len(table["urgent_suffixes"])]
+            ticket = {"intent": intent, "order_id": order, "urgent": urgent}
+            rows.append(
+                {
+                    "system": table["system"],
+                    "prompt": f"{table['instruction']}\n\nMessage: {text}",
+                    "reference": json.dumps(ticket),
+                    "must_include": [intent],
+                    "response_format": response_format,
+                }
+            )
+    rng.shuffle(rows)
+    held_out = [row for i, row in enumerate(rows) if i % TICKETS_EVAL_EVERY == 0]
+    train = [row for i, row in enumerate(rows) if i % TICKETS_EVAL_EVERY != 0]
+    return train, held_out
+
+
 def build_eval(tables: Tables) -> list[dict[str, Any]]:
     """Held-out questions: each fact asked 2-3 ways unlike any training question."""
     return [
@@ -328,9 +375,10 @@ def render_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2) + "\n"
 
 
-def build_files(tables: Tables) -> dict[str, str]:
+def build_files(tables: Tables, source_dir: Path = SOURCE_DIR) -> dict[str, str]:
     """Relative path -> file text for every generated file."""
     messages, alpaca = build_sft(tables)
+    tickets_train, tickets_eval = build_tickets(source_dir)
     eval_rows = build_eval(tables)
     small_sft, small_eval = build_small(messages, eval_rows)
     pairs = build_dpo(tables)
@@ -345,6 +393,8 @@ def build_files(tables: Tables) -> dict[str, str]:
         "dataset_info.json": render_json(support_dataset_info()),
         "conch/magic_conch.json": render_json(build_conch(tables)),
         "conch/dataset_info.json": render_json(conch_dataset_info()),
+        "tickets_train.jsonl": render_jsonl(tickets_train),
+        "tickets_eval.jsonl": render_jsonl(tickets_eval),
     }
 
 
@@ -360,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DATA_DIR, help="output folder")
     parser.add_argument("--source", type=Path, default=SOURCE_DIR, help="folder of the tables")
     args = parser.parse_args(argv)
-    files = build_files(load_tables(args.source))
+    files = build_files(load_tables(args.source), args.source)
     write_files(files, args.out)
     for relative, text in files.items():
         lines = text.count("\n")

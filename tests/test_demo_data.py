@@ -28,6 +28,8 @@ GENERATED = (
     "dataset_info.json",
     "conch/magic_conch.json",
     "conch/dataset_info.json",
+    "tickets_train.jsonl",
+    "tickets_eval.jsonl",
 )
 ROLES = {"system", "user", "assistant"}
 

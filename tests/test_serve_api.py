@@ -367,6 +367,11 @@ def test_metrics_audit_log_feedback_and_logs(server: ServerProcess, home: Path, 
     assert server.metric("slm_time_per_output_token_seconds_count", model="default") >= 1
     assert server.metric("slm_completion_tokens_total", model="default") > 100
     assert server.metric("slm_engine_up", model="default") == 1
+    # memory read at the scrape: the gateway's own, and its llama-server's
+    (engine,) = server.engine_children()
+    engine_rss = server.metric("slm_engine_resident_bytes", model="default")
+    assert engine_rss == pytest.approx(engine.memory_info().rss, rel=0.25)
+    assert server.metric("slm_process_resident_bytes") > 50e6
 
     db = home / "serve" / "audit.db"
     conn = sqlite3.connect(db)

@@ -300,3 +300,15 @@ def test_each_method_trains_the_embedded_model(
     rows = [row for row in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in row]
     assert len(rows) == 2 and all(math.isfinite(row["loss"]) for row in rows)
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_orpo_log_odds_stay_finite_for_a_certain_answer() -> None:
+    import torch
+
+    from slmkit.train.reference_free import pair_losses
+
+    chosen = torch.tensor([0.0, -1e-9], requires_grad=True)  # float32 rounds a sure answer to 0
+    rejected = torch.tensor([-2.0, -2.0])
+    loss, extra = pair_losses("orpo", chosen, rejected, beta=0.1, gamma=0.0)
+    loss.sum().backward()
+    assert torch.isfinite(extra["log_odds_ratio"]).all() and torch.isfinite(chosen.grad).all()

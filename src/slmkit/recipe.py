@@ -17,6 +17,7 @@ from slmkit.train.config import (
     DpoSection,
     FinetuningType,
     FreezeSection,
+    GrpoSection,
     InitSection,
     LoraSection,
     Method,
@@ -35,8 +36,9 @@ class Recipe(StrictModel):
     method: Method = Field(
         default="sft",
         description="sft: supervised chat fine-tuning; dpo, orpo, simpo: preference pairs (orpo "
-        "and simpo need no reference model); kto: answers rated good or bad, unpaired; pt: plain "
-        "text.",
+        "and simpo need no reference model); kto: answers rated good or bad, unpaired; grpo: "
+        "prompts, with rewards scoring sampled answers; reward: a reward model (a score head) from "
+        "preference pairs; pt: plain text.",
     )
     finetuning: FinetuningType = Field(
         default="lora",
@@ -56,6 +58,10 @@ class Recipe(StrictModel):
     dpo: DpoSection = Field(
         default_factory=DpoSection,
         description="Preference tuning settings (method: dpo, kto, orpo, simpo).",
+    )
+    grpo: GrpoSection = Field(
+        default_factory=GrpoSection,
+        description="Reinforcement learning with rewards (method: grpo).",
     )
     init: InitSection = Field(
         default_factory=InitSection, description="Pretrained or random initialisation."
@@ -89,8 +95,13 @@ class Recipe(StrictModel):
             raise ValueError(
                 "init.mode: random needs finetuning: full (an adapter on random weights learns nothing useful)"
             )
-        if self.dpo.from_run and self.method not in PREFERENCE_METHODS:
-            raise ValueError("dpo.from_run is only used with method: dpo, kto, orpo or simpo")
+        if self.method == "reward" and (self.dpo.from_run or self.init.mode == "random"):
+            raise ValueError(
+                "method: reward starts from a pretrained base (`model:`), with a new score head; "
+                "dpo.from_run and init.mode: random do not apply"
+            )
+        if self.dpo.from_run and self.method not in (*PREFERENCE_METHODS, "grpo"):
+            raise ValueError("dpo.from_run is only used with method: dpo, kto, orpo, simpo or grpo")
         if self.dpo.ftx and self.method not in ("dpo", "simpo"):
             raise ValueError(
                 f"dpo.ftx: used with method dpo or simpo, not {self.method} "
@@ -100,6 +111,11 @@ class Recipe(StrictModel):
             raise ValueError(
                 "train.batch_size: method kto needs at least 2 (its KL estimate pairs each prompt "
                 "with another answer of the batch)"
+            )
+        if self.method == "grpo" and (self.data.val or self.data.val_ratio > 0):
+            raise ValueError(
+                "data.val: method grpo does not validate on held-out prompts; score the run with "
+                "`slm eval` instead (remove data.val / data.val_ratio)"
             )
         if self.data.val and self.data.val_ratio > 0:
             raise ValueError("data.val and data.val_ratio are exclusive: give one")

@@ -68,6 +68,16 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help=f"{describe(JudgeSettings, 'base_url')} {JUDGE_SYNTAX}"),
         ] = None,
+        judge: Annotated[
+            str | None,
+            typer.Option(
+                "--judge",
+                metavar="reward:RUN",
+                help="A reward model judges (a run of `slm train` with method: reward): per "
+                "question, the answer it scores higher than the first model's wins "
+                "(judge_win_rate).",
+            ),
+        ] = None,
         judge_model: str | None = option(
             JudgeSettings,
             "model",
@@ -105,7 +115,13 @@ def register(app: typer.Typer) -> None:
             "cache": cache,
             "similarity": similarity,
         }
-        if judge_url:
+        if judge is not None:
+            if not judge.startswith("reward:") or judge == "reward:":
+                raise ConfigError(
+                    f"--judge: {judge!r} is not reward:RUN (an LLM judge: --judge-url)"
+                )
+            overrides["judge"] = {"enabled": True, "reward_model": judge}
+        elif judge_url:
             overrides["judge"] = {
                 "enabled": True,
                 "base_url": judge_url,

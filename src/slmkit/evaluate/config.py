@@ -11,7 +11,14 @@ from slmkit.config import StrictModel
 from slmkit.errors import ConfigError
 
 # Per-model metrics a criterion can name (all are means over the eval set, except the latency ones).
-QUALITY_METRICS = ("fact_recall", "exact_match", "rouge_l", "similarity", "judge_win_rate")
+QUALITY_METRICS = (
+    "fact_recall",
+    "exact_match",
+    "rouge_l",
+    "similarity",
+    "judge_win_rate",
+    "json_valid",
+)
 ALL_METRICS = (
     *QUALITY_METRICS,
     "forbidden_rate",
@@ -21,7 +28,7 @@ ALL_METRICS = (
     "tokens_per_s",
 )
 EngineChoice = Literal["auto", "llamacpp", "transformers", "onnx"]
-MainMetric = Literal["fact_recall", "exact_match", "rouge_l", "similarity"]
+MainMetric = Literal["fact_recall", "exact_match", "rouge_l", "similarity", "json_valid"]
 
 
 def _check_metric_names(values: dict[str, float]) -> dict[str, float]:
@@ -82,6 +89,11 @@ class JudgeSettings(StrictModel):
 
     enabled: bool = Field(
         default=False, description="Ask a judge model which answer is better (off by default)."
+    )
+    reward_model: str | None = Field(
+        default=None,
+        description="A reward model (`reward:RUN`, a run of `slm train` with method: reward) "
+        "judges instead of an LLM: the answer with the higher reward wins.",
     )
     base_url: str = Field(
         default="http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint of the judge."

@@ -18,6 +18,7 @@ from slmkit.data.readers import json_objects
 from slmkit.errors import DataError
 
 KNOWN_FIELDS = {
+    "response_format",
     "prompt",
     "messages",
     "system",
@@ -41,6 +42,7 @@ class EvalItem:
     must_not_include: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
     id: str = ""
+    response_format: dict[str, Any] | None = None  # the answer must be this JSON (json_valid)
 
     @property
     def question(self) -> str:
@@ -92,7 +94,27 @@ def parse_item(row: dict[str, Any], where: str, line: int) -> EvalItem:
         must_not_include=_strings(row, "must_not_include", where),
         tags=_strings(row, "tags", where),
         id=str(row.get("id", "")),
+        response_format=_response_format(row, where),
     )
+
+
+def _response_format(row: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """An OpenAI response_format (json_object or json_schema) the answer is checked against."""
+    value = row.get("response_format")
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in ("json_object", "json_schema"):
+        raise DataError(
+            f"{where}: response_format: expected an object with type json_object or json_schema"
+        )
+    if kind == "json_schema" and not isinstance(
+        (value.get("json_schema") or {}).get("schema"), dict
+    ):
+        raise DataError(
+            f"{where}: response_format.json_schema.schema: expected a JSON schema object"
+        )
+    return value
 
 
 def _messages(row: dict[str, Any], where: str) -> list[dict[str, str]]:

@@ -1,6 +1,7 @@
 """Optional LLM-as-judge: for each item, a judge model picks the better of two answers.
 
-Pairwise against the first model, with a fixed rubric. The two answers swap places on every
+Pairwise against the first model, with a fixed rubric, or by a reward model (`reward:RUN`,
+`RewardJudge`): the answer it scores higher wins. The two answers swap places on every
 other item to cancel the judge's position bias. Score per item: 1 win, 0.5 tie, 0 loss; a
 reply the judge garbles counts as a tie. Any OpenAI-compatible endpoint works (`slm serve` too).
 """
@@ -79,3 +80,28 @@ def pairwise_scores(
         candidate_slot = "A" if swapped else "B"
         scores.append(0.5 if verdict == "TIE" else float(verdict == candidate_slot))
     return scores
+
+
+class RewardJudge:
+    """A reward model as the judge: per item 1.0 when the candidate's answer gets the higher
+    reward, 0.5 for equal rewards, 0.0 otherwise (no position bias to cancel)."""
+
+    def __init__(self, ref: str) -> None:
+        from slmkit.models.reward import RewardModel
+
+        self.model = RewardModel.load(ref)
+        self._baseline: dict[int, list[float]] = {}
+
+    def pairwise_scores(
+        self, items: Sequence[EvalItem], baseline: Sequence[str], candidate: Sequence[str]
+    ) -> list[float]:
+        conversations = [item.messages for item in items]
+        key = hash(tuple(baseline))
+        if key not in self._baseline:
+            self._baseline[key] = self.model.score(conversations, list(baseline))
+        base = self._baseline[key]
+        mine = self.model.score(conversations, list(candidate))
+        return [
+            1.0 if m > b + 1e-6 else 0.0 if m < b - 1e-6 else 0.5
+            for m, b in zip(mine, base, strict=True)
+        ]

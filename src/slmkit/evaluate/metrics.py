@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -173,6 +174,17 @@ def forbidden_hit(answer: str, forbidden: Sequence[str]) -> float | None:
         return None
     tokens = canonical_tokens(answer)
     return float(any(contains_fact(tokens, f) for f in forbidden))
+
+
+def json_valid(answer: str, response_format: dict[str, Any] | None) -> float | None:
+    """1.0 when the answer (without its reasoning) is JSON meeting `response_format` (the
+    gateway's json_schema check), 0.0 when not; None for an item that asks for no JSON."""
+    if response_format is None:
+        return None
+    from slmkit.answer_checks import json_problem
+    from slmkit.models.reasoning import split_reasoning
+
+    return float(json_problem(split_reasoning(answer)[1].strip(), response_format) is None)
 
 
 def exact_match(answer: str, reference: str) -> float:

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from slmkit.evaluate.run import EvalResult
 
-BAR_METRICS = ("fact_recall", "exact_match", "rouge_l", "similarity", "judge_win_rate")
+BAR_METRICS = (
+    "fact_recall",
+    "exact_match",
+    "rouge_l",
+    "similarity",
+    "judge_win_rate",
+    "json_valid",
+)
 
 
 def _pyplot():  # type: ignore[no-untyped-def]

@@ -22,6 +22,7 @@ TABLE_METRICS = (
     "rouge_l",
     "similarity",
     "judge_win_rate",
+    "json_valid",
     "forbidden_rate",
     "length_words",
     "latency_p50_s",

@@ -169,9 +169,13 @@ def _add_judge(
     baseline = [g.text for g in answers[first]]
     for score in scores[first]:
         score.judge_win_rate = 0.5  # the baseline against itself
+    rewarded = judge.RewardJudge(config.judge.reward_model) if config.judge.reward_model else None
     for target in targets[1:]:
-        wins = judge.pairwise_scores(
-            config.judge, items, baseline, [g.text for g in answers[target.name]]
+        candidate = [g.text for g in answers[target.name]]
+        wins = (
+            rewarded.pairwise_scores(items, baseline, candidate)
+            if rewarded is not None
+            else judge.pairwise_scores(config.judge, items, baseline, candidate)
         )
         for score, win in zip(scores[target.name], wins, strict=True):
             score.judge_win_rate = win

@@ -11,7 +11,14 @@ from slmkit.evaluate import metrics
 from slmkit.evaluate.evalset import EvalItem
 from slmkit.evaluate.generate import Generation
 
-ITEM_METRICS = ("fact_recall", "exact_match", "rouge_l", "similarity", "judge_win_rate")
+ITEM_METRICS = (
+    "fact_recall",
+    "exact_match",
+    "rouge_l",
+    "similarity",
+    "judge_win_rate",
+    "json_valid",
+)
 
 
 @dataclass
@@ -25,6 +32,7 @@ class ItemScores:
     length_words: int
     similarity: float | None = None
     judge_win_rate: float | None = None  # 1 win, 0.5 tie, 0 loss against the first model
+    json_valid: float | None = None  # 1 when the answer meets the item's response_format
 
 
 def score_answer(item: EvalItem, answer: str) -> ItemScores:
@@ -34,6 +42,7 @@ def score_answer(item: EvalItem, answer: str) -> ItemScores:
         rouge_l=metrics.rouge_l(answer, item.reference),
         forbidden=metrics.forbidden_hit(answer, item.must_not_include),
         length_words=metrics.word_count(answer),
+        json_valid=metrics.json_valid(answer, item.response_format),
     )
 
 
@@ -110,9 +119,10 @@ def tag_breakdown(
 
 
 def main_metric_for(items: Sequence[EvalItem], wanted: str) -> str:
-    """The requested main metric, or rouge_l when no item has facts to check for fact_recall."""
+    """The requested main metric; for fact_recall without any item's facts to check, json_valid
+    when items ask for JSON, else rouge_l."""
     if wanted == "fact_recall" and not any(item.must_include for item in items):
-        return "rouge_l"
+        return "json_valid" if any(item.response_format for item in items) else "rouge_l"
     return wanted
 
 

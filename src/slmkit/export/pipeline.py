@@ -35,6 +35,7 @@ from slmkit.export.quant_eval import (
 )
 from slmkit.export.quantize import quantize
 from slmkit.export.report import quant_table_markdown, write_reports
+from slmkit.models.load import refuse_reward_model
 from slmkit.models.resolve import ResolvedModel, resolve_model
 from slmkit.models.templates import default_template_kwargs
 from slmkit.registry.hooks import record_export
@@ -90,6 +91,7 @@ def _hf_source(resolved: ResolvedModel) -> Path:
 def resolve_exportable(source: str | Path) -> ResolvedModel:
     """Resolve `source` and refuse what cannot be exported, before any work."""
     resolved = resolve_model(source)
+    refuse_reward_model(resolved)
     if resolved.adapter is None:
         _hf_source(resolved)
     else:

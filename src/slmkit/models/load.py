@@ -59,6 +59,7 @@ def load_model(
 
     quiet_transformers()
     resolved = resolve_model(model) if isinstance(model, str) else model
+    refuse_reward_model(resolved)
     tokenizer = load_tokenizer(resolved)
     source, kwargs = _source(resolved)
     folder = None if resolved.kind == "gguf" else resolved.hf_path
@@ -78,6 +79,20 @@ def load_model(
             lm = lm.merge_and_unload()
     lm.to(device).eval()
     return lm, tokenizer
+
+
+def is_reward_model(resolved: ResolvedModel) -> bool:
+    """A run of `slm train` with method: reward (a score head, not a language model head)."""
+    manifest = resolved.extra.get("manifest") if resolved.kind == "run" else None
+    return isinstance(manifest, dict) and manifest.get("method") == "reward"
+
+
+def refuse_reward_model(resolved: ResolvedModel) -> None:
+    if is_reward_model(resolved):
+        raise ModelNotFoundError(
+            f"{resolved.ref} is a reward model: it scores answers, it does not write them",
+            hint="use it as `slm eval --judge reward:RUN` or in `grpo.rewards: [reward:RUN]`",
+        )
 
 
 def _refuse_vllm_only(resolved: ResolvedModel, folder: Any) -> None:

@@ -78,7 +78,7 @@ class Gateway:
         self.config = config
         self.engines = engines
         self.embedder = embedder
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(self.unique_engines)
         self.audit: AuditLog | None = None
         self.cache_url = config.state.cache_url()  # Valkey/Redis that gateways share, or None
         self.shared = redis_state.connect(self.cache_url) if self.cache_url else None

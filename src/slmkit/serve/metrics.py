@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -16,8 +17,14 @@ TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64,
 class GatewayMetrics:
     """Every metric the gateway exports; names are listed in docs/serve.md."""
 
-    def __init__(self) -> None:
+    def __init__(self, engines: Callable[[], list[Any]] | None = None) -> None:
+        """`engines`: the gateway's engines at scrape time, for the resource gauges
+        (serve/resources.py); without it those are left out."""
         self.registry = CollectorRegistry()
+        if engines is not None:
+            from slmkit.serve.resources import ResourceCollector
+
+            self.registry.register(ResourceCollector(engines))
         self._requests(self.registry)
         self._engines(self.registry)
         self._guards(self.registry)

@@ -37,7 +37,10 @@ def model_entry(text: str) -> ModelEntry:
 
 def choose_engine(entry: ModelEntry | Deployment, resolved: ResolvedModel, default: str) -> str:
     """`auto`: llama.cpp for anything with a GGUF, onnx for an ONNX export folder, transformers
-    otherwise (adapters, HF folders)."""
+    otherwise (adapters, HF folders). A reward model (it scores, it does not write) is refused."""
+    from slmkit.models.load import refuse_reward_model
+
+    refuse_reward_model(resolved)
     engine = entry.engine if entry.engine != "auto" else default
     if (engine == "onnx") != (resolved.kind == "onnx") and engine != "auto":
         raise ServeError(

@@ -6,11 +6,11 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PlainValidator
+from pydantic import Field, PlainValidator, field_validator, model_validator
 
 from slmkit.config import StrictModel
 
-Method = Literal["sft", "dpo", "kto", "orpo", "simpo", "pt"]
+Method = Literal["sft", "dpo", "kto", "orpo", "simpo", "grpo", "reward", "pt"]
 # methods that learn from rated answers (the `dpo:` section's settings); KTO from unpaired ratings
 PREFERENCE_METHODS: tuple[str, ...] = ("dpo", "kto", "orpo", "simpo")
 # methods that compare the policy with a frozen reference model (ORPO and SimPO need none)
@@ -204,6 +204,102 @@ class DpoSection(StrictModel):
     def beta_for(self, method: str) -> float:
         """The beta this method trains with: the recipe's, or the method's paper value."""
         return self.beta if self.beta is not None else DEFAULT_BETA.get(method, 0.1)
+
+
+# the rewards GRPO has built in (train.rewards); anything else is `module:function`
+BUILTIN_REWARDS: dict[str, str] = {
+    "json_schema": "1 when the answer is JSON meeting the prompt's response_format (or "
+    "grpo.response_format), 0.5 when it is JSON that does not, 0 when it is not JSON",
+    "must_include": "the share of the prompt's must_include phrases the answer holds "
+    "(case-insensitive)",
+    "must_not_include": "0 when the answer holds one of the prompt's or grpo.must_not_include's "
+    "phrases, else 1",
+    "not_empty": "0 for an empty answer, else 1",
+    "no_repetition": "0 for an answer that ends in a loop (the gateway's repetition check), else 1",
+    "no_refusal": "0 for an answer holding a refusal phrase (grpo.refusal), else 1",
+    "length": "1 up to grpo.max_words words, then falling to 0 at twice that",
+}
+
+
+def rewards_reference_markdown() -> str:
+    """The built-in rewards table of docs/train.md, generated from BUILTIN_REWARDS."""
+    rows = [f"| `{name}` | {what} |" for name, what in BUILTIN_REWARDS.items()]
+    return "\n".join(["| reward | score of one answer |", "|---|---|", *rows])
+
+
+class GrpoSection(StrictModel):
+    """Reinforcement learning with programmatic rewards (`method: grpo`): several answers to each
+    prompt are sampled, scored, and each is pushed up or down by how it compares with its group."""
+
+    rewards: list[str] = Field(
+        default_factory=lambda: ["must_include"],
+        min_length=1,
+        description="Reward functions, summed: built-in ones ("
+        + ", ".join(BUILTIN_REWARDS)
+        + "), a reward model `reward:RUN` (a run of method: reward; its score), or "
+        "`module:function` (called with prompts, completions and the prompt file's columns as "
+        "keyword lists; returns one float per completion).",
+    )
+    reward_weights: list[float] | None = Field(
+        default=None, description="Weight of each reward (default: 1 each)."
+    )
+    num_generations: int = Field(
+        default=4, ge=2, description="Answers sampled per prompt (the group compared)."
+    )
+    max_completion_len: int = Field(
+        default=128, ge=1, description="Tokens per sampled answer at most."
+    )
+    temperature: float = Field(
+        default=1.0, gt=0, description="Sampling temperature of the answers."
+    )
+    beta: float = Field(
+        default=0.0,
+        ge=0,
+        description="KL pull towards the starting model (0 = none, and no reference forward; "
+        "DeepSeek-R1 used 0.001).",
+    )
+    response_format: dict[str, Any] | None = Field(
+        default=None,
+        description="An OpenAI response_format (json_object or json_schema) for prompts without "
+        "their own; the json_schema reward checks answers against it.",
+    )
+    must_not_include: list[str] = Field(
+        default_factory=list,
+        description="Phrases the must_not_include reward penalises in every answer.",
+    )
+    refusal: list[str] = Field(
+        default_factory=lambda: ["I'm sorry", "I cannot", "I can't help", "As an AI"],
+        description="Phrases the no_refusal reward penalises (case-insensitive).",
+    )
+    max_words: int = Field(default=120, ge=1, description="The length reward's limit, in words.")
+
+    @field_validator("rewards")
+    @classmethod
+    def _known_rewards(cls, rewards: list[str]) -> list[str]:
+        for index, name in enumerate(rewards):
+            reward_model = name.startswith("reward:") and len(name) > len("reward:")
+            if name not in BUILTIN_REWARDS and not reward_model and not _is_import_path(name):
+                raise ValueError(
+                    f"{name!r} (entry {index}) is not a built-in reward ("
+                    + ", ".join(BUILTIN_REWARDS)
+                    + "), a reward model (`reward:RUN`) or a `module:function`"
+                )
+        return rewards
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> GrpoSection:
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ValueError(
+                f"reward_weights: {len(self.reward_weights)} weights for "
+                f"{len(self.rewards)} rewards (give one per reward)"
+            )
+        return self
+
+
+def _is_import_path(text: str) -> bool:
+    module, _, function = text.partition(":")
+    parts = [*module.split("."), function]
+    return bool(function) and all(part.isidentifier() for part in parts)
 
 
 class PreferenceSection(StrictModel):

@@ -23,6 +23,12 @@ class PreparedData:
     stats: dict[str, Any] = field(default_factory=dict)
     preference_rows: list[dict[str, Any]] = field(default_factory=list)
     val_preference_rows: list[dict[str, Any]] = field(default_factory=list)
+    prompt_rows: list[dict[str, Any]] = field(default_factory=list)  # GRPO
+
+    @property
+    def size(self) -> int:
+        """Training rows of whichever kind this method reads (samples, pairs, ratings, prompts)."""
+        return len(self.train_rows or self.preference_rows or self.prompt_rows)
 
 
 def data_files(recipe: Recipe, recipe_dir: Path) -> list[Path]:
@@ -211,9 +217,27 @@ def prepare_kto_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any = None) ->
     return PreparedData([], [], data_files(recipe, recipe_dir), stats, rows, val_rows)
 
 
+def prepare_grpo_data(recipe: Recipe, recipe_dir: Path) -> PreparedData:
+    """The prompts GRPO samples answers to, with the columns its rewards check."""
+    from slmkit.data.prompts import load_prompts
+
+    paths = resolve_data_paths(recipe.data.train, recipe_dir)
+    prompts = load_prompts(paths)
+    prompts.raise_for_errors()
+    rows = prompts.rows[: recipe.data.max_samples] if recipe.data.max_samples else prompts.rows
+    stats = {
+        "prompts": len(rows),
+        "with_response_format": sum(1 for r in rows if r["response_format"]),
+        "with_must_include": sum(1 for r in rows if r["must_include"]),
+    }
+    return PreparedData([], [], data_files(recipe, recipe_dir), stats, prompt_rows=rows)
+
+
 def prepare_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any) -> PreparedData:
-    """The method's data: preference pairs, rated answers, or SFT / plain-text samples."""
-    if recipe.method in ("dpo", "orpo", "simpo"):
+    """The method's data: preference pairs, rated answers, prompts, or SFT / plain-text samples."""
+    if recipe.method == "grpo":
+        return prepare_grpo_data(recipe, recipe_dir)
+    if recipe.method in ("dpo", "orpo", "simpo", "reward"):
         return prepare_dpo_data(recipe, recipe_dir, tokenizer)
     if recipe.method == "kto":
         return prepare_kto_data(recipe, recipe_dir, tokenizer)
@@ -260,6 +284,7 @@ KIND_OF_METHOD = {
     "dpo": "preference",
     "orpo": "preference",
     "simpo": "preference",
+    "reward": "preference",
     "kto": "unpaired",
 }
 METHOD_FOR_KIND = {"sft": "sft", "text": "pt", "preference": "dpo", "unpaired": "kto"}

@@ -122,7 +122,7 @@ def load_tokenizer_for(base: BaseModelInfo, template: str | None = None) -> Any:
 def load_base_model(recipe: Recipe, base: BaseModelInfo, tokenizer: Any) -> Any:
     """Pretrained weights (4-bit for QLoRA) or a random Llama of a size preset."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if recipe.init.mode == "random":
         return _random_model(recipe.init.size, tokenizer, recipe.data.cutoff_len, recipe.train.seed)
@@ -138,8 +138,12 @@ def load_base_model(recipe: Recipe, base: BaseModelInfo, tokenizer: Any) -> Any:
         )
         kwargs["dtype"] = torch.bfloat16
         kwargs["device_map"] = {"": torch.cuda.current_device()}
+    # a reward model is the base with a one-number score head instead of the vocabulary
+    auto_class: Any = AutoModelForCausalLM
+    if recipe.method == "reward":
+        auto_class, kwargs["num_labels"] = AutoModelForSequenceClassification, 1
     try:
-        model = AutoModelForCausalLM.from_pretrained(base.hf_path, **kwargs)
+        model = auto_class.from_pretrained(base.hf_path, **kwargs)
     except (OSError, ValueError, KeyError) as exc:  # missing files, unknown architecture
         raise ModelNotFoundError(
             f"model: cannot load {base.ref!r}: {(str(exc).strip().splitlines() or [repr(exc)])[0]}"
@@ -203,7 +207,9 @@ def _with_adapter(
         use_rslora=lora.use_rslora,
         use_dora=lora.use_dora,
         bias="none",
-        task_type="CAUSAL_LM",
+        # a reward model trains its new score head whole, beside the adapter
+        task_type="SEQ_CLS" if recipe.method == "reward" else "CAUSAL_LM",
+        modules_to_save=["score"] if recipe.method == "reward" else None,
     )
     return get_peft_model(model, config)
 

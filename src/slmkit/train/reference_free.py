@@ -36,11 +36,14 @@ def pair_losses(
 
 
 def _log1mexp(logp: Any) -> Any:
-    """log(1 - exp(logp)) for logp < 0, accurate near 0 and near -inf."""
+    """log(1 - exp(logp)) for logp < 0, accurate near 0 and near -inf. A certain answer (logp
+    rounded to 0) is held just below 0: both branches are evaluated, and log(0) would turn the
+    gradient into NaN."""
     import math
 
     import torch
 
+    logp = logp.clamp(max=-1e-6)
     return torch.where(
         logp > -math.log(2), torch.log(-torch.expm1(logp)), torch.log1p(-torch.exp(logp))
     )

@@ -69,6 +69,10 @@ def train(
         )
     check_device(recipe)
     recipe_dir = (recipe_dir or Path.cwd()).resolve()
+    if recipe.method == "grpo":  # a reward that cannot be imported fails before the model loads
+        from slmkit.train.rewards import reward_functions
+
+        reward_functions(recipe.grpo, recipe_dir)
     run_dir = Path(recipe.output_dir).expanduser().resolve()
     base = resolve_base(recipe)
     manifest = runfolder.build_manifest(
@@ -96,7 +100,7 @@ def train(
         recipe, load_base_model(recipe, base, tokenizer), base, recipe.train.gradient_checkpointing
     )
     trainable, total = count_parameters(model)
-    rows, adapter = len(data.train_rows), recipe.finetuning in ("lora", "qlora")
+    rows, adapter = data.size, recipe.finetuning in ("lora", "qlora")
     base_params = total - trainable if adapter else total  # the model's size, not its adapter's
     world = int(os.environ.get("WORLD_SIZE", "1"))
     schedule = choose_schedule(recipe, rows, base_params, world)
@@ -164,6 +168,14 @@ def _build_trainer(
     precision: str,
     callbacks: list[Any],
 ) -> Any:
+    if recipe.method == "grpo":
+        from slmkit.train.grpo import build_grpo_trainer
+
+        return build_grpo_trainer(recipe, run_dir, model, tokenizer, data, precision, callbacks)
+    if recipe.method == "reward":
+        from slmkit.train.reward import build_reward_trainer
+
+        return build_reward_trainer(recipe, run_dir, model, tokenizer, data, precision, callbacks)
     if recipe.method == "kto":
         from slmkit.train.kto import build_kto_trainer
 
@@ -220,6 +232,8 @@ def _start_run_folder(
 def _describe_data(stats: dict[str, Any]) -> str:
     if "pairs" in stats:
         return f"{stats['pairs']} preference pairs"
+    if "prompts" in stats:
+        return f"{stats['prompts']} prompts"
     if "rated" in stats:
         return (
             f"{stats['rated']} rated answers ({stats['thumbs_up']} up, {stats['thumbs_down']} down)"

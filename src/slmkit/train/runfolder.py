@@ -89,7 +89,8 @@ def recipe_hash(recipe: Recipe) -> str:
         "preference",
         "evaluate",
         "export",
-        *(() if recipe.method in PREFERENCE_METHODS else ("dpo",)),
+        *(() if recipe.method in (*PREFERENCE_METHODS, "grpo") else ("dpo",)),
+        *(() if recipe.method == "grpo" else ("grpo",)),
     )
     for section in unread:
         data.pop(section, None)

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from slmkit.recipe import Recipe
 from slmkit.train.config import PREFERENCE_METHODS
 
+# methods that move an already useful model by what is rated or rewarded: small learning rates,
+# and no extra passes for small sets (those are for learning facts by SFT)
+REWARD_METHODS = (*PREFERENCE_METHODS, "grpo")
+
 AUTO = "auto"
 # Small sets: at least this many optimizer steps (a 135M model learned 24 invented facts from 6
 # wordings each in about 200 steps of 4 at lr 1e-3; docs/benchmarks.md, "Small fact sets").
@@ -31,7 +35,7 @@ def auto_lr(recipe: Recipe, params: int) -> tuple[float, str]:
     """The peak learning rate for this method, fine-tuning type and model size, with the reason."""
     size = _size(params)
     adapter = recipe.finetuning in ("lora", "qlora")
-    if recipe.method in PREFERENCE_METHODS:
+    if recipe.method in REWARD_METHODS:
         name = recipe.method.upper()
         return (
             (5e-5, f"{name} on a {recipe.finetuning} adapter")
@@ -57,7 +61,7 @@ def auto_epochs(recipe: Recipe, rows: int, world_size: int = 1) -> tuple[float, 
     per_step = t.batch_size * t.grad_accum * max(1, world_size)
     steps_per_epoch = max(1, math.ceil(rows / per_step))
     epochs = DEFAULT_EPOCHS
-    if recipe.method not in PREFERENCE_METHODS and steps_per_epoch * DEFAULT_EPOCHS < MIN_STEPS:
+    if recipe.method not in REWARD_METHODS and steps_per_epoch * DEFAULT_EPOCHS < MIN_STEPS:
         epochs = min(MAX_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
         reason = (
             f"{epochs} passes over {rows} rows = {epochs * steps_per_epoch} steps of {per_step} "

@@ -110,6 +110,8 @@ def test_bad_prompt_rows_are_located(tmp_path: Path, row: dict, message: str) ->
         ('{"id": "K-1"}', 0.5),  # JSON, but the schema wants qty
         ('{"id": "K-1", "qty": "two"}', 0.5),
         ("Sure! Here it is: {...}", 0.0),
+        ('```json\n{"id": "K-1", "qty": 2}\n```', 0.25),  # JSON inside a fence: partial credit
+        ('The ticket: {"id": "K-1"} as asked.', 0.25),
         ('<think>it is an order</think>{"id": "K-1", "qty": 2}', 1.0),  # reasoning left out
     ],
 )
@@ -202,7 +204,7 @@ def test_grpo_logs_each_reward_on_the_tiny_model(tmp_path: Path, tiny_model_dir:
 
 @pytest.mark.slow
 def test_grpo_raises_the_reward_of_the_embedded_model(tmp_path: Path) -> None:
-    # a reward the embedded model can earn within a dozen steps: answer in fewer tokens
+    # a reward the embedded model can earn within a few steps: answer in fewer tokens
     (tmp_path / "short.py").write_text(BRIEF_REWARD)
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Say something {i}."} for i in range(4)])  # fmt: skip
     recipe = {
@@ -213,7 +215,7 @@ def test_grpo_raises_the_reward_of_the_embedded_model(tmp_path: Path) -> None:
         "grpo": {"rewards": ["short:brief"], "num_generations": 4, "max_completion_len": 32},
         "train": {
             "lr": 1e-3,
-            "max_steps": 12,
+            "max_steps": 8,
             "batch_size": 2,
             "warmup_ratio": 0.0,
             "report_to": [],
@@ -225,9 +227,9 @@ def test_grpo_raises_the_reward_of_the_embedded_model(tmp_path: Path) -> None:
     rows = [row for row in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "reward" in row]
     rewards = [row["reward"] for row in rows]
     lengths = [row["completions/mean_length"] for row in rows]
-    assert len(rewards) == 12 and all(math.isfinite(r) for r in rewards)
-    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.2, rewards
-    assert sum(lengths[-3:]) < sum(lengths[:3]), lengths
+    assert len(rewards) == 8 and all(math.isfinite(r) for r in rewards)
+    assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 0.2, rewards
+    assert sum(lengths[-2:]) < sum(lengths[:2]), lengths
 
 
 @pytest.mark.parametrize(

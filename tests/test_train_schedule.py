@@ -51,6 +51,12 @@ def test_steps_count_the_whole_optimizer_batch_across_processes() -> None:
         ({"finetuning": "freeze"}, M135, 5e-5),
         ({"method": "dpo"}, M135, 5e-5),
         ({"method": "dpo", "finetuning": "full"}, M135, 1e-6),
+        ({"method": "kto"}, M135, 5e-5),
+        ({"method": "simpo", "finetuning": "full"}, M135, 1e-6),
+        ({"method": "grpo"}, M135, 5e-4),
+        ({"method": "grpo"}, 7_000_000_000, 1e-4),
+        ({"method": "grpo", "finetuning": "full"}, M135, 1e-6),
+        ({"method": "reward"}, M135, 1e-4),
         ({"method": "pt", "finetuning": "full", "init": {"mode": "random"}}, 20_000_000, 3e-3),
     ],
 )
@@ -60,8 +66,9 @@ def test_the_rate_follows_method_type_and_size(
     assert choose_schedule(_recipe(**sections), rows=1000, params=params).lr == lr
 
 
-def test_dpo_pairs_get_three_passes_however_few() -> None:
-    assert choose_schedule(_recipe(method="dpo"), rows=20, params=M135).epochs == 3
+@pytest.mark.parametrize("method", ["dpo", "kto", "orpo", "simpo", "grpo", "reward"])
+def test_rated_and_rewarded_data_get_three_passes_however_few(method: str) -> None:
+    assert choose_schedule(_recipe(method=method), rows=20, params=M135).epochs == 3
 
 
 def test_values_the_recipe_sets_are_kept_and_not_explained() -> None:

@@ -37,6 +37,11 @@ def test_form_defaults_are_the_recipe_models_defaults() -> None:
         train_form.kind("train.lr") == "auto-number"
         and train_form.default_value("train.lr") == "auto"
     )
+    assert train_form.choices("data.template")[:2] == ["", "chatml"]  # "": the model's own
+    assert "cosine" in train_form.choices("train.scheduler")
+    assert train_form.default_value("data.template") == "" and train_form.default_value("data.max_samples") == ""  # fmt: skip
+    assert [train_form.from_form("data.max_samples", v) for v in ("", " 50", "many")] == [None, 50, "many"]  # fmt: skip
+    assert [train_form.from_form("data.template", v) for v in ("", "chatml")] == [None, "chatml"]
     assert [train_form.from_form("train.lr", v) for v in ("", " auto", "5e-4", 0.002, "fast")] == [
         "auto",
         "auto",
@@ -49,7 +54,12 @@ def test_form_defaults_are_the_recipe_models_defaults() -> None:
 def test_form_yaml_round_trips_through_load_recipe(tmp_path: Path) -> None:
     data_file = write_jsonl(tmp_path / "train.jsonl", ROWS)
     values = _form(
-        data__train=str(data_file), train__max_steps=6.0, lora__target_modules="q_proj, v_proj"
+        data__train=str(data_file),
+        train__max_steps=6.0,
+        lora__target_modules="q_proj, v_proj",
+        data__max_samples="20",
+        train__scheduler="linear",
+        train__max_grad_norm=0.5,
     )
     data = train_form.recipe_data(values, "r1", tmp_path / "runs", {"train": {"weight_decay": 0.1}})
     path = tmp_path / "r1.yaml"
@@ -58,8 +68,11 @@ def test_form_yaml_round_trips_through_load_recipe(tmp_path: Path) -> None:
     assert recipe.output_dir == str(tmp_path / "runs" / "r1")
     assert recipe.train.max_steps == 6 and recipe.train.weight_decay == 0.1  # base kept
     assert recipe.lora.target_modules == ["q_proj", "v_proj"]
+    assert (recipe.data.max_samples, recipe.data.template) == (20, None)
+    assert (recipe.train.scheduler, recipe.train.max_grad_norm) == ("linear", 0.5)
     loaded, name, _ = train_form.load_form(path)
     assert name == "r1" and loaded == values[:1] + loaded[1:] and loaded[3] == str(data_file)
+    assert loaded[train_form.FORM_KEYS.index("data.max_samples")] == 20
 
 
 def test_a_bad_form_value_is_one_line_naming_its_key(tmp_path: Path) -> None:
@@ -150,3 +163,69 @@ def test_a_training_started_from_the_form_draws_its_curve_and_shows_in_runs(
     page.get_by_role("tab", name="Train", exact=True).click()
     page.locator("#train-live").get_by_text("form-run: train finished").wait_for()
     assert page.locator("#train-run-name").get_by_role("textbox").input_value() == "form-run"
+
+
+@needs_browser
+def test_stop_ends_the_training_and_resume_continues_from_its_checkpoint(
+    board,
+    page,
+    board_model: Path,
+) -> None:
+    import json
+    import time
+
+    data_file = write_jsonl(board.place("data/stop.jsonl"), ROWS)
+    open_tab(page, board, "Train")
+    page.locator("#train-yaml").get_by_text("output_dir").first.wait_for()
+
+    def fill(elem_id: str, value: str) -> None:
+        box = page.locator(f"#{elem_id}").get_by_role("textbox").first
+        box.fill(value)
+        box.press("Tab")
+
+    fill("train-run-name", "stop-run")
+    fill("train-model", str(board_model))
+    fill("train-data-train", str(data_file))
+    fill("train-data-max-samples", "8")  # two batches of 4 per pass
+    for elem_id, value in (("train-train-max-steps", "5000"), ("train-data-cutoff-len", "64")):
+        box = page.locator(f"#{elem_id} input")
+        box.fill(value)
+        box.press("Tab")
+    page.locator("#train-yaml").get_by_text("max_samples: 8").first.wait_for()
+    page.locator("#train-start").click()
+    page.locator("#train-status").get_by_text("started stop-run").wait_for()
+    run = board.runs_dir / "stop-run"
+    checkpoint = run / "checkpoints" / "checkpoint-50"  # train.save_steps: 50
+    deadline = time.monotonic() + 240
+    while not (checkpoint / "trainer_state.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert checkpoint.is_dir(), "no checkpoint written"
+
+    page.locator("#train-stop").click()
+    page.locator("#train-live").get_by_text("stop-run: train stopped").wait_for(timeout=60_000)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    steps = [
+        row["step"] for row in map(json.loads, (run / "metrics.jsonl").open()) if "loss" in row
+    ]
+    assert 50 <= steps[-1] < 5000, "stopped part-way"
+
+    page.locator("#train-resume").click()
+    page.locator("#train-status").get_by_text("resumed stop-run").wait_for()
+    page.locator("#train-live").get_by_text("stop-run: train running").wait_for()
+    last = max(
+        int(p.name.split("-")[1])
+        for p in (run / "checkpoints").iterdir()
+        if p.name.startswith("checkpoint-")
+    )
+    deadline = time.monotonic() + 120
+    resumed: list[int] = []
+    while time.monotonic() < deadline and not resumed:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines if line.endswith("}")]  # not one half-written
+        resumed = [row["step"] for row in rows if "loss" in row and row["step"] > last]
+        time.sleep(0.5)
+    page.locator("#train-stop").click()
+    page.locator("#train-live").get_by_text("stop-run: train stopped").wait_for(timeout=60_000)
+    # the resumed run went on from its last checkpoint, not from step 1
+    assert resumed and resumed[0] == last + 1, resumed[:3]

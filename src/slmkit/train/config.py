@@ -82,7 +82,8 @@ class TrainSection(StrictModel):
         default="auto",
         description="Peak learning rate. `auto`: from the method, fine-tuning type and model size "
         "(LoRA: 1e-3 below 1B parameters, 5e-4 below 4B, 2e-4 above; full: 5e-5 below 1B, 1e-5 above; "
-        "DPO: 5e-5 on an adapter, 1e-6 on all weights; random init: 3e-3).",
+        "DPO, KTO, ORPO, SimPO: 5e-5 on an adapter, 1e-6 on all weights; GRPO on an adapter: half "
+        "of LoRA's; reward models: 1e-4 on an adapter, 1e-5 on all weights; random init: 3e-3).",
     )
     epochs: Annotated[float | Literal["auto"], auto_or_number(above=0)] = Field(
         default="auto",
@@ -209,7 +210,8 @@ class DpoSection(StrictModel):
 # the rewards GRPO has built in (train.rewards); anything else is `module:function`
 BUILTIN_REWARDS: dict[str, str] = {
     "json_schema": "1 when the answer is JSON meeting the prompt's response_format (or "
-    "grpo.response_format), 0.5 when it is JSON that does not, 0 when it is not JSON",
+    "grpo.response_format; any JSON object without either), 0.5 when it is JSON that does not, "
+    "0.25 when a JSON object sits inside it (a code fence, prose around it), else 0",
     "must_include": "the share of the prompt's must_include phrases the answer holds "
     "(case-insensitive)",
     "must_not_include": "0 when the answer holds one of the prompt's or grpo.must_not_include's "

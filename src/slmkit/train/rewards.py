@@ -20,6 +20,7 @@ from slmkit.models.reasoning import split_reasoning
 from slmkit.train.config import GrpoSection
 
 RewardFunction = Callable[..., list[float]]
+JSON_INSIDE = 0.25
 REPETITION_UNIT, REPETITION_REPEATS = 4, 4  # the gateway's repetition guard defaults
 
 
@@ -70,7 +71,11 @@ def score(name: str, answer: str, row: dict[str, Any], settings: GrpoSection) ->
         problem = json_problem(answer.strip(), response_format)
         if problem is None:
             return 1.0
-        return 0.0 if problem.startswith("not JSON") else 0.5
+        if not problem.startswith("not JSON"):
+            return 0.5
+        # partial credit for JSON wrapped in a code fence or prose: a signal to start from when
+        # no sampled answer is bare JSON yet (the gateway's check still fails such an answer)
+        return JSON_INSIDE if _json_inside(answer) else 0.0
     if name == "must_include":
         phrases = row.get("must_include") or []
         if not phrases:
@@ -90,6 +95,17 @@ def score(name: str, answer: str, row: dict[str, Any], settings: GrpoSection) ->
         words, limit = len(answer.split()), settings.max_words
         return max(0.0, min(1.0, 2.0 - words / limit))
     raise ValueError(f"unknown reward {name!r}")
+
+
+def _json_inside(text: str) -> bool:
+    """Whether an object parses from the first `{` to the last `}` of the text."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        return False
+    try:
+        return isinstance(json.loads(text[start : end + 1]), dict)
+    except ValueError:
+        return False
 
 
 def _response_format(value: Any) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from slmkit.train.config import PREFERENCE_METHODS
 
 # methods that move an already useful model by what is rated or rewarded: small learning rates,
 # and no extra passes for small sets (those are for learning facts by SFT)
-REWARD_METHODS = (*PREFERENCE_METHODS, "grpo")
+REWARD_METHODS = (*PREFERENCE_METHODS, "grpo", "reward")
 
 AUTO = "auto"
 # Small sets: at least this many optimizer steps (a 135M model learned 24 invented facts from 6
@@ -35,6 +35,11 @@ def auto_lr(recipe: Recipe, params: int) -> tuple[float, str]:
     """The peak learning rate for this method, fine-tuning type and model size, with the reason."""
     size = _size(params)
     adapter = recipe.finetuning in ("lora", "qlora")
+    if recipe.method == "reward":  # TRL's reward-modelling examples; the new head trains whole
+        return (1e-4, "a reward model's adapter") if adapter else (1e-5, "a reward model's weights")
+    if recipe.method == "grpo" and adapter:  # sampled answers move slowly: half of SFT's rate
+        rate = 5e-4 if params < 1_000_000_000 else 2.5e-4 if params < 4_000_000_000 else 1e-4
+        return rate, f"GRPO on a {recipe.finetuning} adapter of a {size} model"
     if recipe.method in REWARD_METHODS:
         name = recipe.method.upper()
         return (

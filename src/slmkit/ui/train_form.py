@@ -28,6 +28,8 @@ FORM_KEYS = (
     "data.val_ratio",
     "data.cutoff_len",
     "data.packing",
+    "data.template",
+    "data.max_samples",
     "lora.r",
     "lora.alpha",
     "lora.dropout",
@@ -37,6 +39,8 @@ FORM_KEYS = (
     "train.max_steps",
     "train.batch_size",
     "train.grad_accum",
+    "train.scheduler",
+    "train.max_grad_norm",
     "train.precision",
     "train.seed",
 )
@@ -60,8 +64,17 @@ def default_value(key: str) -> Any:
     return to_form(key, field_info(key).get_default(call_default_factory=True))
 
 
+# optional fields the form shows empty for "not set" (None in the recipe)
+OPTIONAL_KEYS = ("data.template", "data.max_samples")
+
+
 def choices(key: str) -> list[str] | None:
-    """The allowed values of a Literal field (None for free values)."""
+    """The allowed values of a Literal field (None for free values); the chat template's are its
+    names, with "" for the model's own."""
+    if key == "data.template":
+        from slmkit.models.templates import TEMPLATE_NAMES
+
+        return ["", *TEMPLATE_NAMES]
     annotation = field_info(key).annotation
     if typing.get_origin(annotation) is typing.Literal:
         return [str(v) for v in typing.get_args(annotation)]
@@ -84,6 +97,8 @@ def kind(key: str) -> str:
 
 
 def to_form(key: str, value: Any) -> Any:
+    if value is None and key in OPTIONAL_KEYS:
+        return ""
     if isinstance(value, list):
         return ("\n" if kind(key) == "lines" else ", ").join(str(v) for v in value)
     if kind(key) == "auto-number":
@@ -94,6 +109,11 @@ def to_form(key: str, value: Any) -> Any:
 def from_form(key: str, value: Any) -> Any:
     """A form value as the recipe holds it (pydantic then checks it)."""
     form_kind = kind(key)
+    if key in OPTIONAL_KEYS:
+        text = str(value if value is not None else "").strip()
+        if not text:
+            return None
+        return int(text) if key == "data.max_samples" and text.isdigit() else text
     if form_kind == "lines":
         return [line.strip() for line in str(value or "").splitlines() if line.strip()]
     if key == "lora.target_modules":

@@ -22,6 +22,8 @@ LOADED_OUTPUTS = 1 + len(train_form.FORM_KEYS) + 2  # status, the fields, run na
 LABELS = {
     "model": "model",
     "data.train": "data.train (files or dataset_info folders, one per line)",
+    "data.template": "data.template (empty: the model's own)",
+    "data.max_samples": "data.max_samples (empty: all)",
 }
 
 
@@ -130,7 +132,8 @@ def _recipe_form(board: Board) -> RecipeForm:
                 ("data.val_ratio", "data.cutoff_len", "data.packing", "train.precision"),
                 ("lora.r", "lora.alpha", "lora.dropout", "lora.target_modules"),
                 ("train.lr", "train.epochs", "train.max_steps", "train.seed"),
-                ("train.batch_size", "train.grad_accum"),
+                ("train.batch_size", "train.grad_accum", "train.scheduler", "train.max_grad_norm"),
+                ("data.template", "data.max_samples"),
             ):
                 with gr.Row():
                     for key in row:

@@ -31,6 +31,7 @@ from bench_serve import server_env
 from report import finish, machine_line
 
 SFT_STEPS = 100  # stopped early, so that some answers are wrong and there is something to rate
+NAMES = {"kto": "KTO", "dpo": "DPO", "orpo": "ORPO", "simpo": "SimPO"}
 METHODS = {
     "kto": "every rated answer (thumbs up and down)",
     "dpo": "pairs: the corrected wrong answers",
@@ -123,7 +124,7 @@ def render(results: dict[str, Any]) -> str:
     for method, what in METHODS.items():
         m = results["methods"][method]
         rows.append(
-            f"| + {method.upper()} | {what} | {m['steps']} | {m['seconds']:.0f} s | "
+            f"| + {NAMES[method]} | {what} | {m['steps']} | {m['seconds']:.0f} s | "
             f"{m['fact_recall']:.3f} | [{m['low']:.2f}, {m['high']:.2f}] | "
             f"{m['fact_recall'] - sft['fact_recall']:+.3f} |"
         )
@@ -131,7 +132,7 @@ def render(results: dict[str, Any]) -> str:
         [
             "## Learning from feedback: KTO, DPO, ORPO, SimPO (`benchmarks/bench_feedback_methods.py`)",
             "",
-            f"Machine: {results['machine']}. The 24 invented facts of the section above: an SFT run "
+            f"Machine: {results['machine']}. The 24 invented facts of \"Small fact sets with the defaults\": an SFT run "
             f"of the embedded model stopped at {sft['steps']} steps answered the 144 training "
             f"questions; the eval's verdict on each answer was its thumb ({results['up_share']:.0%} "
             f"up). KTO trained on all {results['rated']} rated answers; DPO, ORPO and SimPO on the "

@@ -21,6 +21,22 @@ ROWS = [
 ]
 
 
+LOADED_MS = 120_000  # a page update on a machine busy with other tests and trainings
+
+
+def fill(page, elem_id: str, value: str) -> None:  # type: ignore[no-untyped-def]
+    """Type into a form textbox and leave it (the YAML preview updates on change)."""
+    box = page.locator(f"#{elem_id}").get_by_role("textbox").first
+    box.fill(value)
+    box.press("Tab")
+
+
+def number(page, elem_id: str, value: str) -> None:  # type: ignore[no-untyped-def]
+    box = page.locator(f"#{elem_id} input")
+    box.fill(value)
+    box.press("Tab")
+
+
 def _form(**changes: object) -> list[object]:
     values = {key: train_form.default_value(key) for key in train_form.FORM_KEYS}
     values.update({key.replace("__", "."): value for key, value in changes.items()})
@@ -106,27 +122,17 @@ def test_a_training_started_from_the_form_draws_its_curve_and_shows_in_runs(
     open_tab(page, board, "Train")
     page.locator("#train-yaml").get_by_text("output_dir").first.wait_for()
 
-    def fill(elem_id: str, value: str) -> None:
-        box = page.locator(f"#{elem_id}").get_by_role("textbox").first
-        box.fill(value)
-        box.press("Tab")
-
-    def number(elem_id: str, value: str) -> None:
-        box = page.locator(f"#{elem_id} input")
-        box.fill(value)
-        box.press("Tab")
-
-    fill("train-run-name", "form-run")
-    fill("train-model", str(board_model))
-    fill("train-data-train", str(data_file))
+    fill(page, "train-run-name", "form-run")
+    fill(page, "train-model", str(board_model))
+    fill(page, "train-data-train", str(data_file))
     for elem_id, value in (
         ("train-train-max-steps", "4"),
         ("train-data-val-ratio", "0.2"),
         ("train-data-cutoff-len", "128"),
         ("train-train-batch-size", "4"),
     ):
-        number(elem_id, value)
-    fill("train-train-lr", "0")
+        number(page, elem_id, value)
+    fill(page, "train-train-lr", "0")
     status = page.locator("#train-status")
     page.locator("#train-start").click()
     error = "error: train.lr: expected `auto` or a number > 0 and <= 1, got 0.0"
@@ -134,7 +140,7 @@ def test_a_training_started_from_the_form_draws_its_curve_and_shows_in_runs(
     line = status.locator(".slm-status").inner_text()
     assert line == error
 
-    fill("train-train-lr", "0.005")
+    fill(page, "train-train-lr", "0.005")
     page.locator("#train-yaml").get_by_text("lr: 0.005").first.wait_for()
     page.locator("#train-start").click()
     status.get_by_text("started form-run").wait_for()
@@ -178,22 +184,15 @@ def test_stop_ends_the_training_and_resume_continues_from_its_checkpoint(
     open_tab(page, board, "Train")
     page.locator("#train-yaml").get_by_text("output_dir").first.wait_for()
 
-    def fill(elem_id: str, value: str) -> None:
-        box = page.locator(f"#{elem_id}").get_by_role("textbox").first
-        box.fill(value)
-        box.press("Tab")
-
-    fill("train-run-name", "stop-run")
-    fill("train-model", str(board_model))
-    fill("train-data-train", str(data_file))
-    fill("train-data-max-samples", "8")  # two batches of 4 per pass
+    fill(page, "train-run-name", "stop-run")
+    fill(page, "train-model", str(board_model))
+    fill(page, "train-data-train", str(data_file))
+    fill(page, "train-data-max-samples", "8")  # two batches of 4 per pass
     for elem_id, value in (("train-train-max-steps", "5000"), ("train-data-cutoff-len", "64")):
-        box = page.locator(f"#{elem_id} input")
-        box.fill(value)
-        box.press("Tab")
-    page.locator("#train-yaml").get_by_text("max_samples: 8").first.wait_for()
+        number(page, elem_id, value)
+    page.locator("#train-yaml").get_by_text("max_samples: 8").first.wait_for(timeout=LOADED_MS)
     page.locator("#train-start").click()
-    page.locator("#train-status").get_by_text("started stop-run").wait_for()
+    page.locator("#train-status").get_by_text("started stop-run").wait_for(timeout=LOADED_MS)
     run = board.runs_dir / "stop-run"
     checkpoint = run / "checkpoints" / "checkpoint-50"  # train.save_steps: 50
     deadline = time.monotonic() + 240
@@ -202,7 +201,7 @@ def test_stop_ends_the_training_and_resume_continues_from_its_checkpoint(
     assert checkpoint.is_dir(), "no checkpoint written"
 
     page.locator("#train-stop").click()
-    page.locator("#train-live").get_by_text("stop-run: train stopped").wait_for(timeout=60_000)
+    page.locator("#train-live").get_by_text("stop-run: train stopped").wait_for(timeout=LOADED_MS)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "interrupted"
     steps = [
@@ -211,8 +210,8 @@ def test_stop_ends_the_training_and_resume_continues_from_its_checkpoint(
     assert 50 <= steps[-1] < 5000, "stopped part-way"
 
     page.locator("#train-resume").click()
-    page.locator("#train-status").get_by_text("resumed stop-run").wait_for()
-    page.locator("#train-live").get_by_text("stop-run: train running").wait_for()
+    page.locator("#train-status").get_by_text("resumed stop-run").wait_for(timeout=LOADED_MS)
+    page.locator("#train-live").get_by_text("stop-run: train running").wait_for(timeout=LOADED_MS)
     last = max(
         int(p.name.split("-")[1])
         for p in (run / "checkpoints").iterdir()
@@ -226,6 +225,6 @@ def test_stop_ends_the_training_and_resume_continues_from_its_checkpoint(
         resumed = [row["step"] for row in rows if "loss" in row and row["step"] > last]
         time.sleep(0.5)
     page.locator("#train-stop").click()
-    page.locator("#train-live").get_by_text("stop-run: train stopped").wait_for(timeout=60_000)
+    page.locator("#train-live").get_by_text("stop-run: train stopped").wait_for(timeout=LOADED_MS)
     # the resumed run went on from its last checkpoint, not from step 1
     assert resumed and resumed[0] == last + 1, resumed[:3]

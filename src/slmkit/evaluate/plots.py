@@ -8,17 +8,12 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from slmkit.evaluate.config import QUALITY_METRICS
+
 if TYPE_CHECKING:
     from slmkit.evaluate.run import EvalResult
 
-BAR_METRICS = (
-    "fact_recall",
-    "exact_match",
-    "rouge_l",
-    "similarity",
-    "judge_win_rate",
-    "json_valid",
-)
+BAR_METRICS = QUALITY_METRICS
 
 
 def _pyplot():  # type: ignore[no-untyped-def]

@@ -11,18 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from slmkit import __version__
 from slmkit.evaluate import plots
+from slmkit.evaluate.config import QUALITY_METRICS
 from slmkit.evaluate.retrieval import retrieval_data, retrieval_section
 
 if TYPE_CHECKING:
     from slmkit.evaluate.run import EvalResult, ModelResult
 
 TABLE_METRICS = (
-    "fact_recall",
-    "exact_match",
-    "rouge_l",
-    "similarity",
-    "judge_win_rate",
-    "json_valid",
+    *QUALITY_METRICS,
     "forbidden_rate",
     "length_words",
     "latency_p50_s",

@@ -8,17 +8,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from slmkit.evaluate import metrics
+from slmkit.evaluate.config import QUALITY_METRICS
 from slmkit.evaluate.evalset import EvalItem
 from slmkit.evaluate.generate import Generation
 
-ITEM_METRICS = (
-    "fact_recall",
-    "exact_match",
-    "rouge_l",
-    "similarity",
-    "judge_win_rate",
-    "json_valid",
-)
+ITEM_METRICS = QUALITY_METRICS  # the per-answer ones, in table order
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,31 +169,27 @@ def prepare_dpo_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any = None) ->
     `data.cutoff_len` has its prompt cut from its start (or is dropped) before TRL sees it, since
     TRL would cut the answers' ends or leave the pair out."""
     from slmkit.data.preference import to_preference_rows
-    from slmkit.data.template import ChatRenderer, resolve_chat_template
 
-    train_records, val_records = split_train_val(recipe, recipe_dir)
-    _check_kinds(train_records, recipe.method)
-    tokenizer = tokenizer or _recipe_tokenizer(recipe)
-    fitted = _fit_pairs(recipe, train_records, tokenizer)
-    renderer = ChatRenderer(tokenizer, resolve_chat_template(tokenizer, recipe.data.template))
-    rows = to_preference_rows(fitted.records, renderer)
-    val_rows = to_preference_rows(_fit_pairs(recipe, val_records, tokenizer).records, renderer)
-    stats = {
-        "records": len(train_records),
-        "val_records": len(val_records),
-        "pairs": len(rows),
-        "truncated": fitted.n_truncated,
-        "dropped": fitted.n_dropped,
-    }
-    if not rows:
-        raise DataError("no preference pairs left (all dropped: raise data.cutoff_len?)")
-    return PreparedData([], [], data_files(recipe, recipe_dir), stats, rows, val_rows)
+    return _prepare_rated(recipe, recipe_dir, tokenizer, to_preference_rows, "preference pairs")
 
 
 def prepare_kto_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any = None) -> PreparedData:
     """Rated answers as KTO rows (`prompt_ids`, `completion_ids`, `label`), tokenized like DPO's
     pairs and fitted to `data.cutoff_len` by the same rules."""
     from slmkit.data.preference import to_unpaired_rows
+
+    return _prepare_rated(recipe, recipe_dir, tokenizer, to_unpaired_rows, "rated answers")
+
+
+def _prepare_rated(
+    recipe: Recipe,
+    recipe_dir: Path,
+    tokenizer: Any,
+    to_rows: Callable[[list[Any], Any], list[dict[str, Any]]],
+    what: str,
+) -> PreparedData:
+    """Pairs or rated answers: fitted to `data.cutoff_len`, then tokenized by `to_rows` as
+    inference renders them."""
     from slmkit.data.template import ChatRenderer, resolve_chat_template
 
     train_records, val_records = split_train_val(recipe, recipe_dir)
@@ -200,20 +197,17 @@ def prepare_kto_data(recipe: Recipe, recipe_dir: Path, tokenizer: Any = None) ->
     tokenizer = tokenizer or _recipe_tokenizer(recipe)
     fitted = _fit_pairs(recipe, train_records, tokenizer)
     renderer = ChatRenderer(tokenizer, resolve_chat_template(tokenizer, recipe.data.template))
-    rows = to_unpaired_rows(fitted.records, renderer)
-    val_rows = to_unpaired_rows(_fit_pairs(recipe, val_records, tokenizer).records, renderer)
-    up = sum(1 for row in rows if row["label"])
-    stats = {
-        "records": len(train_records),
-        "val_records": len(val_records),
-        "rated": len(rows),
-        "thumbs_up": up,
-        "thumbs_down": len(rows) - up,
-        "truncated": fitted.n_truncated,
-        "dropped": fitted.n_dropped,
-    }
+    rows = to_rows(fitted.records, renderer)
+    val_rows = to_rows(_fit_pairs(recipe, val_records, tokenizer).records, renderer)
     if not rows:
-        raise DataError("no rated answers left (all dropped: raise data.cutoff_len?)")
+        raise DataError(f"no {what} left (all dropped: raise data.cutoff_len?)")
+    stats: dict[str, Any] = {"records": len(train_records), "val_records": len(val_records)}
+    if "label" in rows[0]:
+        up = sum(1 for row in rows if row["label"])
+        stats.update(rated=len(rows), thumbs_up=up, thumbs_down=len(rows) - up)
+    else:
+        stats["pairs"] = len(rows)
+    stats.update(truncated=fitted.n_truncated, dropped=fitted.n_dropped)
     return PreparedData([], [], data_files(recipe, recipe_dir), stats, rows, val_rows)
 
 

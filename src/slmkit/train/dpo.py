@@ -26,12 +26,11 @@ def build_dpo_trainer(
     precision: str,
     callbacks: list[Any],
 ) -> Any:
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    score_only_labelled_positions()
-    args = common_arguments(recipe, run_dir, precision, has_val=bool(data.val_preference_rows))
-    args["include_num_input_tokens_seen"] = "no"  # DPO batches have no plain input_ids column
+    args, train_set, val_set = rated_inputs(
+        recipe, run_dir, precision, data.preference_rows, data.val_preference_rows
+    )
     settings, method = recipe.dpo, recipe.method
     beta, dpo_ftx = settings.beta_for(method), settings.ftx if method == "dpo" else 0.0
     config = DPOConfig(
@@ -42,8 +41,6 @@ def build_dpo_trainer(
         max_length=recipe.data.cutoff_len,
         dataset_num_proc=None,
     )
-    train_set = Dataset.from_list(data.preference_rows)
-    val_set = Dataset.from_list(data.val_preference_rows) if data.val_preference_rows else None
     trainer_class = pretokenized(DPOTrainer)
     extra: dict[str, Any] = {}
     if method in ("orpo", "simpo"):
@@ -64,6 +61,23 @@ def build_dpo_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+
+
+def rated_inputs(
+    recipe: Recipe,
+    run_dir: Path,
+    precision: str,
+    rows: list[dict[str, Any]],
+    val_rows: list[dict[str, Any]],
+) -> tuple[dict[str, Any], Any, Any]:
+    """What every trainer of rated answers (DPO, ORPO, SimPO, KTO, reward models) starts from:
+    the shared TrainingArguments and the pretokenized train and validation sets."""
+    from datasets import Dataset
+
+    score_only_labelled_positions()
+    args = common_arguments(recipe, run_dir, precision, has_val=bool(val_rows))
+    args["include_num_input_tokens_seen"] = "no"  # their batches have no plain input_ids column
+    return args, Dataset.from_list(rows), Dataset.from_list(val_rows) if val_rows else None
 
 
 def _is_peft(model: Any) -> bool:

@@ -15,8 +15,7 @@ from typing import Any
 
 from slmkit.recipe import Recipe
 from slmkit.train.dataset import PreparedData
-from slmkit.train.dpo import score_only_labelled_positions
-from slmkit.train.sft import common_arguments
+from slmkit.train.dpo import rated_inputs
 
 
 def desirable_weight(recipe: Recipe, rows: list[dict[str, Any]]) -> float:
@@ -45,12 +44,11 @@ def build_kto_trainer(
     precision: str,
     callbacks: list[Any],
 ) -> Any:
-    from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
-    score_only_labelled_positions()
-    args = common_arguments(recipe, run_dir, precision, has_val=bool(data.val_preference_rows))
-    args["include_num_input_tokens_seen"] = "no"  # KTO batches have no plain input_ids column
+    args, train_set, val_set = rated_inputs(
+        recipe, run_dir, precision, data.preference_rows, data.val_preference_rows
+    )
     config = KTOConfig(
         **args,
         beta=recipe.dpo.beta_for("kto"),
@@ -59,8 +57,6 @@ def build_kto_trainer(
         max_length=recipe.data.cutoff_len,
         dataset_num_proc=None,
     )
-    train_set = Dataset.from_list(data.preference_rows)
-    val_set = Dataset.from_list(data.val_preference_rows) if data.val_preference_rows else None
     return pretokenized_kto(KTOTrainer)(
         model=model,
         args=config,

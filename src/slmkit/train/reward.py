@@ -14,7 +14,7 @@ from typing import Any
 
 from slmkit.recipe import Recipe
 from slmkit.train.dataset import PreparedData
-from slmkit.train.sft import common_arguments
+from slmkit.train.dpo import rated_inputs
 
 REWARD_VAL_KEY = "eval_loss"
 
@@ -39,19 +39,21 @@ def build_reward_trainer(
     precision: str,
     callbacks: list[Any],
 ) -> Any:
-    from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    args = common_arguments(recipe, run_dir, precision, has_val=bool(data.val_preference_rows))
-    args["include_num_input_tokens_seen"] = "no"  # pairs, not plain input_ids
+    args, train_set, val_set = rated_inputs(
+        recipe,
+        run_dir,
+        precision,
+        reward_rows(data.preference_rows),
+        reward_rows(data.val_preference_rows),
+    )
     config = RewardConfig(**args, max_length=recipe.data.cutoff_len, dataset_num_proc=None)
-    train_set = Dataset.from_list(reward_rows(data.preference_rows))
-    val_rows = reward_rows(data.val_preference_rows)
     return RewardTrainer(
         model=model,
         args=config,
         train_dataset=train_set,
-        eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
+        eval_dataset=val_set,
         processing_class=tokenizer,
         callbacks=callbacks,
     )

@@ -132,7 +132,7 @@ def render(results: dict[str, Any]) -> str:
         [
             "## Learning from feedback: KTO, DPO, ORPO, SimPO (`benchmarks/bench_feedback_methods.py`)",
             "",
-            f"Machine: {results['machine']}. The 24 invented facts of \"Small fact sets with the defaults\": an SFT run "
+            f'Machine: {results["machine"]}. The 24 invented facts of "Small fact sets with the defaults": an SFT run '
             f"of the embedded model stopped at {sft['steps']} steps answered the 144 training "
             f"questions; the eval's verdict on each answer was its thumb ({results['up_share']:.0%} "
             f"up). KTO trained on all {results['rated']} rated answers; DPO, ORPO and SimPO on the "

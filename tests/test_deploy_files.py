@@ -37,7 +37,15 @@ DEPLOY = REPO / "deploy"
 KEYS = {"SLM_APP_KEY": "sk-deploy-app", "SLM_METRICS_TOKEN": "tok-deploy-metrics"}
 # Series that only appear after an event (an engine crash, a per-key 429, a cache lookup with the
 # cache on): their families are declared in the scrape, but no sample exists yet.
-EVENT_ONLY = {"slm_engine_restarts_total", "slm_key_rejections_total", "slm_cache_requests_total"}
+EVENT_ONLY = {
+    "slm_engine_restarts_total",
+    "slm_key_rejections_total",
+    "slm_cache_requests_total",
+    # declared on every scrape, with samples only where nvidia-smi finds a GPU
+    "slm_gpu_memory_used_bytes",
+    "slm_gpu_memory_total_bytes",
+    "slm_gpu_utilization_ratio",
+}
 
 
 # --- Dockerfile --------------------------------------------------------------------------------

@@ -68,14 +68,13 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help=f"{describe(JudgeSettings, 'base_url')} {JUDGE_SYNTAX}"),
         ] = None,
-        judge: Annotated[
+        reward_judge: Annotated[
             str | None,
             typer.Option(
                 "--judge",
                 metavar="reward:RUN",
-                help="A reward model judges (a run of `slm train` with method: reward): per "
-                "question, the answer it scores higher than the first model's wins "
-                "(judge_win_rate).",
+                help=f"{describe(JudgeSettings, 'reward_model')} Per question, judge_win_rate "
+                "is 1 when the answer scores above the first model's.",
             ),
         ] = None,
         judge_model: str | None = option(
@@ -115,12 +114,12 @@ def register(app: typer.Typer) -> None:
             "cache": cache,
             "similarity": similarity,
         }
-        if judge is not None:
-            if not judge.startswith("reward:") or judge == "reward:":
+        if reward_judge is not None:
+            if not reward_judge.startswith("reward:") or reward_judge == "reward:":
                 raise ConfigError(
-                    f"--judge: {judge!r} is not reward:RUN (an LLM judge: --judge-url)"
+                    f"--judge: {reward_judge!r} is not reward:RUN (an LLM judge: --judge-url)"
                 )
-            overrides["judge"] = {"enabled": True, "reward_model": judge}
+            overrides["judge"] = {"enabled": True, "reward_model": reward_judge}
         elif judge_url:
             overrides["judge"] = {
                 "enabled": True,

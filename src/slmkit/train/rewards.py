@@ -7,6 +7,7 @@ per completion. The built-in ones score the answer without its reasoning, as the
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import sys
@@ -115,11 +116,18 @@ def _response_format(value: Any) -> dict[str, Any] | None:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _reward_model(ref: str) -> RewardFunction:
-    """A reward model's score of each completion to its prompt."""
+@functools.lru_cache(maxsize=4)
+def _loaded_reward_model(ref: str) -> Any:
+    """One load per reward model: `slm train` checks the rewards before loading the policy, and
+    the trainer asks for them again."""
     from slmkit.models.reward import RewardModel
 
-    model = RewardModel.load(ref)
+    return RewardModel.load(ref)
+
+
+def _reward_model(ref: str) -> RewardFunction:
+    """A reward model's score of each completion to its prompt."""
+    model = _loaded_reward_model(ref)
 
     def score_all(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
         conversations = [

@@ -3,8 +3,10 @@ model id; a request queue with batched generation. Driven by the official openai
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,3 +90,60 @@ def test_concurrent_requests_are_batched_and_all_answered(adapter_server: Server
     assert after["rows"] - before["rows"] == 8  # every request went through the batch worker
     # one generate call per request would make runs grow by 8: some requests shared a call
     assert after["runs"] - before["runs"] < 8 and after["largest"] >= 2, (before, after)
+
+
+def _engine_answers(base: Path, adapters: dict[str, Path | None], dtype: str) -> tuple[Any, str]:
+    """Greedy answer of the first model id from an in-process engine, and the engine."""
+    from slmkit.models import resolve_model
+    from slmkit.serve.engines.request import GenerationRequest
+    from slmkit.serve.engines.settings import TransformersSettings
+    from slmkit.serve.engines.transformers_engine import TransformersEngine
+
+    settings = TransformersSettings(dtype=dtype)  # type: ignore[arg-type]
+    engine = TransformersEngine(resolve_model(str(base)), adapters, settings)
+
+    async def ask() -> str:
+        await engine.start()
+        try:
+            request = GenerationRequest(
+                model_id=next(iter(adapters)),
+                messages=[{"role": "user", "content": "hello there"}],
+                prompt=None,
+                max_tokens=12,
+                stream=True,
+                temperature=0.0,
+            )
+            return "".join([d.text async for d in engine.generate(request) if d.text])
+        finally:
+            await engine.stop()
+
+    return engine, asyncio.run(ask())
+
+
+def test_a_lone_adapter_is_merged_and_answers_as_the_unmerged_one(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    run = write_adapter_run(tiny_model_dir, tmp_path / "run", seed=3)
+    adapter = run / "adapter"
+    merged, alone = _engine_answers(tiny_model_dir, {"support": adapter}, "float32")
+    unmerged, beside_base = _engine_answers(
+        tiny_model_dir, {"support": adapter, "base": None}, "float32"
+    )
+    assert not hasattr(merged.model, "peft_config")  # folded into the weights: plain layers
+    assert hasattr(unmerged.model, "peft_config")  # the base is asked for too: kept apart
+    assert alone and alone == beside_base
+
+
+def test_auto_generates_in_bf16_only_where_a_bf16_matmul_is_faster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from slmkit.models import precision
+
+    monkeypatch.setattr(precision, "bf16_speed_on_cpu", lambda: 0.3)
+    assert precision.generation_dtype("auto", "float32", "cpu") == "bfloat16"
+    assert precision.generation_dtype("float32", "float32", "cpu") == "float32"  # asked for
+    assert precision.generation_dtype("auto", "float32", "cuda:0") == "float32"
+    monkeypatch.setattr(precision, "bf16_speed_on_cpu", lambda: 1.2)  # emulated, slower
+    assert precision.generation_dtype("auto", "float32", "cpu") == "float32"
+    monkeypatch.setattr(precision, "bf16_speed_on_cpu", lambda: None)  # wrong results/crash
+    assert precision.generation_dtype("auto", "float32", "cpu") == "float32"

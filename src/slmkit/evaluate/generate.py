@@ -24,7 +24,7 @@ from slmkit.models import ResolvedModel, resolve_model
 from slmkit.models.reasoning import split_reasoning
 from slmkit.paths import slm_home
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the transformers engine may generate in bf16 (`dtype: auto`)
 
 
 @dataclass

@@ -82,7 +82,8 @@ class TransformersSettings(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
         description="Weights dtype; `auto` keeps a bf16/fp16 checkpoint in bf16 where bf16 runs "
-        "(half the memory of fp32), and loads other checkpoints in fp32.",
+        "(half the memory of fp32), loads other checkpoints in fp32, and generates in bf16 on a "
+        "CPU where a timed bf16 matmul beats fp32 (about twice the tokens/s there).",
     )
     device: str = Field(
         default="auto", description="`auto` (cuda when available), `cpu` or `cuda`."

@@ -81,6 +81,7 @@ class TransformersEngine:
         self.tokenizer: Any = None
         self.tokens: SharedTokenizer  # the tokenizer in turns (set on load)
         self._n_ctx: int | None = None
+        self.dtype: str | None = None  # what generation runs in (set on load)
         self.batches = BatchCounts()
 
     @property
@@ -109,6 +110,7 @@ class TransformersEngine:
         import torch
 
         from slmkit.models.load import load_model
+        from slmkit.models.precision import generation_dtype
 
         device = self.settings.device
         if device == "auto":
@@ -122,7 +124,16 @@ class TransformersEngine:
             model = PeftModel.from_pretrained(model, str(first_path), adapter_name=first_id)
             for mid, path in named[1:]:
                 model.load_adapter(str(path), adapter_name=mid)
+            if len(named) == len(self.adapters) and len({p for _, p in named}) == 1:
+                # one adapter and no id asking for the bare base: fold it into the weights (in
+                # the precision they loaded in), so a decoding step is the base's matmuls alone
+                model = model.merge_and_unload()
             model.eval()
+        loaded = str(model.dtype).removeprefix("torch.")
+        wanted = generation_dtype(self.settings.dtype, loaded, str(model.device))
+        if wanted != loaded:
+            model = model.to(getattr(torch, wanted))
+        self.dtype = wanted
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -145,6 +156,7 @@ class TransformersEngine:
             "state": self._state,
             "restarts": 0,
             "n_ctx": self._n_ctx,
+            "dtype": self.dtype,
             "queued": self._jobs.qsize(),
             "batches": self.batches.to_json(),
         }

@@ -56,7 +56,7 @@ def summarise(run_dir: Path, wall_s: float | None) -> str:
     sft = state["sft"]["outputs"]
     return f"""## The demo pipeline (`make demo` = `slm run recipes/demo.yaml`)
 
-Machine: {machine_line()}. {wall}stages sum to **{total / 60:.1f} min** (target 10-15 min).
+Machine: {machine_line()}. {wall}stages sum to **{total / 60:.1f} min** (target: 12 min).
 SFT: {sft["steps"]} steps, final loss {sft["final_loss"]:.3f}, {sft["tokens_per_second"]:.0f} tokens/s.
 
 | stage | seconds | share |

@@ -103,6 +103,17 @@ def test_form_yaml_round_trips_through_load_recipe(tmp_path: Path) -> None:
     assert loaded[train_form.FORM_KEYS.index("data.max_samples")] == 20
 
 
+def test_the_run_name_box_decides_the_folder_over_a_loaded_recipes(tmp_path: Path) -> None:
+    """A recipe loaded into the form (a file, or the latest training's on page load) carries its
+    own output_dir; Start must write where the run name box says, not into the loaded run."""
+    earlier = {"output_dir": str(tmp_path / "runs" / "first"), "train": {"weight_decay": 0.1}}
+    data = train_form.recipe_data(
+        _form(data__train="x.jsonl"), "second", tmp_path / "runs", earlier
+    )
+    assert data["output_dir"] == str(tmp_path / "runs" / "second")
+    assert data["train"]["weight_decay"] == 0.1
+
+
 def test_a_bad_form_value_is_one_line_naming_its_key(tmp_path: Path) -> None:
     data = train_form.recipe_data(_form(data__train="x.jsonl", train__lr=0), "r", tmp_path, None)
     with pytest.raises(ConfigError) as caught:
@@ -182,3 +193,87 @@ def test_a_training_started_from_the_form_draws_its_curve_and_shows_in_runs(
     page.get_by_role("tab", name="Train", exact=True).click()
     page.locator("#train-live").get_by_text("form-run: train finished").wait_for()
     assert page.locator("#train-run-name").get_by_role("textbox").input_value() == "form-run"
+
+
+def _checkpoints(run: Path) -> list[int]:
+    return sorted(
+        int(p.name.split("-")[1]) for p in run.glob("checkpoints/checkpoint-*") if p.is_dir()
+    )
+
+
+def _wait_for(check, what: str, timeout_s: float = 180) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.2)
+
+
+@needs_browser
+@pytest.mark.browser
+def test_stop_ends_a_training_and_resume_continues_from_its_last_checkpoint(
+    board, page, board_model: Path
+) -> None:
+    import yaml
+
+    from slmkit.train import runfolder
+
+    run = board.runs_dir / "stop-run"
+    data_file = write_jsonl(board.place("data/stop.jsonl"), ROWS)
+    recipe_file = board.place("incoming/stop-run.yaml")
+    recipe_file.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(board_model),
+                "output_dir": str(run),
+                "data": {"train": [str(data_file)], "cutoff_len": 64, "val_ratio": 0.0},
+                # far more steps than the test waits for: only Stop ends it
+                "train": {
+                    "max_steps": 5000,
+                    "batch_size": 2,
+                    "lr": 0.005,
+                    "save_steps": 3,
+                    "save_total_limit": 2,
+                    "logging_steps": 1,
+                    "report_to": [],
+                },
+            }
+        )
+    )
+    open_tab(page, board, "Train")
+    page.locator("#train-yaml").get_by_text("output_dir").first.wait_for()
+    settled_form(page, board)
+    with page.expect_file_chooser() as chooser:
+        page.locator("#train-load").click()
+    chooser.value.set_files(str(recipe_file))
+    status = page.locator("#train-status")
+    status.get_by_text("loaded stop-run.yaml").wait_for()
+    assert page.locator("#train-run-name").get_by_role("textbox").input_value() == "stop-run"
+
+    page.locator("#train-start").click()
+    status.get_by_text("started stop-run").wait_for()
+    _wait_for(lambda: _checkpoints(run), "the first checkpoint")
+    page.locator("#train-stop").click()
+    status.get_by_text("stopping stop-run").wait_for()
+    page.locator("#train-live").get_by_text("stop-run: train stopped").wait_for(timeout=60_000)
+    last = _checkpoints(run)[-1]
+    steps = [row["step"] for row in runfolder.read_metrics(run) if "loss" in row]
+    assert steps and max(steps) < 5000 and not (run / "adapter").exists()  # ended, not finished
+
+    page.locator("#train-resume").click()
+    status.get_by_text("resumed stop-run").wait_for()
+
+    def moved_on() -> bool:
+        return any(r["step"] > last + 1 for r in runfolder.read_metrics(run) if "loss" in r)
+
+    _wait_for(moved_on, "steps after the checkpoint")
+    log = page.locator("#train-log textarea")
+    said = "resumingfrom" + str(run / "checkpoints" / f"checkpoint-{last}")  # without line wraps
+    _wait_for(lambda: said in "".join(log.input_value().split()), "the resume line in the log")
+    page.locator("#train-stop").click()
+    page.locator("#train-live").get_by_text("stop-run: train stopped").wait_for(timeout=60_000)
+    steps = [row["step"] for row in runfolder.read_metrics(run) if "loss" in row]
+    # the steps logged after the checkpoint by the stopped process were dropped on resume:
+    # every step appears once, and the resumed process went on from checkpoint + 1
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > last + 1, (last, steps)

@@ -153,6 +153,7 @@ def recipe_data(
     name = run_name.strip()
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"run name {run_name!r}: give a folder name (letters, digits, - and _)")
+    data.pop("output_dir", None)  # a loaded recipe's folder: the run name box decides
     return {"model": data.pop("model"), "output_dir": str(runs_dir / name), **data}
 
 

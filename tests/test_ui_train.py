@@ -24,16 +24,24 @@ ROWS = [
 def settled_form(page, board) -> None:  # type: ignore[no-untyped-def]
     """Wait until the page load has put the latest training's recipe into the form, when the
     board has one (a later fill would otherwise be overwritten by it)."""
-    import time
-
     runs = board.runs_dir
     names = {p.name for p in runs.iterdir()} if runs.is_dir() else set()
     if not names:
         return
     box = page.locator("#train-run-name").get_by_role("textbox")
-    deadline = time.monotonic() + 60
-    while box.input_value() not in names and time.monotonic() < deadline:
+    _poll(lambda: box.input_value() in names, timeout_s=60)
+
+
+def _poll(check, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
+    """Whether `check()` came true within `timeout_s`, asked every 0.2 s."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.2)
+    return True
 
 
 def fill(page, elem_id: str, value: str) -> None:  # type: ignore[no-untyped-def]
@@ -195,19 +203,8 @@ def test_a_training_started_from_the_form_draws_its_curve_and_shows_in_runs(
     assert page.locator("#train-run-name").get_by_role("textbox").input_value() == "form-run"
 
 
-def _checkpoints(run: Path) -> list[int]:
-    return sorted(
-        int(p.name.split("-")[1]) for p in run.glob("checkpoints/checkpoint-*") if p.is_dir()
-    )
-
-
 def _wait_for(check, what: str, timeout_s: float = 180) -> None:  # type: ignore[no-untyped-def]
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.2)
+    assert _poll(check, timeout_s), f"gave up waiting for {what}"
 
 
 @needs_browser
@@ -253,11 +250,13 @@ def test_stop_ends_a_training_and_resume_continues_from_its_last_checkpoint(
 
     page.locator("#train-start").click()
     status.get_by_text("started stop-run").wait_for()
-    _wait_for(lambda: _checkpoints(run), "the first checkpoint")
+    _wait_for(lambda: runfolder.last_checkpoint(run) is not None, "the first checkpoint")
     page.locator("#train-stop").click()
     status.get_by_text("stopping stop-run").wait_for()
     page.locator("#train-live").get_by_text("stop-run: train stopped").wait_for(timeout=60_000)
-    last = _checkpoints(run)[-1]
+    checkpoint = runfolder.last_checkpoint(run)  # what Resume continues from
+    assert checkpoint is not None
+    last = int(checkpoint.name.split("-")[1])
     steps = [row["step"] for row in runfolder.read_metrics(run) if "loss" in row]
     assert steps and max(steps) < 5000 and not (run / "adapter").exists()  # ended, not finished
 
@@ -269,7 +268,7 @@ def test_stop_ends_a_training_and_resume_continues_from_its_last_checkpoint(
 
     _wait_for(moved_on, "steps after the checkpoint")
     log = page.locator("#train-log textarea")
-    said = "resumingfrom" + str(run / "checkpoints" / f"checkpoint-{last}")  # without line wraps
+    said = "resumingfrom" + str(checkpoint)  # compared without the line wraps
     _wait_for(lambda: said in "".join(log.input_value().split()), "the resume line in the log")
     page.locator("#train-stop").click()
     page.locator("#train-live").get_by_text("stop-run: train stopped").wait_for(timeout=60_000)

@@ -81,7 +81,6 @@ class TransformersEngine:
         self.tokenizer: Any = None
         self.tokens: SharedTokenizer  # the tokenizer in turns (set on load)
         self._n_ctx: int | None = None
-        self.dtype: str | None = None  # what generation runs in (set on load)
         self.batches = BatchCounts()
 
     @property
@@ -133,7 +132,6 @@ class TransformersEngine:
         wanted = generation_dtype(self.settings.dtype, loaded, str(model.device))
         if wanted != loaded:
             model = model.to(getattr(torch, wanted))
-        self.dtype = wanted
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -156,7 +154,7 @@ class TransformersEngine:
             "state": self._state,
             "restarts": 0,
             "n_ctx": self._n_ctx,
-            "dtype": self.dtype,
+            "dtype": None if self.model is None else str(self.model.dtype).removeprefix("torch."),
             "queued": self._jobs.qsize(),
             "batches": self.batches.to_json(),
         }
